@@ -1,0 +1,42 @@
+"""Distributed communication for Python arrays.
+
+    import numpy as np, ringcomm
+    world = ringcomm.init()
+    x = ringcomm.all_sum(np.ones(10))
+
+Run it on N local processes with ``ringcomm launch -n N script.py``.
+"""
+
+from .errors import (
+    CommTimeoutError,
+    ConnectError,
+    InitError,
+    MismatchError,
+    PeerAbortedError,
+    PeerError,
+    RingcommError,
+)
+from .group import Group, init, is_available
+from .ops import (
+    all_gather,
+    all_max,
+    all_min,
+    all_sum,
+    barrier,
+    broadcast,
+    recv,
+    recv_like,
+    send,
+    sum_scatter,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Group", "init", "is_available",
+    "all_sum", "all_max", "all_min", "all_gather", "sum_scatter",
+    "send", "recv", "recv_like", "broadcast", "barrier",
+    "RingcommError", "InitError", "ConnectError", "PeerError", "PeerAbortedError",
+    "CommTimeoutError", "MismatchError",
+    "__version__",
+]
