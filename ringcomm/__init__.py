@@ -29,6 +29,7 @@ from .ops import (
     send,
     sum_scatter,
 )
+from .training import average_gradients, tree_flatten, tree_map, tree_unflatten
 
 __version__ = "0.1.0"
 
@@ -36,6 +37,7 @@ __all__ = [
     "Group", "init", "is_available",
     "all_sum", "all_max", "all_min", "all_gather", "sum_scatter",
     "send", "recv", "recv_like", "broadcast", "barrier",
+    "tree_map", "tree_flatten", "tree_unflatten", "average_gradients",
     "RingcommError", "InitError", "ConnectError", "PeerError", "PeerAbortedError",
     "CommTimeoutError", "MismatchError",
     "__version__",

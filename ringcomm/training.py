@@ -1,0 +1,239 @@
+"""Data-parallel training helpers: tree utilities and `average_gradients`.
+
+A *tree* is any nesting of dicts, lists and tuples (named tuples included)
+whose other values are *leaves* (arrays, numbers, None, ...). The utilities
+follow `mlx.utils`:
+
+    tree_map(lambda g: g * 0.5, {"w": w, "b": [b0, b1]})
+    tree_flatten({"w": w, "b": [b0, b1]})      # [("w", w), ("b.0", b0), ("b.1", b1)]
+    tree_unflatten([("w", w), ("b.0", b0)])    # {"w": w, "b": [b0]}
+
+`tree_map` keeps container types (a named tuple stays that named tuple);
+`tree_unflatten` rebuilds dicts and lists only, like MLX, because dotted keys
+do not record tuple types.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from . import ops
+from .arrays import adapt
+from .group import Group, world
+
+__all__ = ["tree_map", "tree_flatten", "tree_unflatten", "average_gradients"]
+
+IsLeaf = Callable[[Any], bool] | None
+
+
+def _is_namedtuple(x: Any) -> bool:
+    return isinstance(x, tuple) and hasattr(type(x), "_fields")
+
+
+def _is_container(x: Any, is_leaf: IsLeaf) -> bool:
+    if is_leaf is not None and is_leaf(x):
+        return False
+    return isinstance(x, (dict, list, tuple))
+
+
+def _child(tree: Any, key: Any, where: str) -> Any:
+    try:
+        return tree[key]
+    except (KeyError, IndexError, TypeError):
+        raise ValueError(
+            f"tree_map: trees differ at {where or '<root>'!r}: expecting a container with "
+            f"key {key!r}, got {type(tree).__name__}; pass trees of the same structure"
+        ) from None
+
+
+def _map(fn: Callable[..., Any], tree: Any, rest: tuple[Any, ...], is_leaf: IsLeaf,
+         where: str) -> Any:
+    if not _is_container(tree, is_leaf):
+        return fn(tree, *rest)
+    dot = where + "." if where else ""
+    if isinstance(tree, dict):
+        items = {k: _map(fn, v, tuple(_child(r, k, dot + str(k)) for r in rest), is_leaf,
+                         dot + str(k))
+                 for k, v in tree.items()}
+        if type(tree) is dict:
+            return items
+        out = copy.copy(tree)  # keeps OrderedDict, defaultdict's factory, ...
+        out.clear()
+        out.update(items)
+        return out
+    values = [_map(fn, v, tuple(_child(r, i, dot + str(i)) for r in rest), is_leaf, dot + str(i))
+              for i, v in enumerate(tree)]
+    if isinstance(tree, list):
+        return values if type(tree) is list else type(tree)(values)
+    if _is_namedtuple(tree):
+        return type(tree)(*values)
+    return type(tree)(values)
+
+
+def tree_map(fn: Callable[..., Any], tree: Any, *rest: Any, is_leaf: IsLeaf = None) -> Any:
+    """Return a tree like `tree` with `fn(leaf, *matching leaves of rest)` at every leaf.
+
+    `rest` trees must hold at least the keys and indices of `tree`; their
+    leaves at the same places become extra arguments of `fn`. `is_leaf(x)`
+    returning True stops the descent at `x`. Container types are kept: dicts
+    (and subclasses), lists, tuples and named tuples.
+    """
+    return _map(fn, tree, rest, is_leaf, "")
+
+
+def tree_flatten(tree: Any, prefix: str = "", is_leaf: IsLeaf = None) -> list[tuple[str, Any]]:
+    """Return the leaves of `tree` as (dotted key, leaf) pairs, in depth-first order.
+
+    Dict keys and list or tuple indices are joined with dots: ``{"a": [x, y]}``
+    gives ``[("a.0", x), ("a.1", y)]``. A bare leaf gives ``[(prefix, leaf)]``.
+    """
+    out: list[tuple[str, Any]] = []
+
+    def walk(node: Any, key: str) -> None:
+        if not _is_container(node, is_leaf):
+            out.append((key, node))
+            return
+        dot = key + "." if key else ""
+        pairs = node.items() if isinstance(node, dict) else enumerate(node)
+        for k, v in pairs:
+            walk(v, f"{dot}{k}")
+
+    walk(tree, prefix)
+    return out
+
+
+def tree_unflatten(items: Iterable[tuple[str, Any]]) -> Any:
+    """Return the tree of dicts and lists that `tree_flatten` pairs describe.
+
+    A level whose keys are all integers becomes a list (indices must run
+    0..n-1); any other level becomes a dict. A single pair with key "" is a
+    bare leaf.
+    """
+    items = list(items)
+    if len(items) == 1 and items[0][0] == "":
+        return items[0][1]
+    root: dict[str, Any] = {}
+    for key, value in items:
+        if not isinstance(key, str) or not key:
+            raise ValueError(
+                f"tree_unflatten: expecting non-empty dotted string keys, got {key!r}; "
+                "pass the output of tree_flatten"
+            )
+        node = root
+        *parents, last = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"tree_unflatten: key {key!r} goes below the leaf at {part!r}")
+            node = child
+        if last in node:
+            raise ValueError(f"tree_unflatten: key {key!r} appears twice")
+        node[last] = value
+    return _listify(root, "")
+
+
+def _listify(node: Any, where: str) -> Any:
+    if not isinstance(node, dict):
+        return node
+    dot = where + "." if where else ""
+    children = {k: _listify(v, dot + k) for k, v in node.items()}
+    if children and all(k.isdigit() for k in children):
+        indices = sorted(int(k) for k in children)
+        if indices != list(range(len(indices))):
+            raise ValueError(
+                f"tree_unflatten: list at {where or '<root>'!r} needs indices 0..{len(indices) - 1}, "
+                f"got {indices}"
+            )
+        return [children[str(i)] for i in indices]
+    return children
+
+
+# --- average_gradients -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Leaves (by position) reduced together in one all_sum: same dtype, at most the byte limit."""
+
+    dtype: np.dtype
+    indices: tuple[int, ...]
+    nbytes: int
+
+
+def plan_buckets(leaves: Sequence[tuple[np.dtype, int]], limit: int) -> list[Bucket]:
+    """Return the all_sum buckets for leaves given as (dtype, nbytes), in a rank-independent order.
+
+    Leaves of one dtype fill a bucket in order until the next one would pass
+    `limit` bytes; a leaf larger than `limit` gets a bucket of its own. With
+    `limit <= 0` every leaf is its own bucket. A bucket is emitted when it is
+    full; the partly filled ones follow, in order of their dtype's first leaf.
+    """
+    if limit <= 0:
+        return [Bucket(np.dtype(dt), (i,), int(n)) for i, (dt, n) in enumerate(leaves)]
+    done: list[Bucket] = []
+    open_: dict[np.dtype, tuple[list[int], int]] = {}
+    for i, (dt, n) in enumerate(leaves):
+        dt, n = np.dtype(dt), int(n)
+        idx, total = open_.get(dt, ([], 0))
+        if idx and total + n > limit:
+            done.append(Bucket(dt, tuple(idx), total))
+            idx, total = [], 0
+        open_[dt] = (idx + [i], total + n)
+    done.extend(Bucket(dt, tuple(idx), total) for dt, (idx, total) in open_.items() if idx)
+    return done
+
+
+def _check_float(dt: np.dtype, key: str) -> None:
+    if dt.kind not in "fc" and dt.name != "bfloat16":
+        raise TypeError(
+            f"average_gradients: expecting floating-point gradients, got {dt} at "
+            f"{key or '<root>'!r}; cast it, or reduce it with all_sum"
+        )
+
+
+def average_gradients(grads: Any, group: Group | None = None,
+                      all_reduce_size: int = 32 * 2**20) -> Any:
+    """Return `grads` averaged over the ranks of `group`, as the same tree of the same array types.
+
+    Arrays of one dtype are packed into flat buffers of at most
+    `all_reduce_size` bytes, so many small gradients cost one `all_sum`;
+    `all_reduce_size <= 0` reduces every array alone. None leaves (a torch
+    parameter without a gradient) stay None. In a group of size 1 `grads`
+    comes back as is, without communication. Every rank must pass a tree of
+    the same structure, shapes and dtypes.
+    """
+    g = group if group is not None else world()
+    size = g.size()
+    if size == 1:
+        return grads
+    pairs = tree_flatten(grads)
+    keys, leaves = [k for k, _ in pairs], [leaf for _, leaf in pairs]
+    live = [i for i, leaf in enumerate(leaves) if leaf is not None]
+    adapted = [adapt(leaves[i]) for i in live]
+    for i, ad in zip(live, adapted):
+        _check_float(ad.array.dtype, keys[i])
+    plan = plan_buckets([(ad.array.dtype, ad.array.nbytes) for ad in adapted], all_reduce_size)
+    results: list[Any] = list(leaves)
+    for bucket in plan:
+        parts = [adapted[j].array for j in bucket.indices]
+        if len(parts) == 1:
+            flat = ops.all_sum(parts[0], group=g)
+        else:
+            flat = ops.all_sum(np.concatenate([np.ravel(p) for p in parts]), group=g)
+        # The sum is a fresh array, so dividing in place touches nobody's input.
+        flat = np.asarray(flat)
+        np.divide(flat, size, out=flat, casting="unsafe")
+        offset = 0
+        for j, part in zip(bucket.indices, parts):
+            if len(parts) == 1:
+                out = flat
+            else:
+                out = flat[offset:offset + part.size].reshape(part.shape)
+                offset += part.size
+            results[live[j]] = adapted[j].wrap(out)
+    it = iter(results)
+    return tree_map(lambda _: next(it), grads)
