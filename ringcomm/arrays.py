@@ -3,16 +3,28 @@
 Every collective turns its argument into a C-contiguous NumPy array, runs on
 that, and hands the result back in the caller's array type: NumPy in, NumPy
 out; a torch tensor in, a tensor of the same dtype and device out.
+
+- NumPy, and anything with ``__array__``, ``__dlpack__`` or the buffer
+  protocol: a view when the memory allows, NumPy out.
+- torch CPU tensors: a zero-copy view (``requires_grad`` tensors are
+  detached); bfloat16 travels as its bits through ``ml_dtypes.bfloat16``.
+- JAX arrays: a view of the host buffer; the result is put on the input's
+  device with the input's dtype.
+- MLX arrays: one copy out, one copy back in (bfloat16 as its bits).
+- GPU arrays (CUDA torch tensors, CuPy) are staged through host memory: one
+  device-to-host copy on the way in and one host-to-device copy onto the
+  input's device on the way out. No GPU-direct transport exists.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-__all__ = ["Adapted", "adapt", "dtype_code", "dtype_from_code", "check_dtype", "bfloat16"]
+__all__ = ["Adapted", "adapt", "bfloat16", "check_dtype", "dtype_code", "dtype_from_code"]
 
 try:  # bfloat16 is optional: it needs ml_dtypes
     from ml_dtypes import bfloat16 as _bf16
@@ -66,25 +78,34 @@ def _identity(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def _need_bfloat16(kind: str) -> None:
+    if bfloat16 is None:
+        raise TypeError(f"bfloat16 {kind} need ml_dtypes; pip install ml_dtypes")
+
+
 def _from_torch(x: Any) -> Adapted:
     import torch
 
     device, dtype = x.device, x.dtype
-    t = x.detach()
-    if device.type != "cpu":  # staged through host memory: one copy each way
+    # detach: a tensor with requires_grad (or a parent that has it) cannot become NumPy.
+    t = x.detach().resolve_conj().resolve_neg()
+    if device.type != "cpu":  # staged through host memory: one copy here, one back in wrap
         t = t.cpu()
     if dtype == torch.bfloat16:
-        if bfloat16 is None:
-            raise TypeError("bfloat16 tensors need ml_dtypes: pip install ml_dtypes")
+        _need_bfloat16("tensors")
         a = t.view(torch.int16).numpy().view(bfloat16)
     else:
-        a = t.numpy()
+        try:
+            a = t.numpy()
+        except TypeError as e:
+            raise TypeError(f"torch dtype {dtype} has no NumPy equivalent; cast it first") from e
 
     def wrap(r: np.ndarray) -> Any:
+        r = np.ascontiguousarray(r)
         if dtype == torch.bfloat16:
-            out = torch.from_numpy(np.ascontiguousarray(r).view(np.int16)).view(torch.bfloat16)
+            out = torch.from_numpy(r.view(np.int16)).view(torch.bfloat16)
         else:
-            out = torch.from_numpy(np.ascontiguousarray(r))
+            out = torch.from_numpy(r)
         return out.to(device) if device.type != "cpu" else out
 
     return Adapted(a, wrap)
@@ -94,9 +115,8 @@ def _from_mlx(x: Any) -> Adapted:
     import mlx.core as mx
 
     dtype = x.dtype
-    if dtype == mx.bfloat16:
-        if bfloat16 is None:
-            raise TypeError("bfloat16 arrays need ml_dtypes: pip install ml_dtypes")
+    if dtype == mx.bfloat16:  # NumPy has no bfloat16: move the bits as uint16
+        _need_bfloat16("arrays")
         a = np.array(x.view(mx.uint16)).view(bfloat16)
     else:
         a = np.array(x)
@@ -104,15 +124,41 @@ def _from_mlx(x: Any) -> Adapted:
     def wrap(r: np.ndarray) -> Any:
         if dtype == mx.bfloat16:
             return mx.array(np.ascontiguousarray(r).view(np.uint16)).view(mx.bfloat16)
-        return mx.array(r)
+        return mx.array(r, dtype=dtype)  # without dtype, float64 would come back float32
 
     return Adapted(a, wrap)
 
 
 def _from_jax(x: Any) -> Adapted:
-    import jax.numpy as jnp
+    import jax
 
-    return Adapted(np.asarray(x), jnp.asarray)
+    try:
+        a = np.asarray(x)
+    except jax.errors.TracerArrayConversionError as e:
+        raise TypeError(
+            "expecting a concrete JAX array, got a tracer; call collectives outside jax.jit"
+        ) from e
+    devices = x.devices() if hasattr(x, "devices") else set()
+    device = next(iter(devices)) if len(devices) == 1 else None
+    dtype = x.dtype
+
+    def wrap(r: np.ndarray) -> Any:
+        return jax.device_put(np.asarray(r, dtype=dtype), device)
+
+    return Adapted(a, wrap)
+
+
+def _from_cupy(x: Any) -> Adapted:
+    import cupy
+
+    device = x.device
+    a = cupy.asnumpy(x)  # device to host: the one copy on the way out
+
+    def wrap(r: np.ndarray) -> Any:
+        with device:  # host to device: the one copy on the way back, onto x's device
+            return cupy.asarray(r)
+
+    return Adapted(a, wrap)
 
 
 def adapt(x: Any) -> Adapted:
@@ -129,9 +175,7 @@ def adapt(x: Any) -> Adapted:
     if module in ("jax", "jaxlib"):
         return _from_jax(x)
     if module == "cupy":
-        import cupy
-
-        return Adapted(cupy.asnumpy(x), cupy.asarray)
+        return _from_cupy(x)
     if hasattr(x, "__array__") or hasattr(x, "__array_interface__"):
         return Adapted(np.asarray(x), _identity)
     if hasattr(x, "__dlpack__"):
