@@ -1,0 +1,135 @@
+"""The bandwidth path of the ring: pipelined, both directions, every connection.
+
+The buffer is cut into `size` blocks (block i belongs to rank i), each block
+into one slice per lane, each slice into chunks. A lane is one direction on one
+connection: clockwise lanes send to the right neighbour and receive from the
+left, counter-clockwise lanes the other way round. Each lane runs a sender and
+a receiver thread. At step t the sender forwards the segment the receiver
+finished at step t-1, chunk by chunk, as soon as each chunk is done, so
+sending chunk k+1 overlaps reducing chunk k.
+
+Reduce-scatter steps receive into one chunk buffer per lane and reduce with
+`ufunc(dst, chunk, out=dst)`; all-gather steps receive straight into the
+buffer. Nothing else is copied.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import CommTimeoutError
+from ..transport import header
+from ..transport.net import recv_exact, send_all
+
+__all__ = ["Lane", "Plan", "Step", "chunks", "steps", "run_sender", "run_receiver"]
+
+CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Step:
+    """One ring step of a lane: the segment to send, the one to receive, and what to do with it."""
+
+    send: tuple[int, int]  # element range
+    recv: tuple[int, int]
+    reduce: bool
+
+
+@dataclass
+class Plan:
+    """One collective's work for every lane."""
+
+    data: np.ndarray  # 1-D typed view of the buffer
+    ufunc: Callable | None
+    sig: header.Signature
+    timeout: float
+
+
+@dataclass
+class Lane:
+    """A direction on a connection, with its steps and the progress of its receiver."""
+
+    send_sock: socket.socket
+    recv_sock: socket.socket
+    send_peer: str
+    recv_peer: str
+    steps: list[Step]
+    check: Callable[[memoryview], None]  # raises on a header that does not match
+    done: int = 0  # chunks the receiver has finished, in step order
+    cond: threading.Condition = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        self.cond = threading.Condition()
+
+
+def chunks(a: int, b: int, per: int) -> list[tuple[int, int]]:
+    """Return [a, b) cut into pieces of at most `per` elements (one empty piece for a == b)."""
+    if a == b:
+        return [(a, a)]
+    return [(i, min(i + per, b)) for i in range(a, b, per)]
+
+
+def steps(rank: int, size: int, direction: int, seg: Callable[[int], tuple[int, int]],
+          n_rs: int, n_ag: int) -> list[Step]:
+    """Return the ring steps of one lane; `direction` is +1 (clockwise) or -1."""
+    d = direction
+    out = [Step(seg((rank - d * (1 + s)) % size), seg((rank - d * (2 + s)) % size), True)
+           for s in range(n_rs)]
+    out += [Step(seg((rank - d * s) % size), seg((rank - d * (1 + s)) % size), False)
+            for s in range(n_ag)]
+    return out
+
+
+def run_sender(lane: Lane, plan: Plan) -> None:
+    """Send the header, then every step's segment, each chunk once the receiver has it."""
+    data, op = plan.data, plan.sig.op.label
+    raw = data.view(np.uint8)
+    isz = data.itemsize
+    per = max(1, CHUNK_BYTES // isz)
+    send_all(lane.send_sock, plan.sig.pack(), peer=lane.send_peer, op=op)
+    need = 0
+    for t, step in enumerate(lane.steps):
+        pieces = chunks(*step.send, per)
+        for a, b in pieces:
+            if t > 0:
+                need += 1
+                if lane.done < need:
+                    with lane.cond:
+                        if not lane.cond.wait_for(lambda n=need: lane.done >= n, plan.timeout):
+                            raise CommTimeoutError(f"{op}: no progress from {lane.recv_peer} "
+                                                   f"within {plan.timeout:g} s")
+            if b > a:
+                send_all(lane.send_sock, memoryview(raw[a * isz:b * isz]), peer=lane.send_peer,
+                         op=op)
+
+
+def run_receiver(lane: Lane, plan: Plan) -> None:
+    """Check the header, then receive every step's segment, reducing or storing it."""
+    data, op = plan.data, plan.sig.op.label
+    raw = data.view(np.uint8)
+    isz = data.itemsize
+    per = max(1, CHUNK_BYTES // isz)
+    hdr = bytearray(header.SIZE)
+    recv_exact(lane.recv_sock, memoryview(hdr), peer=lane.recv_peer, op=op)
+    lane.check(memoryview(hdr))
+    longest = max((s.recv[1] - s.recv[0] for s in lane.steps if s.reduce), default=0)
+    tmp = np.empty(min(per, longest), dtype=data.dtype)  # the lane's one chunk buffer
+    for step in lane.steps:
+        for a, b in chunks(*step.recv, per):
+            if b > a:
+                if step.reduce:
+                    part = tmp[: b - a]
+                    recv_exact(lane.recv_sock, memoryview(part.view(np.uint8)),
+                               peer=lane.recv_peer, op=op)
+                    plan.ufunc(data[a:b], part, out=data[a:b])  # type: ignore[misc]
+                else:
+                    recv_exact(lane.recv_sock, memoryview(raw[a * isz:b * isz]),
+                               peer=lane.recv_peer, op=op)
+            with lane.cond:
+                lane.done += 1
+                lane.cond.notify()

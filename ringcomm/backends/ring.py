@@ -1,0 +1,390 @@
+"""The TCP ring backend: needs nothing but NumPy and sockets.
+
+Each group is a ring of its members; rank r holds one connection per lane to
+its right neighbour (which it opened) and one from its left neighbour (which
+that neighbour opened). Small messages take the latency path (every rank's
+data travels once around the ring, then every rank reduces all of it in rank
+order, so all ranks get the same bits); large ones the pipelined bandwidth
+path of _pipeline.py. send/recv go between any two ranks over connections
+made on first use through each rank's listener.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import NoReturn
+
+import numpy as np
+
+from ..errors import MismatchError, PeerAbortedError, PeerError, RingcommError
+from ..transport import header
+from ..transport.endpoint import ABORT_GRACE, Endpoint
+from ..transport.handshake import Hello, Kind
+from ..transport.header import Op, Signature
+from ..transport.net import parse_address, recv_exact, send_all
+from . import _pipeline
+from .base import Backend, ReduceOp
+
+__all__ = ["RingBackend", "create"]
+
+# Messages up to this many bytes per rank take the latency path.
+SMALL_BYTES = 32 << 10
+_WORLD_ID = 1
+_UFUNCS = {ReduceOp.SUM: np.add, ReduceOp.MAX: np.maximum, ReduceOp.MIN: np.minimum}
+_REDUCE_OPS = {ReduceOp.SUM: Op.ALL_SUM, ReduceOp.MAX: Op.ALL_MAX, ReduceOp.MIN: Op.ALL_MIN}
+
+
+def _child_id(parent: int, nth: int, color: int) -> int:
+    digest = hashlib.blake2b(f"{parent}/{nth}/{color}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") | 2  # never the world's id
+
+
+def _even(n: int, parts: int) -> list[tuple[int, int]]:
+    """Return [0, n) cut into `parts` ranges whose sizes differ by at most one."""
+    q, r = divmod(n, parts)
+    bounds = [i * q + min(i, r) for i in range(parts + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+class RingBackend(Backend):
+    """One group of the ring backend."""
+
+    name = "ring"
+
+    def __init__(self, ep: Endpoint, members: list[int], gid: int, label: str,
+                 deadline: float) -> None:
+        self._ep = ep
+        self._members = members
+        self._rank = members.index(ep.rank)
+        self._size = len(members)
+        self._gid = gid
+        self._label = label
+        self._seq = 0
+        self._splits = 0
+        self._pool: ThreadPoolExecutor | None = None
+        self._scratch = np.empty(0, dtype=np.uint8)
+        self._right: list = []
+        self._left: list = []
+        self._lanes = min(len(ep.addrs[w]) for w in members)
+        if self._size > 1:
+            right, left = self._world((self._rank + 1) % self._size), self._world(
+                (self._rank - 1) % self._size)
+            try:
+                self._right = [ep.connect(right, Hello(Kind.RING, ep.rank, gid, c), deadline, c)
+                               for c in range(self._lanes)]
+                self._left = [ep.take(Kind.RING, left, gid, c, deadline, f"{label} set-up")
+                              for c in range(self._lanes)]
+            except RingcommError as e:
+                self._fail("set-up", e)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    @property
+    def rank(self) -> int:
+        return self._rank
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def _world(self, r: int) -> int:
+        return self._members[r]
+
+    def _peer(self, r: int) -> str:
+        name = self._ep.peer(self._world(r))
+        return name if self._gid == _WORLD_ID else f"group rank {r}, world {name}"
+
+    def _sig(self, op: Op, a: np.ndarray) -> Signature:
+        self._ep.check()
+        self._seq += 1
+        return Signature(op, self._seq, self._gid, a.dtype, tuple(a.shape), self._rank)
+
+    def _checker(self, mine: Signature, src: int) -> Callable[[memoryview], None]:
+        def check(raw: memoryview) -> None:
+            theirs = Signature.unpack(raw)
+            if theirs is None:
+                raise PeerError(f"{mine.op.label}: {self._peer(src)} sent bytes that are not a "
+                                "ringcomm message (a different ringcomm version?)")
+            what = mine.differs(theirs)
+            if what is not None:
+                who = theirs.rank if 0 <= theirs.rank < self._size else src
+                raise MismatchError(
+                    f"{mine.op.label} mismatch in the {self._label} group: rank {self._rank} "
+                    f"called {mine.call()} but rank {who} called {theirs.call()}: {what}; "
+                    "every rank must make the same calls in the same order with the same dtype "
+                    "and shape"
+                )
+        return check
+
+    def _fail(self, op: str, exc: BaseException) -> NoReturn:
+        """Turn a failure into the error every rank raises, and tell the other ranks."""
+        ep = self._ep
+        if isinstance(exc, PeerError) and not isinstance(exc, PeerAbortedError):
+            ep.wait_abort(ABORT_GRACE)  # a vanished peer may be telling everyone why
+        if ep.aborted is not None and ep.aborted_by_peer:
+            try:
+                ep.check()
+            except RingcommError as e:
+                raise type(e)(f"{op}: {e}") from exc
+        mismatch = isinstance(exc, MismatchError)
+        ep.abort(f"rank {ep.rank} failed in {op}: {exc}", notify=True, mismatch=mismatch)
+        raise exc
+
+    def _pool_for(self, n: int) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="ringcomm-lane")
+        return self._pool
+
+    def _buffer(self, nbytes: int) -> np.ndarray:
+        if self._scratch.nbytes < nbytes:
+            self._scratch = np.empty(max(nbytes, 2 * self._scratch.nbytes), dtype=np.uint8)
+        return self._scratch[:nbytes]
+
+    # -- the two paths -----------------------------------------------------------------------
+
+    def _gather_small(self, flat: np.ndarray, sig: Signature) -> np.ndarray:
+        """Pass every rank's `flat` once around the ring; return the (size, n) array of them.
+
+        Each slot is a header followed by the data, so one send and usually one
+        receive per step carry both, and a forwarded header still names its origin.
+        """
+        p, r, hs = self._size, self._rank, header.SIZE
+        n = flat.nbytes
+        slot = hs + n
+        slots = self._buffer(p * slot).reshape(p, slot)
+        slots[r, :hs] = np.frombuffer(sig.pack(), dtype=np.uint8)
+        slots[r, hs:] = flat.view(np.uint8)
+        right, left = self._right[0], self._left[0]
+        op = sig.op.label
+        for s in range(p - 1):
+            out_i, in_i = (r - s) % p, (r - s - 1) % p
+            send_all(right, memoryview(slots[out_i]), peer=self._peer((r + 1) % p), op=op)
+            view = memoryview(slots[in_i])
+            recv_exact(left, view[:hs], peer=self._peer((r - 1) % p), op=op)
+            self._checker(sig, (r - 1) % p)(view[:hs])
+            recv_exact(left, view[hs:], peer=self._peer((r - 1) % p), op=op)
+        return slots[:, hs:]
+
+    def _reduce_small(self, flat: np.ndarray, ufunc: Callable, sig: Signature) -> None:
+        raw = self._gather_small(flat, sig)
+        rows = [raw[i].view(flat.dtype) for i in range(self._size)]
+        ufunc(rows[0], rows[1], out=flat)
+        for row in rows[2:]:  # rank order on every rank: the same bits everywhere
+            ufunc(flat, row, out=flat)
+
+    def _run(self, data: np.ndarray, blocks: list[tuple[int, int]], n_rs: int, n_ag: int,
+             ufunc: Callable | None, sig: Signature) -> None:
+        """Run the pipelined ring over all lanes in both directions."""
+        p, r, nl = self._size, self._rank, self._lanes
+        parts = [_even(b - a, 2 * nl) for a, b in blocks]
+        plan = _pipeline.Plan(data, ufunc, sig, self._ep.timeout)
+        lanes = []
+        for j in range(2 * nl):
+            d, c = (1, j) if j < nl else (-1, j - nl)
+
+            def seg(i: int, j: int = j) -> tuple[int, int]:
+                lo, hi = parts[i][j]
+                return blocks[i][0] + lo, blocks[i][0] + hi
+
+            to, frm = (r + d) % p, (r - d) % p
+            send_sock, recv_sock = (self._right[c], self._left[c]) if d == 1 else (
+                self._left[c], self._right[c])
+            lanes.append(_pipeline.Lane(
+                send_sock, recv_sock, self._peer(to), self._peer(frm),
+                _pipeline.steps(r, p, d, seg, n_rs, n_ag), self._checker(sig, frm)))
+        self._execute(sig.op.label, [(f, lane) for lane in lanes
+                                     for f in (_pipeline.run_sender, _pipeline.run_receiver)],
+                      plan)
+
+    def _execute(self, op: str, tasks: list, plan: object) -> None:
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+
+        def guarded(fn: Callable, lane: object) -> None:
+            try:
+                fn(lane, plan)
+            except BaseException as e:  # noqa: BLE001 - re-raised by the calling thread
+                with lock:
+                    errors.append(e)
+                self._wake()
+
+        pool = self._pool_for(len(tasks))
+        futures: list[Future] = [pool.submit(guarded, fn, lane) for fn, lane in tasks[1:]]
+        guarded(*tasks[0])
+        for f in futures:
+            f.result()
+        if errors:
+            self._fail(op, errors[0])
+
+    def _wake(self) -> None:
+        """Unblock every thread of this group's collective after one of them failed."""
+        import socket as _socket
+
+        for s in self._right + self._left:
+            try:
+                s.shutdown(_socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    # -- collectives ---------------------------------------------------------------------------
+
+    def _guard(self, op: str, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except RingcommError as e:
+            self._fail(op, e)
+
+    def all_reduce(self, buf: np.ndarray, op: ReduceOp) -> None:
+        sig = self._sig(_REDUCE_OPS[op], buf)
+        if self._size == 1 or buf.size == 0:
+            return self._empty(sig, buf)
+        flat, ufunc = buf.reshape(-1), _UFUNCS[op]
+        if flat.nbytes <= SMALL_BYTES or flat.size < 2 * self._lanes * self._size:
+            return self._guard(sig.op.label, lambda: self._reduce_small(flat, ufunc, sig))
+        self._run(flat, _even(flat.size, self._size), self._size - 1, self._size - 1, ufunc, sig)
+
+    def _empty(self, sig: Signature, buf: np.ndarray) -> None:
+        """Still check, for an empty array, that every rank made the same call."""
+        if self._size > 1:
+            self._guard(sig.op.label, lambda: self._gather_small(buf.reshape(-1)[:0], sig))
+
+    def all_gather(self, buf: np.ndarray, out: np.ndarray, op: Op = Op.ALL_GATHER) -> None:
+        sig = self._sig(op, buf)
+        p, n = self._size, buf.size
+        if p == 1 or n == 0:
+            out.reshape(-1)[:n] = buf.reshape(-1)
+            return self._empty(sig, buf)
+        flat = out.reshape(-1)
+        if buf.nbytes <= SMALL_BYTES:
+            def small() -> None:
+                rows = self._gather_small(buf.reshape(-1), sig)
+                flat.view(np.uint8).reshape(p, -1)[...] = rows
+            return self._guard(sig.op.label, small)
+        flat[self._rank * n:(self._rank + 1) * n] = buf.reshape(-1)
+        self._run(flat, [(i * n, (i + 1) * n) for i in range(p)], 0, p - 1, None, sig)
+
+    def reduce_scatter(self, buf: np.ndarray, out: np.ndarray, op: ReduceOp) -> None:
+        sig = self._sig(Op.SUM_SCATTER, buf)
+        p, m = self._size, out.size
+        flat = buf.reshape(-1)
+        if p == 1 or m == 0:
+            out.reshape(-1)[...] = flat[:m]
+            return self._empty(sig, buf)
+        ufunc = _UFUNCS[op]
+        if flat.nbytes <= SMALL_BYTES:
+            work = flat.copy()
+
+            def small() -> None:
+                self._reduce_small(work, ufunc, sig)
+                out.reshape(-1)[...] = work[self._rank * m:(self._rank + 1) * m]
+            return self._guard(sig.op.label, small)
+        work = flat.copy()  # the ring reduces in place; the caller's array stays as it was
+        self._run(work, [(i * m, (i + 1) * m) for i in range(p)], p - 1, 0, ufunc, sig)
+        out.reshape(-1)[...] = work[self._rank * m:(self._rank + 1) * m]
+
+    def broadcast(self, buf: np.ndarray, root: int) -> None:
+        sig = self._sig(Op.BROADCAST, buf)
+        p, r = self._size, self._rank
+        if p == 1:
+            return
+        raw = buf.reshape(-1).view(np.uint8)
+        op = sig.op.label
+
+        def relay() -> None:
+            left, right = self._left[0], self._right[0]
+            if r != root:
+                hdr = bytearray(header.SIZE)
+                recv_exact(left, memoryview(hdr), peer=self._peer((r - 1) % p), op=op)
+                self._checker(sig, (r - 1) % p)(memoryview(hdr))
+            forward = (r + 1) % p != root
+            if forward:
+                send_all(right, sig.pack(), peer=self._peer((r + 1) % p), op=op)
+            for a, b in _pipeline.chunks(0, raw.size, _pipeline.CHUNK_BYTES):
+                piece = memoryview(raw[a:b])
+                if r != root and b > a:
+                    recv_exact(left, piece, peer=self._peer((r - 1) % p), op=op)
+                if forward and b > a:
+                    send_all(right, piece, peer=self._peer((r + 1) % p), op=op)
+
+        self._guard(op, relay)
+
+    def barrier(self) -> None:
+        token = np.zeros(1, dtype=np.uint8)
+        sig = self._sig(Op.BARRIER, token)
+        if self._size > 1:
+            self._guard("barrier", lambda: self._gather_small(token, sig))
+
+    # -- point to point ----------------------------------------------------------------------
+
+    def send(self, buf: np.ndarray, dst: int) -> None:
+        ep, w = self._ep, self._world(dst)
+        ep.check()
+        with ep.p2p_lock:
+            seq = ep.next_seq(("out", w))
+        sig = Signature(Op.SEND, seq, self._gid, buf.dtype, tuple(buf.shape), self._rank)
+
+        def go() -> None:
+            s = ep.p2p_out(w)
+            send_all(s, sig.pack(), peer=self._peer(dst), op="send")
+            if buf.nbytes:
+                send_all(s, memoryview(buf.reshape(-1).view(np.uint8)), peer=self._peer(dst),
+                         op="send")
+        self._guard("send", go)
+
+    def recv(self, out: np.ndarray, src: int) -> None:
+        ep, w = self._ep, self._world(src)
+        ep.check()
+        with ep.p2p_lock:
+            seq = ep.next_seq(("in", w))
+        mine = Signature(Op.SEND, seq, self._gid, out.dtype, tuple(out.shape), self._rank)
+
+        def go() -> None:
+            s = ep.p2p_in(w, f"recv from {self._peer(src)}")
+            hdr = bytearray(header.SIZE)
+            recv_exact(s, memoryview(hdr), peer=self._peer(src), op="recv")
+            theirs = Signature.unpack(hdr)
+            if theirs is None:
+                raise PeerError(f"recv: {self._peer(src)} sent bytes that are not a message")
+            what = mine.differs(theirs)
+            if what is not None:
+                raise MismatchError(
+                    f"recv mismatch in the {self._label} group: rank {self._rank} expects "
+                    f"{out.dtype} shape {tuple(out.shape)} from rank {src}, which sent "
+                    f"{theirs.call()} as message #{theirs.seq} (expected #{seq}): {what}"
+                )
+            if out.nbytes:
+                recv_exact(s, memoryview(out.reshape(-1).view(np.uint8)), peer=self._peer(src),
+                           op="recv")
+        self._guard("recv", go)
+
+    # -- groups ------------------------------------------------------------------------------
+
+    def split(self, color: int, key: int) -> Backend:
+        mine = np.array([color, key], dtype=np.int64)
+        table = np.empty(2 * self._size, dtype=np.int64)
+        self.all_gather(mine, table, Op.SPLIT)
+        pairs = table.reshape(self._size, 2)
+        chosen = sorted((int(k), i) for i, (c, k) in enumerate(pairs) if c == color)
+        self._splits += 1
+        gid = _child_id(self._gid, self._splits, color)
+        label = f"{self._label}.split({color})"
+        deadline = time.monotonic() + self._ep.timeout
+        return RingBackend(self._ep, [self._world(i) for _, i in chosen], gid, label, deadline)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+        if self._gid == _WORLD_ID:
+            self._ep.close()
+
+
+def create(rank: int, hosts: list[list[str]], key: bytes, timeout: float) -> RingBackend:
+    """Return the world group of this process from the launcher's hostfile entries."""
+    addrs = [[parse_address(a) for a in entry] for entry in hosts]
+    ep = Endpoint(rank, addrs, key, timeout)
+    ep.install_excepthook()
+    return RingBackend(ep, list(range(len(addrs))), _WORLD_ID, "world", time.monotonic() + timeout)

@@ -1,0 +1,1 @@
+"""Sockets for the ring backend: addresses, authenticated connections, message headers."""

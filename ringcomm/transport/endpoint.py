@@ -1,0 +1,241 @@
+"""One process's place in the job: its listeners, its connections, and the job's abort state.
+
+Every group of the process (the world and the groups split from it) shares
+one Endpoint. The listener threads accept connections, authenticate them and
+file them under their hello; group code takes them out by key. When any rank
+fails, the reason reaches every rank through a short ABORT connection, and
+every blocked socket of this process is shut down so no thread waits on.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import sys
+import threading
+import time
+
+from ..errors import CommTimeoutError, MismatchError, PeerAbortedError, RingcommError
+from . import handshake
+from .handshake import Hello, Kind
+from .net import Address, connect, listen, tune
+
+__all__ = ["Endpoint"]
+
+log = logging.getLogger("ringcomm")
+
+_ABORT_NOTE = struct.Struct("<BI")
+_MISMATCH, _OTHER = 1, 0
+# Time a rank that saw a peer vanish waits for that peer's reason to arrive.
+ABORT_GRACE = 0.5
+
+
+class Endpoint:
+    """Listeners, connection registry and abort state of one process."""
+
+    def __init__(self, rank: int, addrs: list[list[Address]], key: bytes, timeout: float) -> None:
+        self.rank = rank
+        self.addrs = addrs
+        self.key = key
+        self.timeout = timeout
+        self._cond = threading.Condition()
+        self._filed: dict[tuple[int, int, int, int], socket.socket] = {}
+        self._socks: list[socket.socket] = []
+        self._aborted: str | None = None
+        self._abort_mismatch = False
+        self._abort_remote = False
+        self._p2p_out: dict[int, socket.socket] = {}
+        self._p2p_in: dict[int, socket.socket] = {}
+        self.p2p_lock = threading.Lock()
+        self._seqs: dict[tuple[str, int], int] = {}
+        self._listeners = [listen(a) for a in addrs[rank]] if len(addrs) > 1 else []
+        for ls in self._listeners:
+            threading.Thread(target=self._accept_loop, args=(ls,), daemon=True,
+                             name="ringcomm-listen").start()
+
+    def peer(self, world_rank: int) -> str:
+        """Return 'rank R (ip:port)' for messages."""
+        return f"rank {world_rank} ({self.addrs[world_rank][0]})"
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _accept_loop(self, ls: socket.socket) -> None:
+        while True:
+            try:
+                s, addr = ls.accept()
+            except OSError:
+                return  # listener closed
+            threading.Thread(target=self._admit, args=(s, addr), daemon=True,
+                             name="ringcomm-admit").start()
+
+    def _admit(self, s: socket.socket, addr: tuple) -> None:
+        s.settimeout(min(self.timeout, 10.0))
+        try:
+            hello = handshake.server(s, self.key)
+            if hello.kind == Kind.ABORT:
+                kind, n = _ABORT_NOTE.unpack(handshake.read_exact(s, _ABORT_NOTE.size))
+                reason = handshake.read_exact(s, n).decode("utf-8", "replace")
+                s.close()
+                self.abort(reason, notify=False, mismatch=kind == _MISMATCH, remote=True)
+                return
+        except (handshake.HandshakeError, OSError, ValueError) as e:
+            log.warning("ringcomm rank %d refused a connection from %s: %s", self.rank,
+                        addr[0], e)
+            s.close()
+            return
+        tune(s, self.timeout)
+        key = (int(hello.kind), hello.src, hello.group, hello.lane)
+        with self._cond:
+            if self._aborted is not None:
+                s.close()
+                return
+            old = self._filed.pop(key, None)
+            if old is not None:
+                old.close()
+            self._filed[key] = s
+            self._socks.append(s)
+            self._cond.notify_all()
+
+    def connect(self, dst: int, hello: Hello, deadline: float, lane: int = 0) -> socket.socket:
+        """Return an authenticated connection to world rank `dst`, filed there under `hello`."""
+        self.check()
+        targets = self.addrs[dst]
+        addr = targets[lane % len(targets)]
+        s = connect(addr, deadline, what=f"rank {dst}")
+        try:
+            s.settimeout(max(1.0, min(self.timeout, deadline - time.monotonic())))
+            handshake.client(s, self.key, hello)
+        except (OSError, RingcommError) as e:
+            s.close()
+            raise type(e)(f"handshake with rank {dst} at {addr} failed: {e}") from e
+        tune(s, self.timeout)
+        with self._cond:
+            self._socks.append(s)
+        return s
+
+    def take(self, kind: Kind, src: int, group: int, lane: int, deadline: float,
+             what: str) -> socket.socket:
+        """Return the connection world rank `src` filed under this key; wait until `deadline`."""
+        key = (int(kind), src, group, lane)
+        with self._cond:
+            while key not in self._filed:
+                self.check()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise CommTimeoutError(
+                        f"{what}: {self.peer(src)} did not connect within {self.timeout:g} s; "
+                        "is it running and did it make the same call? (RINGCOMM_TIMEOUT sets "
+                        "the deadline)"
+                    )
+                self._cond.wait(left)
+            return self._filed.pop(key)
+
+    def p2p_out(self, dst: int) -> socket.socket:
+        """Return this process's sending connection to world rank `dst`, made on first use."""
+        s = self._p2p_out.get(dst)
+        if s is None:
+            deadline = time.monotonic() + self.timeout
+            s = self._p2p_out[dst] = self.connect(dst, Hello(Kind.P2P, self.rank, 0), deadline)
+        return s
+
+    def p2p_in(self, src: int, what: str) -> socket.socket:
+        """Return the connection world rank `src` sends on to this process."""
+        s = self._p2p_in.get(src)
+        if s is None:
+            deadline = time.monotonic() + self.timeout
+            s = self._p2p_in[src] = self.take(Kind.P2P, src, 0, 0, deadline, what)
+        return s
+
+    def next_seq(self, key: tuple[str, int]) -> int:
+        """Return the next message number on a point-to-point connection (hold p2p_lock)."""
+        self._seqs[key] = self._seqs.get(key, 0) + 1
+        return self._seqs[key]
+
+    # -- failure -----------------------------------------------------------------------------
+
+    @property
+    def aborted(self) -> str | None:
+        """Return why the job stopped, or None while it runs."""
+        return self._aborted
+
+    def check(self) -> None:
+        """Raise if the job has been aborted by this rank or another."""
+        reason = self._aborted
+        if reason is not None:
+            if self._abort_mismatch:
+                raise MismatchError(reason)
+            raise PeerAbortedError(reason)
+
+    def wait_abort(self, seconds: float) -> bool:
+        """Wait up to `seconds` for a reason to arrive from a failed peer; return whether it did."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._aborted is not None, seconds)
+
+    @property
+    def aborted_by_peer(self) -> bool:
+        """Return whether the abort came from another rank."""
+        return self._abort_remote
+
+    def abort(self, reason: str, *, notify: bool, mismatch: bool = False,
+              remote: bool = False) -> None:
+        """Stop the job: wake every blocked thread and, with `notify`, tell every rank why."""
+        with self._cond:
+            if self._aborted is not None:
+                return
+            self._aborted, self._abort_mismatch, self._abort_remote = reason, mismatch, remote
+            socks = list(self._socks) + list(self._filed.values())
+            self._cond.notify_all()
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if notify:
+            self._notify(reason, mismatch)
+
+    def _notify(self, reason: str, mismatch: bool) -> None:
+        """Send `reason` to every other rank, in parallel, within about two seconds."""
+        note = reason.encode()[:60000]
+        body = _ABORT_NOTE.pack(_MISMATCH if mismatch else _OTHER, len(note)) + note
+        deadline = time.monotonic() + 2.0
+
+        def tell(dst: int) -> None:
+            try:
+                addr = self.addrs[dst][0]
+                s = connect(addr, deadline, what=f"rank {dst}")
+                with s:
+                    s.settimeout(max(0.1, deadline - time.monotonic()))
+                    handshake.client(s, self.key, Hello(Kind.ABORT, self.rank, 0))
+                    s.sendall(body)
+            except (OSError, RingcommError):
+                pass  # that rank is gone or going; the launcher ends it
+
+        threads = [threading.Thread(target=tell, args=(r,), daemon=True)
+                   for r in range(len(self.addrs)) if r != self.rank]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()) + 0.1)
+
+    def install_excepthook(self) -> None:
+        """Tell every rank when this process dies of an uncaught exception."""
+        previous = sys.excepthook
+
+        def hook(kind: type, value: BaseException, tb: object) -> None:
+            try:
+                self.abort(f"rank {self.rank} stopped on an uncaught {kind.__name__}: {value}",
+                           notify=True, mismatch=isinstance(value, MismatchError))
+            finally:
+                previous(kind, value, tb)  # type: ignore[arg-type]
+
+        sys.excepthook = hook
+
+    def close(self) -> None:
+        """Close listeners and connections."""
+        for ls in self._listeners:
+            ls.close()
+        with self._cond:
+            socks = list(self._socks) + list(self._filed.values())
+        for s in socks:
+            s.close()

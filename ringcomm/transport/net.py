@@ -1,0 +1,148 @@
+"""Addresses, listening and connecting sockets, and exact reads and writes with deadlines."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+import sys
+import time
+from dataclasses import dataclass
+
+from ..errors import CommTimeoutError, ConnectError, PeerError
+
+__all__ = ["Address", "connect", "describe_errno", "listen", "parse_address", "recv_exact", "tune"]
+
+_HINTS = {
+    errno.ECONNREFUSED: "nothing listens there yet: is the rank started, and is the port right?",
+    errno.EADDRINUSE: "another process holds the port: let the launcher pick free ports, "
+    "or choose others with --starting-port",
+    errno.EADDRNOTAVAIL: "the address is not on this host: check this host's ips in the hostfile",
+    errno.EHOSTUNREACH: "no route to the host: check the address, the interface and the network",
+    errno.ENETUNREACH: "no route to the network: check the address and the interface",
+    errno.ETIMEDOUT: "no answer: a firewall may drop packets to that port, or the host is down",
+    errno.EACCES: "permission denied: ports below 1024 need privileges",
+}
+
+
+@dataclass(frozen=True)
+class Address:
+    """A host and port of a rank's listener."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_address(text: str) -> Address:
+    """Return the Address of 'ip:port' or '[ipv6]:port'."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expecting 'ip:port' with a port in 1..65535, got {text!r}")
+    return Address(host.strip("[]"), int(port))
+
+
+def describe_errno(e: OSError) -> str:
+    """Return 'ENAME (message): hint' for an OSError."""
+    code = e.errno or 0
+    name = errno.errorcode.get(code, str(code))
+    text = f"{name} ({os.strerror(code)})" if code else str(e)
+    hint = _HINTS.get(code)
+    return f"{text}; {hint}" if hint else text
+
+
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def listen(addr: Address) -> socket.socket:
+    """Return a socket listening on `addr`; raise ConnectError naming the address on failure."""
+    s = socket.socket(_family(addr.host), socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((addr.host, addr.port))
+        s.listen(128)
+    except OSError as e:
+        s.close()
+        raise ConnectError(f"cannot listen on {addr}: {describe_errno(e)}") from e
+    return s
+
+
+def _set_timeouts(s: socket.socket, seconds: float) -> None:
+    """Bound every blocking send and recv on `s` by `seconds` in the kernel.
+
+    Kernel timeouts keep the socket in blocking mode, so a recv with
+    MSG_WAITALL is one system call per chunk instead of poll + recv.
+    """
+    sec = int(seconds)
+    usec = int((seconds - sec) * 1e6)
+    tv = struct.pack("ll", sec, usec)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+
+
+def tune(s: socket.socket, timeout: float) -> None:
+    """Set no-delay, keepalive and kernel deadlines on a connected socket."""
+    s.settimeout(None)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    # A host that vanishes without a reset is noticed in about 10 + 3*3 seconds.
+    if hasattr(socket, "TCP_KEEPIDLE"):
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 10)
+    elif sys.platform == "darwin":  # macOS names it TCP_KEEPALIVE (0x10)
+        s.setsockopt(socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPALIVE", 0x10), 10)
+    if hasattr(socket, "TCP_KEEPINTVL"):
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 3)
+    if hasattr(socket, "TCP_KEEPCNT"):
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    _set_timeouts(s, timeout)
+
+
+def connect(addr: Address, deadline: float, *, what: str) -> socket.socket:
+    """Return a socket connected to `addr`, retrying with backoff until `deadline` (monotonic)."""
+    delay = 0.01
+    while True:
+        s = socket.socket(_family(addr.host), socket.SOCK_STREAM)
+        left = deadline - time.monotonic()
+        s.settimeout(max(0.05, min(left, 10.0)))
+        try:
+            s.connect((addr.host, addr.port))
+            return s
+        except OSError as e:
+            s.close()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if isinstance(e, socket.timeout) and not e.errno:
+                    e = OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT))
+                raise ConnectError(f"cannot connect to {what} at {addr}: {describe_errno(e)}") from e
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 0.5)
+
+
+def recv_exact(s: socket.socket, view: memoryview, *, peer: str, op: str) -> None:
+    """Fill `view` from `s`; raise PeerError on EOF or reset, CommTimeoutError on the deadline."""
+    n = len(view)
+    got = 0
+    while got < n:
+        try:
+            k = s.recv_into(view[got:], n - got, socket.MSG_WAITALL)
+        except (TimeoutError, BlockingIOError) as e:
+            raise CommTimeoutError(f"{op}: {peer} sent nothing within the deadline") from e
+        except OSError as e:
+            raise PeerError(f"{op}: connection to {peer} failed: {describe_errno(e)}") from e
+        if k == 0:
+            raise PeerError(f"{op}: {peer} closed the connection (did it exit or crash?)")
+        got += k
+
+
+def send_all(s: socket.socket, data: memoryview | bytes, *, peer: str, op: str) -> None:
+    """Send all of `data`; raise PeerError on a reset, CommTimeoutError on the deadline."""
+    try:
+        s.sendall(data)
+    except (TimeoutError, BlockingIOError) as e:
+        raise CommTimeoutError(f"{op}: {peer} took nothing within the deadline") from e
+    except OSError as e:
+        raise PeerError(f"{op}: connection to {peer} failed: {describe_errno(e)}") from e
