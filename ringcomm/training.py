@@ -16,8 +16,9 @@ do not record tuple types.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from . import ops
 from .arrays import adapt
 from .group import Group, world
 
-__all__ = ["tree_map", "tree_flatten", "tree_unflatten", "average_gradients"]
+__all__ = ["average_gradients", "tree_flatten", "tree_map", "tree_unflatten"]
 
 IsLeaf = Callable[[Any], bool] | None
 
