@@ -1,0 +1,8 @@
+"""The launcher: argparse (cli) -> LaunchConfig -> JobPlan -> guarded ranks (supervisor)."""
+
+from __future__ import annotations
+
+from .api import launch
+from .config import Backend, LaunchConfig, LaunchError
+
+__all__ = ["launch", "LaunchConfig", "LaunchError", "Backend"]

@@ -1,0 +1,122 @@
+"""``launch(config) -> int``: plan the job, start guarded ranks, report."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from typing import TextIO
+
+from ..hostfile import dump_rank_hostfile
+from . import commands
+from .config import Backend, JobPlan, LaunchConfig, RankSpec, hostfile_vars, rank_env
+from .output import Output
+from .plan import plan_job
+from .supervisor import Job, JobResult, RankProcess, Reason
+
+__all__ = ["describe_plan", "failure_report", "launch", "rank_processes"]
+
+_REPORT_LINES = 10
+_PREFIX = "ringcomm launch:"
+
+
+def _remote_argv(plan: JobPlan, spec: RankSpec) -> list[str]:
+    from . import remote
+
+    return remote.ssh_guard_argv(spec.host, plan.config.python_path)
+
+
+def rank_processes(plan: JobPlan) -> list[RankProcess]:
+    """Return the guard process for every rank of ``plan`` (pure: starts nothing)."""
+    text = dump_rank_hostfile(plan.rank_hostfile())
+    source = commands.guard_source()
+    out = []
+    for spec in plan.ranks:
+        start = commands.start_frame(
+            plan.argv, rank_env(plan, spec), cwd=plan.config.cwd, hostfile=text,
+            hostfile_vars=hostfile_vars(), grace=plan.config.grace,
+        )
+        if spec.local:
+            argv = commands.guard_argv(plan.config.python_path)
+        else:
+            argv = _remote_argv(plan, spec)
+        out.append(RankProcess(rank=spec.rank, host=spec.host, local=spec.local,
+                               argv=argv, preamble=source + start))
+    return out
+
+
+def describe_plan(plan: JobPlan, processes: list[RankProcess]) -> str:
+    """Return the human-readable dry-run text: each rank's command and environment."""
+    lines = [f"job: {plan.size} ranks, backend {plan.backend.value}"]
+    lines.append(f"rank hostfile: {dump_rank_hostfile(plan.rank_hostfile())}")
+    for spec, proc in zip(plan.ranks, processes):
+        where = "local" if spec.local else "ssh"
+        lines.append(f"rank {spec.rank} on {spec.host} ({where}):")
+        lines.append(f"  guard: {shlex.join(proc.argv)}")
+        lines.append(f"  program: {shlex.join(plan.argv)}")
+        if plan.config.cwd:
+            lines.append(f"  cwd: {plan.config.cwd}")
+        env = rank_env(plan, spec)
+        for key in sorted(env):
+            value = "<secret>" if key.endswith("TOKEN") else env[key]
+            lines.append(f"  env: {key}={value}")
+        for key in hostfile_vars():
+            lines.append(f"  env: {key}=<temp file with the rank hostfile>")
+    return "\n".join(lines)
+
+
+def failure_report(result: JobResult) -> list[str]:
+    """Return the lines printed to stderr when a job did not succeed."""
+    lines = []
+    stopped = [e.rank for e in result.exits if e.stopped]
+    if result.reason == Reason.FAILED and result.first_failure is not None:
+        f = result.first_failure
+        pid = f"pid {f.pid}" if f.pid is not None else "pid unknown"
+        lines.append(f"{_PREFIX} rank {f.rank} failed first: {f.describe()} "
+                     f"(host {f.host}, {pid})")
+        tail = f.stderr_tail[-_REPORT_LINES:]
+        if tail:
+            lines.append(f"{_PREFIX} last {len(tail)} lines of rank {f.rank}'s stderr:")
+            lines.extend(f"  | {t}" for t in tail)
+        else:
+            lines.append(f"{_PREFIX} rank {f.rank} wrote nothing to stderr")
+    elif result.reason == Reason.TIMEOUT:
+        lines.append(f"{_PREFIX} job timed out (--timeout); stopped every rank")
+    elif result.reason == Reason.INTERRUPTED:
+        lines.append(f"{_PREFIX} interrupted; stopped every rank")
+    if stopped and result.reason == Reason.FAILED:
+        lines.append(f"{_PREFIX} stopped the other ranks: {', '.join(map(str, stopped))}")
+    lines.append(f"{_PREFIX} exit code {result.exit_code}")
+    return lines
+
+
+def launch(config: LaunchConfig, *, stderr: TextIO | None = None) -> int:
+    """Run the job described by ``config``; return its exit code (0 only if every rank was 0).
+
+    Raises LaunchError (or HostfileError) when the job cannot be planned.
+    """
+    err = stderr if stderr is not None else sys.stderr
+    if config.check:
+        from .preflight import run_check
+
+        code = run_check(config)
+        if code != 0:
+            return code
+    plan = plan_job(config)
+    if plan.backend is Backend.MPI:
+        from .mpi import launch_mpi
+
+        return launch_mpi(plan, stderr=err)
+    processes = rank_processes(plan)
+    if config.dry_run:
+        print(describe_plan(plan, processes), file=sys.stdout, flush=True)
+        return 0
+    if config.verbose:
+        print(describe_plan(plan, processes), file=err, flush=True)
+    output = Output(tag=config.tag_output, output_dir=config.output_dir)
+    job = Job(processes, output, grace=config.grace, timeout=config.timeout,
+              forward_stdin=config.forward_stdin)
+    result = job.run()
+    if result.exit_code != 0:
+        for line in failure_report(result):
+            print(line, file=err, flush=True)
+    return result.exit_code

@@ -1,0 +1,183 @@
+"""Turn a LaunchConfig into a JobPlan: hosts, local or remote, addresses, ports."""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+import socket
+from dataclasses import dataclass
+
+from ..hostfile import HostEntry, load_hostfile
+from .config import (
+    Backend,
+    JobPlan,
+    LaunchConfig,
+    LaunchError,
+    RankSpec,
+    addresses_for,
+    program_argv,
+)
+
+__all__ = ["host_entries", "is_local_host", "pick_free_ports", "plan_job", "resolve_host"]
+
+_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+
+
+@dataclass(frozen=True)
+class _HostSource:
+    entries: list[HostEntry]
+    backend: str | None
+    envs: tuple[tuple[str, str], ...]
+
+
+def host_entries(config: LaunchConfig) -> _HostSource:
+    """Return the host entries of the job in rank order, each repeated ``-n`` times."""
+    if config.hostfile is not None:
+        hf = load_hostfile(config.hostfile)
+        base, backend, envs = list(hf.hosts), hf.backend, hf.envs
+    else:
+        base, backend, envs = [], None, ()
+        for name in config.hosts:
+            name = name.strip()
+            if not name:
+                raise LaunchError(
+                    f"--hosts has an empty name in {','.join(config.hosts)!r}; "
+                    "expected comma-separated hosts like 'h1,h2'"
+                )
+            base.append(HostEntry(ssh=name))
+    entries = [h for h in base for _ in range(config.repeat_hosts)]
+    return _HostSource(entries=entries, backend=backend, envs=envs)
+
+
+def _ssh_user_host(name: str) -> str:
+    """Return the host part of an ssh destination like ``user@host``."""
+    return name.rpartition("@")[2]
+
+
+def resolve_host(name: str) -> str:
+    """Return the IPv4 (or IPv6) address of ``name``; raise LaunchError if unknown."""
+    host = _ssh_user_host(name)
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise LaunchError(
+            f"cannot resolve host {host!r} to an ip address ({e.strerror}); "
+            "give an ip in --hosts, or the ring ips in a --hostfile entry's 'ips'"
+        ) from None
+    infos.sort(key=lambda i: i[0] != socket.AF_INET)
+    return str(infos[0][4][0])
+
+
+def _can_bind(ip: str) -> bool:
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.bind((ip, 0))
+        return True
+    except OSError:
+        return False
+
+
+def is_local_host(name: str) -> bool:
+    """Return True when ``name`` is this machine (loopback or one of its addresses)."""
+    host = _ssh_user_host(name)
+    if "@" in name:
+        return False  # an explicit user asks for ssh even to this machine
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        ip = resolve_host(host)
+    except LaunchError:
+        return False
+    return ipaddress.ip_address(ip).is_loopback or _can_bind(ip)
+
+
+def pick_free_ports(ip: str, count: int) -> list[int]:
+    """Return ``count`` distinct ports free on ``ip`` now, chosen by the OS."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(s)
+            try:
+                s.bind((ip, 0))
+            except OSError as e:
+                raise LaunchError(
+                    f"cannot bind a port on {ip!r} ({e.strerror}); "
+                    "check that the address belongs to this machine"
+                ) from None
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _backend(config: LaunchConfig, from_hostfile: str | None) -> Backend:
+    if config.backend is not None:
+        return config.backend
+    if from_hostfile is not None:
+        return Backend(from_hostfile)
+    return Backend.RING
+
+
+def plan_job(config: LaunchConfig) -> JobPlan:
+    """Return the concrete plan for ``config``: one RankSpec per rank."""
+    source = host_entries(config)
+    backend = _backend(config, source.backend)
+    per_ip = config.connections_per_ip
+    local = [is_local_host(h.ssh) for h in source.entries]
+    any_remote = not all(local)
+    rank_ips: list[tuple[str, ...]] = []
+    for entry, is_local in zip(source.entries, local):
+        if entry.ips:
+            rank_ips.append(entry.ips)
+        elif is_local and not any_remote:
+            rank_ips.append(("127.0.0.1",))
+        else:
+            rank_ips.append((resolve_host(entry.ssh),))
+    if any_remote and any(ipaddress.ip_address(ips[0]).is_loopback
+                          for ips, lo in zip(rank_ips, local) if lo):
+        raise LaunchError(
+            "a loopback host cannot be in a job with remote hosts: remote ranks "
+            "could not reach it; use this machine's network address instead"
+        )
+    total = sum(len(ips) * per_ip for ips in rank_ips)
+    if config.starting_port is not None:
+        if config.starting_port + total > 65536:
+            raise LaunchError(
+                f"--starting-port {config.starting_port} leaves too few ports for "
+                f"{total} connections; expected a port <= {65536 - total}"
+            )
+        next_port = config.starting_port
+    else:
+        next_port = 20000 + secrets.randbelow(30000)
+    # All local ports of one ip come from one call, so they are distinct.
+    local_need: dict[str, int] = {}
+    for is_local, ips in zip(local, rank_ips):
+        if is_local and config.starting_port is None:
+            for ip in ips:
+                local_need[ip] = local_need.get(ip, 0) + per_ip
+    free = {ip: pick_free_ports(ip, n) for ip, n in local_need.items()}
+    ranks = []
+    for r, (entry, is_local, ips) in enumerate(zip(source.entries, local, rank_ips)):
+        if config.starting_port is None and is_local:
+            ports = []
+            for ip in ips:
+                ports += free[ip][:per_ip]
+                del free[ip][:per_ip]
+        else:
+            n = len(ips) * per_ip
+            ports = list(range(next_port, next_port + n))
+            next_port += n
+        host = ips[0] if is_local else entry.ssh
+        ranks.append(RankSpec(rank=r, host=host, local=is_local,
+                              addresses=addresses_for(ips, ports)))
+    argv = program_argv(config.command, config.python_path, cwd=config.cwd,
+                        must_exist=all(local))
+    return JobPlan(config=config, backend=backend, ranks=ranks, argv=argv,
+                   hostfile_envs=source.envs)

@@ -1,0 +1,312 @@
+"""Tests of ``ringcomm launch`` on this machine, with tiny scripts that exit, crash or hang.
+
+Every test that starts processes has a timeout and proves that no rank pid
+survives the launcher.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ringcomm.hostfile import rank_addresses
+from ringcomm.launch import Backend, LaunchConfig, LaunchError, launch
+from ringcomm.launch import commands
+from ringcomm.launch.api import failure_report
+from ringcomm.launch.cli import build_parser, split_argv
+from ringcomm.launch.config import program_argv
+from ringcomm.launch.plan import plan_job
+from ringcomm.launch.supervisor import JobResult, RankExit, Reason
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(__file__).resolve().parent / "launcher_scripts"
+BEHAVE = str(SCRIPTS / "behave.py")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.pop("RINGCOMM_TIMEOUT", None)
+    return env
+
+
+def _cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ringcomm", "launch", *args]
+
+
+def run_launch(*args: str, timeout: float = 30, input: bytes | None = None,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``ringcomm launch ARGS`` to completion and return its result."""
+    out = subprocess.run(
+        _cmd(*args), input=input, stdin=None if input is not None else subprocess.DEVNULL,
+        capture_output=True, timeout=timeout, env=env or _env(),
+    )
+    return subprocess.CompletedProcess(out.args, out.returncode,
+                                       out.stdout.decode(), out.stderr.decode())
+
+
+def alive(pid: int) -> bool:
+    """Return True if ``pid`` runs (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def read_pids(outdir: Path, ranks: int, timeout: float = 15) -> list[int]:
+    """Wait until every rank wrote its pid file; return all pids written."""
+    deadline = time.monotonic() + timeout
+    while True:
+        files = [outdir / f"pid{r}" for r in range(ranks)]
+        if all(f.exists() for f in files):
+            return [int(p) for f in files for p in f.read_text().split()]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"ranks did not start: {sorted(os.listdir(outdir))}")
+        time.sleep(0.05)
+
+
+def assert_all_gone(pids: list[int], within: float = 10) -> None:
+    """Assert that every pid in ``pids`` is gone within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while any(alive(p) for p in pids):
+        if time.monotonic() > deadline:
+            survivors = [p for p in pids if alive(p)]
+            for p in survivors:
+                os.kill(p, signal.SIGKILL)
+            raise AssertionError(f"processes survived the launcher: {survivors}")
+        time.sleep(0.05)
+
+
+# -- pure functions: nothing started -----------------------------------------
+
+
+def test_split_argv_separates_program_from_options():
+    p = build_parser()
+    assert split_argv(p, ["-n", "2", "s.py", "--lr", "1"]) == (["-n", "2"], ["s.py", "--lr", "1"])
+    assert split_argv(p, ["-n2", "--tag-output", "--", "-x"]) == (["-n2", "--tag-output"], ["-x"])
+    assert split_argv(p, ["-n", "2", "-m", "pkg.mod", "-v"]) == (["-n", "2"], ["-m", "pkg.mod", "-v"])
+    assert split_argv(p, ["--env=A=1", "prog"]) == (["--env=A=1"], ["prog"])
+    assert split_argv(p, ["--bogus", "prog"]) == (["--bogus"], ["prog"])
+
+
+def test_program_argv_rules(tmp_path):
+    script = tmp_path / "s.py"
+    script.write_text("")
+    assert program_argv(["s.py", "a"], "/py", cwd=str(tmp_path)) == ["/py", str(script), "a"]
+    assert program_argv(["-m", "pkg", "x"], "/py") == ["/py", "-m", "pkg", "x"]
+    assert program_argv(["echo", "hi"], "/py") == ["echo", "hi"]
+    with pytest.raises(LaunchError, match="not found"):
+        program_argv(["missing.py"], "/py", cwd=str(tmp_path))
+    assert program_argv(["missing.py"], "/py", cwd=str(tmp_path), must_exist=False)[1] == "missing.py"
+
+
+def test_rank_addresses_connections_per_ip():
+    assert rank_addresses(("10.0.0.1",), [5, 6]) == ["10.0.0.1:5", "10.0.0.1:6"]
+    assert rank_addresses(("1.1.1.1", "2.2.2.2"), [1, 2]) == ["1.1.1.1:1", "2.2.2.2:2"]
+
+
+def test_guard_argv_and_frames():
+    argv = commands.guard_argv("/py", 123)
+    assert argv[:2] == ["/py", "-c"] and "read(123)" in argv[2]
+    assert commands.frame(b"D", b"ab") == b"D\x00\x00\x00\x02ab"
+    assert commands.guard_remote_command("/p y", 5).startswith("exec '/p y' -c ")
+
+
+def test_plan_local_ports_distinct_and_starting_port():
+    cfg = LaunchConfig(command=["echo"], repeat_hosts=3, connections_per_ip=2)
+    plan = plan_job(cfg)
+    ports = [a.rsplit(":", 1)[1] for r in plan.ranks for a in r.addresses]
+    assert len(set(ports)) == 6 and all(r.local for r in plan.ranks)
+    plan = plan_job(LaunchConfig(command=["echo"], repeat_hosts=2, starting_port=40000))
+    assert plan.rank_hostfile() == [["127.0.0.1:40000"], ["127.0.0.1:40001"]]
+    assert plan.backend is Backend.RING and len(plan.token) == 32
+
+
+def test_failure_report_names_rank_host_pid_signal():
+    first = RankExit(rank=2, host="h", pid=77, code=139, signal=11, stderr_tail=("boom",))
+    other = RankExit(rank=0, host="h", pid=5, code=143, stopped=True)
+    text = "\n".join(failure_report(JobResult(139, Reason.FAILED, first, [first, other])))
+    assert "rank 2 failed first: killed by SIGSEGV (exit code 139) (host h, pid 77)" in text
+    assert "| boom" in text and "stopped the other ranks: 0" in text
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(LaunchError, match="no program"):
+        LaunchConfig(command=[])
+    with pytest.raises(LaunchError, match="connections-per-ip"):
+        LaunchConfig(command=["x"], connections_per_ip=0)
+
+
+# -- real jobs ----------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode,code,text", [
+    ("exit3", 3, "exit code 3"),
+    ("raise", 1, "RuntimeError: deliberate failure in rank 1"),
+    ("segv", 139, "killed by SIGSEGV"),
+])
+def test_failing_rank_stops_the_others(tmp_path, mode, code, text):
+    r = run_launch("-n", "3", "--env", "EXPECT_RANKS=3", BEHAVE, mode, str(tmp_path), "child")
+    assert r.returncode == code, r.stderr
+    assert "rank 1 failed first" in r.stderr and text in r.stderr
+    assert "stopped the other ranks: 0, 2" in r.stderr
+    assert_all_gone(read_pids(tmp_path, 3, timeout=1))
+
+
+@pytest.mark.timeout(60)
+def test_timeout_ends_hung_job(tmp_path):
+    start = time.monotonic()
+    r = run_launch("-n", "2", "--timeout", "2", BEHAVE, "hang", str(tmp_path), "child")
+    assert r.returncode == 124 and "timed out" in r.stderr
+    assert time.monotonic() - start < 15
+    assert_all_gone(read_pids(tmp_path, 2, timeout=1))
+
+
+def _start_background(tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(_cmd(*args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=_env())
+
+
+@pytest.mark.timeout(60)
+def test_kill9_of_launcher_leaves_no_rank(tmp_path):
+    launcher = _start_background(tmp_path, "-n", "2", BEHAVE, "hang", str(tmp_path), "child")
+    try:
+        pids = read_pids(tmp_path, 2)
+        assert len(pids) == 4 and all(alive(p) for p in pids)
+        launcher.kill()
+        launcher.wait(timeout=10)
+        assert_all_gone(pids)
+    finally:
+        launcher.kill()
+        launcher.communicate(timeout=10)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_ends_every_rank(tmp_path, sig):
+    launcher = _start_background(tmp_path, "-n", "2", BEHAVE, "hang", str(tmp_path), "child")
+    try:
+        pids = read_pids(tmp_path, 2)
+        launcher.send_signal(sig)
+        _, err = launcher.communicate(timeout=20)
+        assert launcher.returncode == 128 + sig, err
+        assert b"interrupted" in err
+        assert_all_gone(pids)
+    finally:
+        launcher.kill()
+
+
+@pytest.mark.timeout(60)
+def test_environment_contract(tmp_path):
+    env = _env()
+    env["RINGCOMM_TIMEOUT"] = "17"
+    env["DUMP_DIR"] = str(tmp_path)
+    r = run_launch("-n", "2", "--connections-per-ip", "2", "--env", "EXTRA=a b=c",
+                   str(SCRIPTS / "env_dump.py"), env=env)
+    assert r.returncode == 0, r.stderr
+    dumps = [json.loads((tmp_path / f"env{i}.json").read_text()) for i in range(2)]
+    hostfile = dumps[0]["hostfile_content"]
+    assert len(hostfile) == 2 and all(len(e) == 2 for e in hostfile)
+    assert all(a.startswith("127.0.0.1:") for e in hostfile for a in e)
+    assert len({a for e in hostfile for a in e}) == 4
+    for i, d in enumerate(dumps):
+        assert d["RINGCOMM_RANK"] == d["MLX_RANK"] == str(i)
+        assert d["RINGCOMM_HOSTFILE"] == d["MLX_HOSTFILE"]
+        assert d["hostfile_content"] == hostfile
+        assert d["RINGCOMM_BACKEND"] == "ring" and d["RINGCOMM_TIMEOUT"] == "17"
+        assert d["EXTRA"] == "a b=c" and d["PYTHONUNBUFFERED"] == "1"
+        assert not os.path.exists(d["RINGCOMM_HOSTFILE"])  # removed with the job
+    token = dumps[0]["RINGCOMM_TOKEN"]
+    assert len(token) == 32 and dumps[1]["RINGCOMM_TOKEN"] == token
+
+
+@pytest.mark.timeout(60)
+def test_concurrent_jobs_get_distinct_ports(tmp_path):
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    procs = []
+    for d in dirs:
+        d.mkdir()
+        env = _env()
+        env["DUMP_DIR"] = str(d)
+        procs.append(subprocess.Popen(_cmd("-n", "2", str(SCRIPTS / "env_dump.py")),
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, env=env))
+    for p in procs:
+        p.communicate(timeout=30)
+        assert p.returncode == 0
+    ports = [{a for e in json.loads((d / "env0.json").read_text())["hostfile_content"] for a in e}
+             for d in dirs]
+    assert not ports[0] & ports[1]
+
+
+@pytest.mark.timeout(30)
+def test_starting_port_override(tmp_path):
+    env = _env()
+    env["DUMP_DIR"] = str(tmp_path)
+    r = run_launch("-p", "45123", "-n", "2", str(SCRIPTS / "env_dump.py"), env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "env1.json").read_text())["hostfile_content"] == [
+        ["127.0.0.1:45123"], ["127.0.0.1:45124"]]
+
+
+@pytest.mark.timeout(30)
+def test_stdin_broadcast_and_tag_output():
+    r = run_launch("-n", "2", "--tag-output", str(SCRIPTS / "echo_stdin.py"), input=b"hi\nthere\n")
+    assert r.returncode == 0, r.stderr
+    lines = sorted(r.stdout.splitlines())
+    assert lines == ["[0] rank 0 got 'hi\\nthere\\n'", "[1] rank 1 got 'hi\\nthere\\n'"]
+
+
+@pytest.mark.timeout(30)
+def test_module_and_plain_program(tmp_path):
+    env = _env()
+    env["DUMP_DIR"] = str(tmp_path)
+    r = run_launch("--cwd", str(SCRIPTS), "-n", "2", "-m", "env_dump", env=env)
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == ["rank 0 done", "rank 1 done"]
+    r = run_launch("-n", "2", "--", "sh", "-c", 'echo "r$RINGCOMM_RANK"; exit 0')
+    assert r.returncode == 0 and sorted(r.stdout.split()) == ["r0", "r1"]
+
+
+@pytest.mark.timeout(30)
+def test_missing_script_and_program(tmp_path):
+    r = run_launch("-n", "2", str(tmp_path / "nope.py"))
+    assert r.returncode == 2 and "not found" in r.stderr
+    r = run_launch("-n", "1", "ringcomm-no-such-program")
+    assert r.returncode == 127 and "no such program" in r.stderr
+
+
+@pytest.mark.timeout(30)
+def test_output_dir_and_dry_run(tmp_path):
+    r = run_launch("-n", "2", "--output-dir", str(tmp_path / "out"), "--",
+                   "sh", "-c", 'echo "out$RINGCOMM_RANK"; echo "err$RINGCOMM_RANK" >&2')
+    assert r.returncode == 0
+    assert (tmp_path / "out" / "rank1.stdout").read_text() == "out1\n"
+    assert (tmp_path / "out" / "rank0.stderr").read_text() == "err0\n"
+    r = run_launch("-n", "2", "--dry-run", "--", "sh", "-c", "touch should-not-exist")
+    assert r.returncode == 0 and "rank 1 on 127.0.0.1 (local)" in r.stdout
+    assert "RINGCOMM_TOKEN=<secret>" in r.stdout and not Path("should-not-exist").exists()
+
+
+@pytest.mark.timeout(30)
+def test_python_api_returns_exit_code(tmp_path):
+    cfg = LaunchConfig(command=["sh", "-c", "exit $((RINGCOMM_RANK + 4))"], repeat_hosts=2,
+                       forward_stdin=False)
+    assert launch(cfg) in (4, 5)
+    assert launch(LaunchConfig(command=["true"], repeat_hosts=2, forward_stdin=False)) == 0
