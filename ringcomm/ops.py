@@ -15,8 +15,16 @@ from .backends.base import Backend, ReduceOp
 from .group import Group, world
 
 __all__ = [
-    "all_sum", "all_max", "all_min", "all_gather", "sum_scatter",
-    "send", "recv", "recv_like", "broadcast", "barrier",
+    "all_gather",
+    "all_max",
+    "all_min",
+    "all_sum",
+    "barrier",
+    "broadcast",
+    "recv",
+    "recv_like",
+    "send",
+    "sum_scatter",
 ]
 
 
@@ -36,9 +44,10 @@ def _check_rank(op: str, name: str, r: int, b: Backend, *, peer: bool) -> int:
 def _reduce(op: str, rop: ReduceOp, x: Any, group: Group | None) -> Any:
     ad = adapt(x)
     check_dtype(ad.array.dtype, op)
-    buf = np.array(ad.array, order="C", copy=True)
-    _backend(group).all_reduce(buf, rop)
-    return ad.wrap(buf)
+    src = np.ascontiguousarray(ad.array)
+    out = np.empty(src.shape, dtype=src.dtype)
+    _backend(group).all_reduce_into(src, out, rop)
+    return ad.wrap(out)
 
 
 def all_sum(x: Any, *, group: Group | None = None) -> Any:

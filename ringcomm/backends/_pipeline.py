@@ -44,7 +44,8 @@ class Step:
 class Plan:
     """One collective's work for every lane."""
 
-    data: np.ndarray  # 1-D typed view of the buffer
+    data: np.ndarray  # 1-D typed view of the buffer the result goes to
+    src: np.ndarray  # the input: the first reduction of each segment reads it (may be data)
     ufunc: Callable | None
     sig: header.Signature
     timeout: float
@@ -91,10 +92,13 @@ def run_sender(lane: Lane, plan: Plan) -> None:
     raw = data.view(np.uint8)
     isz = data.itemsize
     per = max(1, CHUNK_BYTES // isz)
+    src_raw = plan.src.view(np.uint8)
     send_all(lane.send_sock, plan.sig.pack(), peer=lane.send_peer, op=op)
     need = 0
     for t, step in enumerate(lane.steps):
         pieces = chunks(*step.send, per)
+        # Step 0 sends this rank's own input; later steps forward what the receiver finished.
+        out = src_raw if t == 0 else raw
         for a, b in pieces:
             if t > 0:
                 need += 1
@@ -104,7 +108,7 @@ def run_sender(lane: Lane, plan: Plan) -> None:
                             raise CommTimeoutError(f"{op}: no progress from {lane.recv_peer} "
                                                    f"within {plan.timeout:g} s")
             if b > a:
-                send_all(lane.send_sock, memoryview(raw[a * isz:b * isz]), peer=lane.send_peer,
+                send_all(lane.send_sock, memoryview(out[a * isz:b * isz]), peer=lane.send_peer,
                          op=op)
 
 
@@ -126,7 +130,8 @@ def run_receiver(lane: Lane, plan: Plan) -> None:
                     part = tmp[: b - a]
                     recv_exact(lane.recv_sock, memoryview(part.view(np.uint8)),
                                peer=lane.recv_peer, op=op)
-                    plan.ufunc(data[a:b], part, out=data[a:b])  # type: ignore[misc]
+                    # Each segment is reduced once per rank: its other operand is the input.
+                    plan.ufunc(plan.src[a:b], part, out=data[a:b])  # type: ignore[misc]
                 else:
                     recv_exact(lane.recv_sock, memoryview(raw[a * isz:b * isz]),
                                peer=lane.recv_peer, op=op)

@@ -44,6 +44,17 @@ class Backend(ABC):
     def all_reduce(self, buf: np.ndarray, op: ReduceOp) -> None:
         """Reduce `buf` elementwise over all ranks, in place; every rank gets the same bits."""
 
+    def all_reduce_into(self, src: np.ndarray, out: np.ndarray, op: ReduceOp) -> None:
+        """Write the reduction of `src` over all ranks into `out`, leaving `src` as it was.
+
+        `out` has `src`'s shape and dtype and may be `src` itself. A backend that
+        can read its input from one buffer and write to another overrides this to
+        save the copy.
+        """
+        if out is not src:
+            np.copyto(out, src)
+        self.all_reduce(out, op)
+
     @abstractmethod
     def all_gather(self, buf: np.ndarray, out: np.ndarray) -> None:
         """Fill `out` (shape (size*n, ...)) with every rank's `buf` (shape (n, ...)) in rank order."""
@@ -69,7 +80,7 @@ class Backend(ABC):
         """Return once every rank of the group has entered the barrier."""
 
     @abstractmethod
-    def split(self, color: int, key: int) -> "Backend":
+    def split(self, color: int, key: int) -> Backend:
         """Return the backend of the subgroup of ranks that passed the same color (MPI_Comm_split)."""
 
     def close(self) -> None:

@@ -169,19 +169,20 @@ class RingBackend(Backend):
             recv_exact(left, view[hs:], peer=self._peer((r - 1) % p), op=op)
         return slots[:, hs:]
 
-    def _reduce_small(self, flat: np.ndarray, ufunc: Callable, sig: Signature) -> None:
+    def _reduce_small(self, flat: np.ndarray, out: np.ndarray, ufunc: Callable,
+                      sig: Signature) -> None:
         raw = self._gather_small(flat, sig)
         rows = [raw[i].view(flat.dtype) for i in range(self._size)]
-        ufunc(rows[0], rows[1], out=flat)
+        ufunc(rows[0], rows[1], out=out)
         for row in rows[2:]:  # rank order on every rank: the same bits everywhere
-            ufunc(flat, row, out=flat)
+            ufunc(out, row, out=out)
 
-    def _run(self, data: np.ndarray, blocks: list[tuple[int, int]], n_rs: int, n_ag: int,
-             ufunc: Callable | None, sig: Signature) -> None:
-        """Run the pipelined ring over all lanes in both directions."""
+    def _run(self, src: np.ndarray, data: np.ndarray, blocks: list[tuple[int, int]], n_rs: int,
+             n_ag: int, ufunc: Callable | None, sig: Signature) -> None:
+        """Run the pipelined ring over all lanes in both directions, from `src` into `data`."""
         p, r, nl = self._size, self._rank, self._lanes
         parts = [_even(b - a, 2 * nl) for a, b in blocks]
-        plan = _pipeline.Plan(data, ufunc, sig, self._ep.timeout)
+        plan = _pipeline.Plan(data, src, ufunc, sig, self._ep.timeout)
         lanes = []
         for j in range(2 * nl):
             d, c = (1, j) if j < nl else (-1, j - nl)
@@ -239,13 +240,20 @@ class RingBackend(Backend):
             self._fail(op, e)
 
     def all_reduce(self, buf: np.ndarray, op: ReduceOp) -> None:
-        sig = self._sig(_REDUCE_OPS[op], buf)
-        if self._size == 1 or buf.size == 0:
-            return self._empty(sig, buf)
-        flat, ufunc = buf.reshape(-1), _UFUNCS[op]
+        self.all_reduce_into(buf, buf, op)
+
+    def all_reduce_into(self, src: np.ndarray, out: np.ndarray, op: ReduceOp) -> None:
+        sig = self._sig(_REDUCE_OPS[op], src)
+        if self._size == 1 or src.size == 0:
+            if out is not src:
+                np.copyto(out, src)
+            return self._empty(sig, src)
+        flat, dst, ufunc = src.reshape(-1), out.reshape(-1), _UFUNCS[op]
         if flat.nbytes <= SMALL_BYTES or flat.size < 2 * self._lanes * self._size:
-            return self._guard(sig.op.label, lambda: self._reduce_small(flat, ufunc, sig))
-        self._run(flat, _even(flat.size, self._size), self._size - 1, self._size - 1, ufunc, sig)
+            return self._guard(sig.op.label, lambda: self._reduce_small(flat, dst, ufunc, sig))
+        # Every element of dst is written by a reduce-scatter or an all-gather step.
+        self._run(flat, dst, _even(flat.size, self._size), self._size - 1, self._size - 1,
+                  ufunc, sig)
 
     def _empty(self, sig: Signature, buf: np.ndarray) -> None:
         """Still check, for an empty array, that every rank made the same call."""
@@ -265,7 +273,7 @@ class RingBackend(Backend):
                 flat.view(np.uint8).reshape(p, -1)[...] = rows
             return self._guard(sig.op.label, small)
         flat[self._rank * n:(self._rank + 1) * n] = buf.reshape(-1)
-        self._run(flat, [(i * n, (i + 1) * n) for i in range(p)], 0, p - 1, None, sig)
+        self._run(flat, flat, [(i * n, (i + 1) * n) for i in range(p)], 0, p - 1, None, sig)
 
     def reduce_scatter(self, buf: np.ndarray, out: np.ndarray, op: ReduceOp) -> None:
         sig = self._sig(Op.SUM_SCATTER, buf)
@@ -276,14 +284,18 @@ class RingBackend(Backend):
             return self._empty(sig, buf)
         ufunc = _UFUNCS[op]
         if flat.nbytes <= SMALL_BYTES:
-            work = flat.copy()
-
             def small() -> None:
-                self._reduce_small(work, ufunc, sig)
-                out.reshape(-1)[...] = work[self._rank * m:(self._rank + 1) * m]
+                rows = self._gather_small(flat, sig)
+                mine = [rows[i].view(flat.dtype)[self._rank * m:(self._rank + 1) * m]
+                        for i in range(p)]
+                dst = out.reshape(-1)
+                ufunc(mine[0], mine[1], out=dst)
+                for row in mine[2:]:
+                    ufunc(dst, row, out=dst)
             return self._guard(sig.op.label, small)
-        work = flat.copy()  # the ring reduces in place; the caller's array stays as it was
-        self._run(work, [(i * m, (i + 1) * m) for i in range(p)], p - 1, 0, ufunc, sig)
+        # Reduce-scatter writes only the segments it reduces; the input stays as it was.
+        work = np.empty_like(flat)
+        self._run(flat, work, [(i * m, (i + 1) * m) for i in range(p)], p - 1, 0, ufunc, sig)
         out.reshape(-1)[...] = work[self._rank * m:(self._rank + 1) * m]
 
     def broadcast(self, buf: np.ndarray, root: int) -> None:
