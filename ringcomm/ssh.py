@@ -37,12 +37,12 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "SSH_ERROR",
     "Result",
-    "ssh_argv",
-    "remote_command",
+    "explain",
     "is_local_host",
+    "remote_command",
     "resolve_host",
     "run",
-    "explain",
+    "ssh_argv",
 ]
 
 # Seconds ssh may spend establishing a connection (ssh's ConnectTimeout).

@@ -87,8 +87,8 @@ def test_resolve_host_literal_and_failure() -> None:
 
 
 def test_run_captures_output_and_code() -> None:
-    res = ssh.run([sys.executable, "-c", "import sys;print('out');print('err',file=sys.stderr);"
-                   "sys.exit(3)"], timeout=20)
+    code = "import sys;print('out');print('err',file=sys.stderr);sys.exit(3)"
+    res = ssh.run([sys.executable, "-c", code], timeout=20)
     assert (res.returncode, res.stdout, res.stderr, res.timed_out) == (3, "out\n", "err\n", False)
     assert not res.ok
 
@@ -117,9 +117,9 @@ def test_run_deadline_kills_the_process_group(tmp_path) -> None:
 
 
 def test_run_passes_input_env_cwd(tmp_path) -> None:
-    res = ssh.run([sys.executable, "-c", "import os,sys;print(sys.stdin.read(),os.getcwd(),"
-                   "os.environ['Z'])"], timeout=20, input="hi", env={**os.environ, "Z": "z"},
-                  cwd=str(tmp_path))
+    code = "import os,sys;print(sys.stdin.read(),os.getcwd(),os.environ['Z'])"
+    res = ssh.run([sys.executable, "-c", code], timeout=20, input="hi",
+                  env={**os.environ, "Z": "z"}, cwd=str(tmp_path))
     assert res.stdout.split() == ["hi", str(tmp_path), "z"]
 
 

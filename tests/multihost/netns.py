@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Host", "Cluster", "skip_reason", "build", "teardown", "cleanup_stale"]
+__all__ = ["Cluster", "Host", "build", "cleanup_stale", "skip_reason", "teardown"]
 
 SSHD = "/usr/sbin/sshd"
 SSH = "/usr/bin/ssh"
@@ -106,7 +106,7 @@ class Cluster:
 def _run(argv: list[str], *, timeout: float = _STEP_TIMEOUT, check: bool = True
          ) -> subprocess.CompletedProcess:
     res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                         stdin=subprocess.DEVNULL)
+                         stdin=subprocess.DEVNULL, check=False)
     if check and res.returncode != 0:
         raise RuntimeError(f"{shlex.join(argv)} exited {res.returncode}: {res.stderr.strip()}")
     return res
@@ -285,7 +285,7 @@ def _build(cluster: Cluster, count: int, tag: str) -> None:
     # The lock makes choosing a free subnet and claiming it (the bridge route) atomic.
     with open(LOCK_PATH, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        free = [n for n in range(0, 256) if n not in _used_subnets()]
+        free = [n for n in range(256) if n not in _used_subnets()]
         if not free:
             raise RuntimeError("no free 10.77.N.0/24 test subnet")
         net = f"10.77.{free[0]}"
@@ -328,10 +328,9 @@ def _add_host(cluster: Cluster, host: Host) -> None:
 
     cfg = cluster.workdir / f"sshd_config-h{host.index}"
     cfg.write_text(_sshd_config(cluster.workdir, host.ip))
-    log = open(cluster.workdir / f"sshd-h{host.index}.log", "ab")
     # `ip netns exec` execs sshd in a fresh mount namespace (slave of the root one),
     # so the bind mount below is seen by sshd and its sessions only.
-    with log:
+    with open(cluster.workdir / f"sshd-h{host.index}.log", "ab") as log:
         proc = subprocess.Popen([*ns, SSHD, "-D", "-e", "-f", str(cfg)], stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=log, start_new_session=True)
     cluster.sshd[host.netns] = proc

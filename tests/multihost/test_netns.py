@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 import shlex
 import subprocess
-
-import pytest
+import sys
 
 import netns
+import pytest
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -16,7 +15,7 @@ pytestmark = pytest.mark.timeout(120)
 def test_ssh_reaches_each_host(cluster: netns.Cluster) -> None:
     for host in cluster.hosts:
         res = subprocess.run(["ssh", host.ip, "ip", "-4", "-o", "addr"], capture_output=True,
-                             text=True, timeout=20, stdin=subprocess.DEVNULL)
+                             text=True, timeout=20, stdin=subprocess.DEVNULL, check=False)
         assert res.returncode == 0, res.stderr
         assert f"inet {host.ip}/24" in res.stdout
         others = [h.ip for h in cluster.hosts if h is not host]
@@ -26,16 +25,16 @@ def test_ssh_reaches_each_host(cluster: netns.Cluster) -> None:
 def test_tcp_from_host1_to_host2(cluster: netns.Cluster) -> None:
     h1, h2 = cluster.hosts[0], cluster.hosts[1]
     server = (
-        "import socket;s=socket.socket();s.bind((%r,0));s.listen();"
-        "print(s.getsockname()[1],flush=True);c,_=s.accept();c.sendall(c.recv(5))" % h2.ip
+        f"import socket;s=socket.socket();s.bind(({h2.ip!r},0));s.listen();"
+        "print(s.getsockname()[1],flush=True);c,_=s.accept();c.sendall(c.recv(5))"
     )
     srv = subprocess.Popen(["ssh", h2.ip, shlex.join([sys.executable, "-c", server])],
                            stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     try:
         port = int(srv.stdout.readline())
         client = (
-            "import socket;c=socket.create_connection((%r,%d),timeout=5);"
-            "c.sendall(b'hello');print(c.recv(5).decode())" % (h2.ip, port)
+            f"import socket;c=socket.create_connection(({h2.ip!r},{port}),timeout=5);"
+            "c.sendall(b'hello');print(c.recv(5).decode())"
         )
         res = cluster.ssh(h1, [sys.executable, "-c", client])
         assert res.returncode == 0, res.stderr
@@ -71,7 +70,8 @@ def test_teardown_removes_everything(tmp_path) -> None:
     # A detached process inside the host must not survive teardown either.
     res = subprocess.run(["ssh", "-F", str(one.ssh_config), one.hosts[0].ip,
                           "setsid sleep 300 >/dev/null 2>&1 < /dev/null &"],
-                         timeout=20, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+                         timeout=20, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                         check=False)
     assert res.returncode == 0, res.stderr
     assert one.stray_pids(one.hosts[0]) != []
     pids = one.pids(one.hosts[0])

@@ -1,0 +1,366 @@
+"""The ``ringcomm check`` preflight: the remote-host checklist, automated.
+
+For every host, in parallel and each step with a deadline: ssh logs in
+without a prompt; the python at the same path runs and imports the same
+ringcomm version; the program exists at the same path; ``mpirun`` is there
+for the mpi backend. Then every rank's ring address is bound on its host and
+connected to from its ring predecessor's host, which gives the reachability
+matrix. Hosts that are this machine are probed without ssh.
+
+:func:`run_checks` is the Python API (``ringcomm launch --check`` uses it);
+:func:`main` is the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from . import _probe, ssh
+from ._check_report import Finding, Link, Report, Status, bind_hint, format_report
+from .hostfile import BACKENDS, HostEntry, HostfileError, load_hostfile
+
+__all__ = [
+    "Finding",
+    "Link",
+    "RankTarget",
+    "Report",
+    "Status",
+    "format_report",
+    "main",
+    "run_checks",
+]
+
+
+@dataclass(frozen=True)
+class RankTarget:
+    """One rank as the check sees it: its host and the ring addresses it listens on."""
+
+    rank: int
+    host: str
+    addresses: tuple[str, ...]
+
+
+@dataclass
+class _Host:
+    name: str
+    local: bool
+    ready: bool = False
+    """ssh works and the python ran: the ring probes can run here."""
+    findings: list[Finding] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Opts:
+    python: str
+    cwd: str | None
+    connect_timeout: float
+    timeout: float
+    ssh_options: tuple[str, ...]
+
+
+def _local_version() -> str:
+    from . import __version__
+    return str(__version__)
+
+
+def _argv(host: _Host, argv: list[str], opts: _Opts) -> tuple[list[str], str | None]:
+    """Return the argv that runs ``argv`` on ``host`` and the local cwd to run it in."""
+    if host.local:
+        return argv, opts.cwd
+    return ssh.ssh_argv(host.name, argv, connect_timeout=opts.connect_timeout, cwd=opts.cwd,
+                        options=opts.ssh_options), None
+
+
+def _spec(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def plan_ranks(hosts: Sequence[HostEntry], repeat: int, starting_port: int | None,
+               connect_timeout: float) -> tuple[list[RankTarget], list[Finding]]:
+    """Return the ranks (host repeated ``repeat`` times) with their ring addresses."""
+    ranks: list[RankTarget] = []
+    findings: list[Finding] = []
+    for entry in hosts:
+        ips = list(entry.ips)
+        if not ips:
+            try:
+                ips = ssh.resolve_host(entry.ssh, timeout=connect_timeout)[:1]
+            except OSError as e:
+                findings.append(Finding(entry.ssh, "address", Status.FAIL, str(e),
+                                        "list its ip in a hostfile's \"ips\""))
+        for _ in range(repeat):
+            r = len(ranks)
+            port = 0 if starting_port is None else starting_port + r
+            ranks.append(RankTarget(r, entry.ssh, tuple(_spec(ip, port) for ip in ips)))
+    return ranks, findings
+
+
+def _env_findings(host: _Host, res: ssh.Result | None, err: str, program: str | None,
+                  backend: str, opts: _Opts) -> None:
+    add = host.findings.append
+    name = host.name
+    info = None
+    if res is not None:
+        try:
+            info = _probe.parse_tagged(res.stdout, "ENV")
+        except (_probe.ProbeParseError, ValueError):
+            info = None
+    ssh_failed = res is not None and not host.local and info is None and (
+        res.returncode == ssh.SSH_ERROR or res.timed_out)
+    if ssh_failed:
+        add(Finding(name, "ssh", Status.FAIL, ssh.explain(res, name)))
+        return
+    add(Finding(name, "ssh", Status.OK, "local" if host.local else "ok"))
+    if not isinstance(info, dict):
+        detail = err
+        if res is not None:
+            detail = (res.stderr.strip().splitlines() or ["no output"])[-1]
+        if res is not None and res.timed_out:
+            detail = f"python did not finish within {opts.timeout:g}s"
+        if opts.cwd and ("cd:" in detail or "can't cd" in detail):
+            add(Finding(name, "python", Status.FAIL, f"cannot enter {opts.cwd!r}: {detail}",
+                        "create the directory there or pass --cwd"))
+        else:
+            add(Finding(name, "python", Status.FAIL, f"{opts.python} does not run: {detail}",
+                        "install the same python at the same path, or pass --python"))
+        return
+    host.ready = True
+    add(Finding(name, "python", Status.OK, str(info.get("python"))))
+    expected = _local_version()
+    if info.get("error"):
+        add(Finding(name, "ringcomm", Status.FAIL, f"import failed: {info['error']}",
+                    f"pip install ringcomm=={expected} with {opts.python}, or --cwd a shared "
+                    f"checkout"))
+    elif info.get("version") != expected:
+        add(Finding(name, "ringcomm", Status.FAIL,
+                    f"version: expected {expected}, got {info.get('version')}",
+                    f"pip install ringcomm=={expected} with {opts.python}"))
+    else:
+        add(Finding(name, "ringcomm", Status.OK, expected))
+    if program is None:
+        add(Finding(name, "script", Status.SKIP, "no program given"))
+    elif info.get("script"):
+        add(Finding(name, "script", Status.OK, program))
+    else:
+        add(Finding(name, "script", Status.FAIL, f"{program} not found",
+                    "copy it to the same path there, or use a shared filesystem"))
+    mpirun = info.get("mpirun")
+    if backend != "mpi":
+        add(Finding(name, "mpirun", Status.SKIP, str(mpirun or "not needed")))
+    elif mpirun:
+        add(Finding(name, "mpirun", Status.OK, str(mpirun)))
+    else:
+        add(Finding(name, "mpirun", Status.FAIL, "mpirun not found on PATH",
+                    'pip install "ringcomm[mpi]" with that python, or apt-get install openmpi-bin'))
+
+
+def _probe_env(host: _Host, program: str | None, backend: str, opts: _Opts) -> None:
+    argv, cwd = _argv(host, [opts.python, "-c", _probe.ENV, program or ""], opts)
+    res, err = None, ""
+    try:
+        res = ssh.run(argv, opts.connect_timeout + opts.timeout, cwd=cwd)
+    except OSError as e:
+        err = f"{e.strerror or e}: {e.filename or argv[0]}"
+    _env_findings(host, res, err, program, backend, opts)
+
+
+class _Listener:
+    """A LISTEN probe running on one host until closed."""
+
+    def __init__(self, host: _Host, specs: list[str], opts: _Opts) -> None:
+        self.host, self.specs = host, specs
+        argv, cwd = _argv(host, [opts.python, "-c", _probe.LISTEN, str(opts.timeout * 2), *specs],
+                          opts)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, cwd=cwd,
+                                     start_new_session=True)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def result(self, deadline: float) -> list[dict] | str:
+        """Return the bind results, or why none came before ``deadline``."""
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return "no answer before the deadline"
+            if line is None:
+                return f"listener exited {self.proc.wait(timeout=5)}"
+            if line.startswith("RINGCOMM-LISTEN "):
+                return list(_probe.parse_tagged(line, "LISTEN"))  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """End the listener: EOF on its stdin, then its process group after a grace."""
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            self.proc.wait(timeout=3)
+        except (OSError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=5)
+
+
+def _check_ring(hosts: dict[str, _Host], ranks: list[RankTarget], opts: _Opts) -> list[Link]:
+    live = [r for r in ranks if hosts[r.host].ready and r.addresses]
+    by_host: dict[str, list[RankTarget]] = {}
+    for r in live:
+        by_host.setdefault(r.host, []).append(r)
+    listeners = {name: _Listener(hosts[name], [a for r in rs for a in r.addresses], opts)
+                 for name, rs in by_host.items()}
+    try:
+        deadline = time.monotonic() + opts.connect_timeout + opts.timeout
+        bound: dict[str, str] = {}
+        for name, lst in listeners.items():
+            got = lst.result(deadline)
+            if isinstance(got, str):
+                hosts[name].findings.append(Finding(name, "bind", Status.FAIL, got,
+                                                    "rerun with --verbose ssh to see why"))
+                continue
+            bad = [g for g in got if g["error"]]
+            for g in got:
+                if not g["error"]:
+                    ip = g["spec"].rpartition(":")[0]
+                    bound[g["spec"]] = f"{ip}:{g['port']}"
+            hosts[name].findings.append(
+                Finding(name, "bind", Status.FAIL,
+                        "; ".join(f"cannot bind {g['spec']}: {g['error']}" for g in bad),
+                        bind_hint(bad[0]["error"], name)) if bad else
+                Finding(name, "bind", Status.OK, f"{len(got)} address(es)"))
+        return _connect_all(hosts, ranks, bound, opts)
+    finally:
+        for lst in listeners.values():
+            lst.close()
+
+
+def _connect_all(hosts: dict[str, _Host], ranks: list[RankTarget], bound: dict[str, str],
+                 opts: _Opts) -> list[Link]:
+    """Connect from each rank's host to its ring successor's bound addresses."""
+    if len(ranks) < 2:
+        return []
+    wanted: dict[str, list[tuple[int, int, str]]] = {}
+    for src in ranks:
+        dst = ranks[(src.rank + 1) % len(ranks)]
+        if not hosts[src.host].ready:
+            continue
+        for spec in dst.addresses:
+            if spec in bound:
+                wanted.setdefault(src.host, []).append((src.rank, dst.rank, bound[spec]))
+    per_probe = min(opts.connect_timeout, 5.0)
+
+    def connect(name: str) -> list[Link]:
+        items = wanted[name]
+        addrs = sorted({a for _, _, a in items})
+        argv, cwd = _argv(hosts[name], [opts.python, "-c", _probe.CONNECT, str(per_probe),
+                                        *addrs], opts)
+        errors: dict[str, str | None] = {a: "no result" for a in addrs}
+        try:
+            res = ssh.run(argv, opts.connect_timeout + per_probe + opts.timeout, cwd=cwd)
+            errors.update({g["spec"]: g["error"] for g in _probe.parse_tagged(res.stdout, "CONNECT")})
+        except (OSError, ValueError) as e:
+            errors = {a: f"probe failed: {e}" for a in addrs}
+        return [Link(s, d, name, ranks[d].host, a, errors[a]) for s, d, a in items]
+
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(wanted)))) as pool:
+        return [link for links in pool.map(connect, list(wanted)) for link in links]
+
+
+def run_checks(hosts: Sequence[HostEntry], *, repeat: int = 1, program: str | None = None,
+               python: str | None = None, backend: str = "ring", starting_port: int | None = None,
+               cwd: str | None = None, connect_timeout: float = ssh.DEFAULT_CONNECT_TIMEOUT,
+               timeout: float = 20.0, ssh_options: Sequence[str] = ()) -> Report:
+    """Check every host for a job of ``repeat`` ranks per host and return the report.
+
+    ``program`` is made absolute against ``cwd`` (default: the current
+    directory), which is also where the remote probes run.
+    """
+    if repeat < 1:
+        raise ValueError(f"expected repeat >= 1, got {repeat}")
+    if backend not in BACKENDS:
+        raise ValueError(f"expected backend in {BACKENDS}, got {backend!r}")
+    if not hosts:
+        raise ValueError("expected at least one host, got none")
+    start = time.monotonic()
+    cwd = cwd or os.getcwd()
+    if program is not None:
+        program = os.path.join(cwd, program)
+    opts = _Opts(python or sys.executable, cwd, connect_timeout, timeout, tuple(ssh_options))
+    names = list(dict.fromkeys(h.ssh for h in hosts))
+    by_name = {n: _Host(n, ssh.is_local_host(n, timeout=connect_timeout)) for n in names}
+    ranks, findings = plan_ranks(hosts, repeat, starting_port, connect_timeout)
+    with ThreadPoolExecutor(max_workers=min(16, len(names))) as pool:
+        list(pool.map(lambda h: _probe_env(h, program, backend, opts), by_name.values()))
+    links = _check_ring(by_name, ranks, opts) if backend == "ring" else []
+    for h in by_name.values():
+        findings.extend(h.findings)
+    return Report(hosts=names, ranks=len(ranks), findings=findings, links=links,
+                  seconds=time.monotonic() - start)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ringcomm check",
+        description="Check that a job can run on these hosts: ssh, python, ringcomm, the "
+                    "program, mpirun, and ring ports reachable between neighbours.")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--hosts", help="comma-separated hosts (default: 127.0.0.1)")
+    src.add_argument("--hostfile", help="MLX hostfile JSON")
+    p.add_argument("-n", "--repeat-hosts", type=int, default=1, metavar="N",
+                   help="ranks per host (default: 1)")
+    p.add_argument("--backend", choices=BACKENDS, help="default: the hostfile's, else ring")
+    p.add_argument("--python", help="python on the hosts (default: this one's path)")
+    p.add_argument("--cwd", help="directory the job runs in (default: the current one)")
+    p.add_argument("-p", "--starting-port", type=int, help="rank r listens on PORT+r "
+                   "(default: any free port)")
+    p.add_argument("--connect-timeout", type=float, default=ssh.DEFAULT_CONNECT_TIMEOUT,
+                   help="seconds for each ssh or TCP connection (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=20.0,
+                   help="seconds for each probe to run (default: %(default)s)")
+    p.add_argument("program", nargs="?", help="the script the job will run")
+    p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``ringcomm check``; return 0 when every check passes, else 1."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    backend = args.backend
+    try:
+        if args.hostfile:
+            hf = load_hostfile(args.hostfile)
+            hosts = list(hf.hosts)
+            backend = backend or hf.backend
+        else:
+            names = [h.strip() for h in (args.hosts or "127.0.0.1").split(",") if h.strip()]
+            hosts = [HostEntry(ssh=h) for h in names]
+        report = run_checks(hosts, repeat=args.repeat_hosts, program=args.program,
+                            python=args.python, backend=backend or "ring",
+                            starting_port=args.starting_port, cwd=args.cwd,
+                            connect_timeout=args.connect_timeout, timeout=args.timeout)
+    except (HostfileError, ValueError) as e:
+        parser.error(str(e))
+    print(format_report(report), flush=True)
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Tests that run on network-namespace hosts (see netns.py)."""
