@@ -65,7 +65,7 @@ def _load() -> Any:
 
 def is_available() -> bool:
     """Return whether mpi4py is installed (and, inside an MPI launch, whether MPI starts)."""
-    if "mpi4py.MPI" in sys.modules:
+    if sys.modules.get("mpi4py.MPI") is not None:
         return True
     if importlib.util.find_spec("mpi4py") is None:
         return False
@@ -258,6 +258,8 @@ class MPIBackend(Backend):
             by_call.setdefault(call, []).append(r)
         names = ("call number", "op", "dtype", "shape", "root")
         differs = [n for i, n in enumerate(names) if len({c[i] for c in calls}) > 1]
+        if "op" in differs:  # another op's dtype, shape and root are not comparable
+            differs = ["op"]
         parts = "; ".join(
             f"rank{'s' if len(rs) > 1 else ''} {', '.join(map(str, rs))}: {_describe(*c[1:])}"
             for c, rs in by_call.items()
