@@ -78,6 +78,11 @@ def _identity(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def _c_order(a: np.ndarray) -> np.ndarray:
+    # not np.ascontiguousarray: it turns a 0-d array into shape (1,)
+    return a if a.flags.c_contiguous else np.array(a, order="C")
+
+
 def _need_bfloat16(kind: str) -> None:
     if bfloat16 is None:
         raise TypeError(f"bfloat16 {kind} need ml_dtypes; pip install ml_dtypes")
@@ -101,7 +106,7 @@ def _from_torch(x: Any) -> Adapted:
             raise TypeError(f"torch dtype {dtype} has no NumPy equivalent; cast it first") from e
 
     def wrap(r: np.ndarray) -> Any:
-        r = np.ascontiguousarray(r)
+        r = _c_order(r)
         if dtype == torch.bfloat16:
             out = torch.from_numpy(r.view(np.int16)).view(torch.bfloat16)
         else:
@@ -123,7 +128,7 @@ def _from_mlx(x: Any) -> Adapted:
 
     def wrap(r: np.ndarray) -> Any:
         if dtype == mx.bfloat16:
-            return mx.array(np.ascontiguousarray(r).view(np.uint16)).view(mx.bfloat16)
+            return mx.array(_c_order(r).view(np.uint16)).view(mx.bfloat16)
         return mx.array(r, dtype=dtype)  # without dtype, float64 would come back float32
 
     return Adapted(a, wrap)

@@ -1,0 +1,104 @@
+"""Every collective on torch, MLX and JAX arrays returns the caller's type, dtype and device."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ringcomm
+from training_cases import case_interop, launch_case, launcher_missing
+
+ONES = np.arange(12, dtype=np.float32).reshape(4, 3)
+
+
+def _size_one_collectives(x):
+    """Yield (op name, result, expected NumPy values) of every collective at size 1."""
+    yield "all_sum", ringcomm.all_sum(x), ONES
+    yield "all_max", ringcomm.all_max(x), ONES
+    yield "all_min", ringcomm.all_min(x), ONES
+    yield "all_gather", ringcomm.all_gather(x), ONES
+    yield "sum_scatter", ringcomm.sum_scatter(x), ONES
+    yield "broadcast", ringcomm.broadcast(x, 0), ONES
+    yield "average_gradients", ringcomm.average_gradients([x])[0], ONES
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])
+@pytest.mark.parametrize("grad_parent", [False, True])
+def test_torch_round_trip(dtype, grad_parent):
+    torch = pytest.importorskip("torch")
+    base = torch.from_numpy(ONES.copy()).to(getattr(torch, dtype))
+    x = base.requires_grad_() * 1 if grad_parent else base  # a non-leaf with a grad history
+    for op, got, want in _size_one_collectives(x):
+        assert isinstance(got, torch.Tensor), op
+        assert got.dtype == x.dtype and got.device == x.device, op
+        assert not got.requires_grad or op == "average_gradients", op  # size 1: input as is
+        np.testing.assert_array_equal(got.detach().float().numpy(), want, err_msg=op)
+
+
+def test_torch_result_is_new_memory_and_non_contiguous_input_works():
+    torch = pytest.importorskip("torch")
+    x = torch.from_numpy(ONES.copy()).t()  # non-contiguous
+    got = ringcomm.all_sum(x)
+    got += 1
+    np.testing.assert_array_equal(x.numpy(), ONES.T)
+    for dtype in (torch.float32, torch.bfloat16):
+        assert ringcomm.all_sum(torch.tensor(2.5, dtype=dtype)).shape == ()
+
+
+def test_torch_dtype_without_numpy_equivalent():
+    torch = pytest.importorskip("torch")
+    if not hasattr(torch, "float8_e4m3fn"):
+        pytest.skip("this torch has no float8")
+    with pytest.raises(TypeError, match="has no NumPy equivalent"):
+        ringcomm.all_sum(torch.zeros(2, dtype=torch.float8_e4m3fn))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64", "int32"])
+def test_mlx_round_trip(dtype):
+    mx = pytest.importorskip("mlx.core")
+    x = mx.array(ONES).astype(getattr(mx, dtype))
+    for op, got, want in _size_one_collectives(x) if dtype != "int32" else []:
+        assert isinstance(got, mx.array) and got.dtype == x.dtype, op
+        np.testing.assert_array_equal(np.array(got.astype(mx.float32)), want, err_msg=op)
+    if dtype == "int32":
+        got = ringcomm.all_max(x)
+        assert got.dtype == mx.int32 and np.array(got).tolist() == ONES.tolist()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_jax_round_trip(dtype):
+    jnp = pytest.importorskip("jax.numpy", reason="jax is optional: pip install jax jaxlib")
+    x = jnp.asarray(ONES, dtype=getattr(jnp, dtype))
+    for op, got, want in _size_one_collectives(x):
+        assert type(got) is type(x) and got.dtype == x.dtype, op
+        assert got.devices() == x.devices(), op
+        np.testing.assert_array_equal(np.asarray(got, dtype=np.float32), want, err_msg=op)
+
+
+def test_jax_tracer_gets_a_clear_error():
+    jax = pytest.importorskip("jax", reason="jax is optional: pip install jax jaxlib")
+    with pytest.raises(TypeError, match="outside jax.jit"):
+        jax.jit(ringcomm.all_sum)(jax.numpy.ones(2))
+
+
+def test_every_library_in_process():
+    case_interop()  # the in-rank case, at size 1
+
+
+@pytest.mark.timeout(150)
+def test_every_library_at_size_two():
+    if reason := launcher_missing():
+        pytest.skip(reason)
+    launch_case(2, "interop", timeout=120)
+
+
+def test_zero_d_arrays_keep_their_shape():
+    made = []
+    torch = pytest.importorskip("torch")
+    made += [torch.tensor(2.5), torch.tensor(2.5, dtype=torch.bfloat16)]
+    mx = pytest.importorskip("mlx.core")
+    made += [mx.array(2.5), mx.array(2.5, dtype=mx.bfloat16)]
+    for x in made:
+        for op in (ringcomm.all_sum, ringcomm.all_max, ringcomm.broadcast):
+            got = op(x)
+            assert type(got) is type(x) and got.dtype == x.dtype and tuple(got.shape) == (), (x, op)
