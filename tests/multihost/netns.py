@@ -203,8 +203,12 @@ def _keygen(path: Path) -> None:
 
 
 def _sshd_config(workdir: Path, ip: str) -> str:
+    # Sessions get the ssh wrapper first on PATH too, so a host can ssh to the
+    # others (as OpenMPI's tree spawn does) like on a cluster with shared keys.
+    path = f"{workdir / 'bin'}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     return "\n".join([
         "Port 22",
+        f"SetEnv PATH={path}",
         f"ListenAddress {ip}",
         f"HostKey {workdir / 'host_key'}",
         f"AuthorizedKeysFile {workdir / 'authorized_keys'}",

@@ -79,3 +79,10 @@ def test_teardown_removes_everything(tmp_path) -> None:
     assert netns.leftovers(one) == []
     for pid in pids:
         assert not netns._pid_alive(pid)
+
+
+def test_hosts_reach_each_other_over_ssh(cluster: netns.Cluster) -> None:
+    h1, h2, _ = cluster.hosts
+    res = cluster.ssh(h1, ["ssh", h2.ip, "ip", "-4", "-o", "addr", "show", "eth0"])
+    assert res.returncode == 0, res.stderr
+    assert f"inet {h2.ip}/24" in res.stdout
