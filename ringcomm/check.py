@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import queue
-import signal
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import _probe, ssh
+from . import _probe, _reach, ssh
 from ._check_report import Finding, Link, Report, Status, bind_hint, format_report
 from .hostfile import BACKENDS, HostEntry, HostfileError, load_hostfile
 
@@ -52,33 +48,15 @@ class RankTarget:
 
 @dataclass
 class _Host:
-    name: str
-    local: bool
+    runner: _reach.Runner
     ready: bool = False
     """ssh works and the python ran: the ring probes can run here."""
     findings: list[Finding] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class _Opts:
-    python: str
-    cwd: str | None
-    connect_timeout: float
-    timeout: float
-    ssh_options: tuple[str, ...]
-
-
 def _local_version() -> str:
     from . import __version__
     return str(__version__)
-
-
-def _argv(host: _Host, argv: list[str], opts: _Opts) -> tuple[list[str], str | None]:
-    """Return the argv that runs ``argv`` on ``host`` and the local cwd to run it in."""
-    if host.local:
-        return argv, opts.cwd
-    return ssh.ssh_argv(host.name, argv, connect_timeout=opts.connect_timeout, cwd=opts.cwd,
-                        options=opts.ssh_options), None
 
 
 def _spec(ip: str, port: int) -> str:
@@ -106,21 +84,22 @@ def plan_ranks(hosts: Sequence[HostEntry], repeat: int, starting_port: int | Non
 
 
 def _env_findings(host: _Host, res: ssh.Result | None, err: str, program: str | None,
-                  backend: str, opts: _Opts) -> None:
+                  backend: str) -> None:
     add = host.findings.append
-    name = host.name
+    opts = host.runner
+    name = opts.host
     info = None
     if res is not None:
         try:
             info = _probe.parse_tagged(res.stdout, "ENV")
         except (_probe.ProbeParseError, ValueError):
             info = None
-    ssh_failed = res is not None and not host.local and info is None and (
+    ssh_failed = res is not None and not opts.local and info is None and (
         res.returncode == ssh.SSH_ERROR or res.timed_out)
     if ssh_failed:
         add(Finding(name, "ssh", Status.FAIL, ssh.explain(res, name)))
         return
-    add(Finding(name, "ssh", Status.OK, "local" if host.local else "ok"))
+    add(Finding(name, "ssh", Status.OK, "local" if opts.local else "ok"))
     if not isinstance(info, dict):
         detail = err
         if res is not None:
@@ -164,120 +143,61 @@ def _env_findings(host: _Host, res: ssh.Result | None, err: str, program: str | 
                     'pip install "ringcomm[mpi]" with that python, or apt-get install openmpi-bin'))
 
 
-def _probe_env(host: _Host, program: str | None, backend: str, opts: _Opts) -> None:
-    argv, cwd = _argv(host, [opts.python, "-c", _probe.ENV, program or ""], opts)
+def _probe_env(host: _Host, program: str | None, backend: str) -> None:
     res, err = None, ""
     try:
-        res = ssh.run(argv, opts.connect_timeout + opts.timeout, cwd=cwd)
+        res = host.runner.run([host.runner.python, "-c", _probe.ENV, program or ""])
     except OSError as e:
-        err = f"{e.strerror or e}: {e.filename or argv[0]}"
-    _env_findings(host, res, err, program, backend, opts)
+        err = f"{e.strerror or e}: {e.filename or host.runner.python}"
+    _env_findings(host, res, err, program, backend)
 
 
-class _Listener:
-    """A LISTEN probe running on one host until closed."""
-
-    def __init__(self, host: _Host, specs: list[str], opts: _Opts) -> None:
-        self.host, self.specs = host, specs
-        argv, cwd = _argv(host, [opts.python, "-c", _probe.LISTEN, str(opts.timeout * 2), *specs],
-                          opts)
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True, cwd=cwd,
-                                     start_new_session=True)
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def result(self, deadline: float) -> list[dict] | str:
-        """Return the bind results, or why none came before ``deadline``."""
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                return "no answer before the deadline"
-            if line is None:
-                return f"listener exited {self.proc.wait(timeout=5)}"
-            if line.startswith("RINGCOMM-LISTEN "):
-                return list(_probe.parse_tagged(line, "LISTEN"))  # type: ignore[arg-type]
-
-    def close(self) -> None:
-        """End the listener: EOF on its stdin, then its process group after a grace."""
-        try:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            self.proc.wait(timeout=3)
-        except (OSError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(timeout=5)
-
-
-def _check_ring(hosts: dict[str, _Host], ranks: list[RankTarget], opts: _Opts) -> list[Link]:
-    live = [r for r in ranks if hosts[r.host].ready and r.addresses]
-    by_host: dict[str, list[RankTarget]] = {}
-    for r in live:
-        by_host.setdefault(r.host, []).append(r)
-    listeners = {name: _Listener(hosts[name], [a for r in rs for a in r.addresses], opts)
-                 for name, rs in by_host.items()}
+def _check_ring(hosts: dict[str, _Host], ranks: list[RankTarget]) -> list[Link]:
+    by_host: dict[str, list[str]] = {}
+    for r in ranks:
+        if hosts[r.host].ready:
+            by_host.setdefault(r.host, []).extend(r.addresses)
+    listeners = {name: _reach.Listener(hosts[name].runner, specs)
+                 for name, specs in by_host.items() if specs}
     try:
-        deadline = time.monotonic() + opts.connect_timeout + opts.timeout
         bound: dict[str, str] = {}
         for name, lst in listeners.items():
-            got = lst.result(deadline)
+            opts = hosts[name].runner
+            got = lst.result(time.monotonic() + opts.connect_timeout + opts.timeout)
             if isinstance(got, str):
                 hosts[name].findings.append(Finding(name, "bind", Status.FAIL, got,
-                                                    "rerun with --verbose ssh to see why"))
+                                                    f"try: ssh {name} {opts.python} -V"))
                 continue
             bad = [g for g in got if g["error"]]
-            for g in got:
-                if not g["error"]:
-                    ip = g["spec"].rpartition(":")[0]
-                    bound[g["spec"]] = f"{ip}:{g['port']}"
+            bound.update({g["spec"]: _reach.bound_address(g) for g in got if not g["error"]})
             hosts[name].findings.append(
                 Finding(name, "bind", Status.FAIL,
                         "; ".join(f"cannot bind {g['spec']}: {g['error']}" for g in bad),
                         bind_hint(bad[0]["error"], name)) if bad else
                 Finding(name, "bind", Status.OK, f"{len(got)} address(es)"))
-        return _connect_all(hosts, ranks, bound, opts)
+        return _connect_ring(hosts, ranks, bound)
     finally:
         for lst in listeners.values():
             lst.close()
 
 
-def _connect_all(hosts: dict[str, _Host], ranks: list[RankTarget], bound: dict[str, str],
-                 opts: _Opts) -> list[Link]:
+def _connect_ring(hosts: dict[str, _Host], ranks: list[RankTarget], bound: dict[str, str]
+                  ) -> list[Link]:
     """Connect from each rank's host to its ring successor's bound addresses."""
     if len(ranks) < 2:
         return []
     wanted: dict[str, list[tuple[int, int, str]]] = {}
     for src in ranks:
         dst = ranks[(src.rank + 1) % len(ranks)]
-        if not hosts[src.host].ready:
-            continue
-        for spec in dst.addresses:
-            if spec in bound:
-                wanted.setdefault(src.host, []).append((src.rank, dst.rank, bound[spec]))
-    per_probe = min(opts.connect_timeout, 5.0)
+        if hosts[src.host].ready:
+            wanted.setdefault(src.host, []).extend(
+                (src.rank, dst.rank, bound[spec]) for spec in dst.addresses if spec in bound)
 
     def connect(name: str) -> list[Link]:
-        items = wanted[name]
-        addrs = sorted({a for _, _, a in items})
-        argv, cwd = _argv(hosts[name], [opts.python, "-c", _probe.CONNECT, str(per_probe),
-                                        *addrs], opts)
-        errors: dict[str, str | None] = {a: "no result" for a in addrs}
-        try:
-            res = ssh.run(argv, opts.connect_timeout + per_probe + opts.timeout, cwd=cwd)
-            errors.update({g["spec"]: g["error"] for g in _probe.parse_tagged(res.stdout, "CONNECT")})
-        except (OSError, ValueError) as e:
-            errors = {a: f"probe failed: {e}" for a in addrs}
-        return [Link(s, d, name, ranks[d].host, a, errors[a]) for s, d, a in items]
+        runner = hosts[name].runner
+        errors = _reach.connect_from(runner, [a for _, _, a in wanted[name]],
+                                     min(runner.connect_timeout, 5.0))
+        return [Link(s, d, name, ranks[d].host, a, errors[a]) for s, d, a in wanted[name]]
 
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(wanted)))) as pool:
         return [link for links in pool.map(connect, list(wanted)) for link in links]
@@ -302,13 +222,14 @@ def run_checks(hosts: Sequence[HostEntry], *, repeat: int = 1, program: str | No
     cwd = cwd or os.getcwd()
     if program is not None:
         program = os.path.join(cwd, program)
-    opts = _Opts(python or sys.executable, cwd, connect_timeout, timeout, tuple(ssh_options))
     names = list(dict.fromkeys(h.ssh for h in hosts))
-    by_name = {n: _Host(n, ssh.is_local_host(n, timeout=connect_timeout)) for n in names}
+    by_name = {n: _Host(_reach.Runner(
+        n, ssh.is_local_host(n, timeout=connect_timeout), python or sys.executable, cwd,
+        connect_timeout, timeout, tuple(ssh_options))) for n in names}
     ranks, findings = plan_ranks(hosts, repeat, starting_port, connect_timeout)
     with ThreadPoolExecutor(max_workers=min(16, len(names))) as pool:
-        list(pool.map(lambda h: _probe_env(h, program, backend, opts), by_name.values()))
-    links = _check_ring(by_name, ranks, opts) if backend == "ring" else []
+        list(pool.map(lambda h: _probe_env(h, program, backend), by_name.values()))
+    links = _check_ring(by_name, ranks) if backend == "ring" else []
     for h in by_name.values():
         findings.extend(h.findings)
     return Report(hosts=names, ranks=len(ranks), findings=findings, links=links,
