@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from typing import TextIO
 
 from ..hostfile import dump_rank_hostfile
 from . import commands
-from .config import Backend, JobPlan, LaunchConfig, RankSpec, hostfile_vars, rank_env
+from .config import (
+    Backend,
+    JobPlan,
+    LaunchConfig,
+    LaunchError,
+    RankSpec,
+    hostfile_vars,
+    rank_env,
+)
 from .output import Output
-from .plan import plan_job
+from .plan import host_entries, plan_job
 from .supervisor import Job, JobResult, RankProcess, Reason
 
 __all__ = ["describe_plan", "failure_report", "launch", "rank_processes"]
@@ -31,9 +40,11 @@ def rank_processes(plan: JobPlan) -> list[RankProcess]:
     source = commands.guard_source()
     out = []
     for spec in plan.ranks:
+        # A remote rank starts in this directory when it exists there, as MLX does.
+        fallback = None if spec.local or plan.config.cwd else os.getcwd()
         start = commands.start_frame(
             plan.argv, rank_env(plan, spec), cwd=plan.config.cwd, hostfile=text,
-            hostfile_vars=hostfile_vars(), grace=plan.config.grace,
+            hostfile_vars=hostfile_vars(), grace=plan.config.grace, cwd_fallback=fallback,
         )
         if spec.local:
             argv = commands.guard_argv(plan.config.python_path)
@@ -73,6 +84,12 @@ def failure_report(result: JobResult) -> list[str]:
         pid = f"pid {f.pid}" if f.pid is not None else "pid unknown"
         lines.append(f"{_PREFIX} rank {f.rank} failed first: {f.describe()} "
                      f"(host {f.host}, {pid})")
+        if not f.local and f.pid is None:
+            from .remote import explain_ssh_failure
+
+            reason = explain_ssh_failure(f.host, f.code, f.stderr_tail)
+            if reason:
+                lines.append(f"{_PREFIX} {reason}")
         tail = f.stderr_tail[-_REPORT_LINES:]
         if tail:
             lines.append(f"{_PREFIX} last {len(tail)} lines of rank {f.rank}'s stderr:")
@@ -89,19 +106,37 @@ def failure_report(result: JobResult) -> list[str]:
     return lines
 
 
+def run_preflight(config: LaunchConfig, plan: JobPlan, *, stderr: TextIO) -> int:
+    """Run ``ringcomm check`` for the job's hosts; return 0 when every check passed."""
+    try:
+        from .. import check
+    except ImportError as e:
+        raise LaunchError(f"--check needs ringcomm.check, which cannot be imported: {e}") \
+            from None
+    source = host_entries(config)
+    program = config.command[0] if config.command[0].endswith(".py") else None
+    report = check.run_checks(
+        source.base, repeat=source.repeat, program=program, python=config.python,
+        backend=plan.backend.value, starting_port=config.starting_port, cwd=config.cwd,
+    )
+    print(check.format_report(report), file=stderr, flush=True)
+    if not report.ok:
+        print(f"{_PREFIX} --check found problems; nothing was started", file=stderr, flush=True)
+        return 1
+    return 0
+
+
 def launch(config: LaunchConfig, *, stderr: TextIO | None = None) -> int:
     """Run the job described by ``config``; return its exit code (0 only if every rank was 0).
 
     Raises LaunchError (or HostfileError) when the job cannot be planned.
     """
     err = stderr if stderr is not None else sys.stderr
-    if config.check:
-        from .preflight import run_check
-
-        code = run_check(config)
+    plan = plan_job(config)
+    if config.check and not config.dry_run:
+        code = run_preflight(config, plan, stderr=err)
         if code != 0:
             return code
-    plan = plan_job(config)
     if plan.backend is Backend.MPI:
         from .mpi import launch_mpi
 

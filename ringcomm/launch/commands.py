@@ -61,12 +61,13 @@ def frame(kind: bytes, payload: bytes = b"") -> bytes:
 
 def start_frame(argv: list[str], env: dict[str, str], *, cwd: str | None,
                 hostfile: str | None, hostfile_vars: tuple[str, ...],
-                grace: float) -> bytes:
+                grace: float, cwd_fallback: str | None = None) -> bytes:
     """Return the ``S`` frame that tells a guard what to run and how."""
     spec = {
         "argv": list(argv),
         "env": dict(env),
         "cwd": cwd,
+        "cwd_fallback": cwd_fallback,
         "hostfile": hostfile,
         "hostfile_vars": list(hostfile_vars),
         "grace": grace,

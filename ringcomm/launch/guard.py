@@ -17,7 +17,7 @@ the standard library.
 
 Protocol on stdin, after the source: frames of one type byte, a 4-byte
 big-endian length and a payload. ``S`` (first frame): JSON with ``argv``,
-``env``, ``cwd``, ``hostfile`` (text to write to a private temp file whose path
+``env``, ``cwd`` (or ``cwd_fallback``, used when it exists), ``hostfile`` (text to write to a private temp file whose path
 goes into ``hostfile_vars``) and ``grace``. ``D``: data for the rank's stdin.
 ``E``: close the rank's stdin. ``T``: terminate the rank. EOF: terminate.
 
@@ -108,6 +108,9 @@ class Guard:
             for name in self.spec.get("hostfile_vars") or ():
                 env[name] = self.hostfile_path
         cwd = self.spec.get("cwd")
+        fallback = self.spec.get("cwd_fallback")
+        if cwd is None and fallback and os.path.isdir(fallback):
+            cwd = fallback
         argv = self.spec["argv"]
         preexec = _pdeathsig_preexec()
         try:

@@ -7,6 +7,7 @@ import secrets
 import socket
 from dataclasses import dataclass
 
+from .. import ssh
 from ..hostfile import HostEntry, load_hostfile
 from .config import (
     Backend,
@@ -20,14 +21,17 @@ from .config import (
 
 __all__ = ["host_entries", "is_local_host", "pick_free_ports", "plan_job", "resolve_host"]
 
-_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
-
-
 @dataclass(frozen=True)
 class _HostSource:
-    entries: list[HostEntry]
+    base: list[HostEntry]
+    repeat: int
     backend: str | None
     envs: tuple[tuple[str, str], ...]
+
+    @property
+    def entries(self) -> list[HostEntry]:
+        """Return one entry per rank: each base entry repeated."""
+        return [h for h in self.base for _ in range(self.repeat)]
 
 
 def host_entries(config: LaunchConfig) -> _HostSource:
@@ -45,55 +49,23 @@ def host_entries(config: LaunchConfig) -> _HostSource:
                     "expected comma-separated hosts like 'h1,h2'"
                 )
             base.append(HostEntry(ssh=name))
-    entries = [h for h in base for _ in range(config.repeat_hosts)]
-    return _HostSource(entries=entries, backend=backend, envs=envs)
-
-
-def _ssh_user_host(name: str) -> str:
-    """Return the host part of an ssh destination like ``user@host``."""
-    return name.rpartition("@")[2]
+    return _HostSource(base=base, repeat=config.repeat_hosts, backend=backend, envs=envs)
 
 
 def resolve_host(name: str) -> str:
-    """Return the IPv4 (or IPv6) address of ``name``; raise LaunchError if unknown."""
-    host = _ssh_user_host(name)
+    """Return the address ``name`` resolves to, IPv4 first; raise LaunchError if none."""
+    host = name.rpartition("@")[2]
     try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except socket.gaierror as e:
+        return ssh.resolve_host(host)[0]
+    except OSError as e:
         raise LaunchError(
-            f"cannot resolve host {host!r} to an ip address ({e.strerror}); "
-            "give an ip in --hosts, or the ring ips in a --hostfile entry's 'ips'"
+            f"{e}; give an ip in --hosts, or the ring ips in a --hostfile entry's 'ips'"
         ) from None
-    infos.sort(key=lambda i: i[0] != socket.AF_INET)
-    return str(infos[0][4][0])
-
-
-def _can_bind(ip: str) -> bool:
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as s:
-            s.bind((ip, 0))
-        return True
-    except OSError:
-        return False
 
 
 def is_local_host(name: str) -> bool:
     """Return True when ``name`` is this machine (loopback or one of its addresses)."""
-    host = _ssh_user_host(name)
-    if "@" in name:
-        return False  # an explicit user asks for ssh even to this machine
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        ip = resolve_host(host)
-    except LaunchError:
-        return False
-    return ipaddress.ip_address(ip).is_loopback or _can_bind(ip)
+    return ssh.is_local_host(name)
 
 
 def pick_free_ports(ip: str, count: int) -> list[int]:
@@ -128,18 +100,24 @@ def _backend(config: LaunchConfig, from_hostfile: str | None) -> Backend:
 def plan_job(config: LaunchConfig) -> JobPlan:
     """Return the concrete plan for ``config``: one RankSpec per rank."""
     source = host_entries(config)
+    entries = source.entries
     backend = _backend(config, source.backend)
     per_ip = config.connections_per_ip
-    local = [is_local_host(h.ssh) for h in source.entries]
+    names = list(dict.fromkeys(h.ssh for h in entries))
+    local_of = {n: is_local_host(n) for n in names}
+    local = [local_of[h.ssh] for h in entries]
     any_remote = not all(local)
+    resolved: dict[str, str] = {}
     rank_ips: list[tuple[str, ...]] = []
-    for entry, is_local in zip(source.entries, local):
+    for entry, is_local in zip(entries, local):
         if entry.ips:
             rank_ips.append(entry.ips)
         elif is_local and not any_remote:
             rank_ips.append(("127.0.0.1",))
         else:
-            rank_ips.append((resolve_host(entry.ssh),))
+            if entry.ssh not in resolved:
+                resolved[entry.ssh] = resolve_host(entry.ssh)
+            rank_ips.append((resolved[entry.ssh],))
     if any_remote and any(ipaddress.ip_address(ips[0]).is_loopback
                           for ips, lo in zip(rank_ips, local) if lo):
         raise LaunchError(
@@ -164,7 +142,7 @@ def plan_job(config: LaunchConfig) -> JobPlan:
                 local_need[ip] = local_need.get(ip, 0) + per_ip
     free = {ip: pick_free_ports(ip, n) for ip, n in local_need.items()}
     ranks = []
-    for r, (entry, is_local, ips) in enumerate(zip(source.entries, local, rank_ips)):
+    for r, (entry, is_local, ips) in enumerate(zip(entries, local, rank_ips)):
         if config.starting_port is None and is_local:
             ports = []
             for ip in ips:

@@ -47,6 +47,7 @@ class RankExit:
     signal: int | None = None
     stderr_tail: tuple[str, ...] = ()
     stopped: bool = False
+    local: bool = True
     """True when the launcher stopped this rank (another failed, timeout, interrupt)."""
 
     def describe(self) -> str:
@@ -210,7 +211,7 @@ class Job:
                             code=code, signal=sig,
                             stderr_tail=tuple(b.decode(errors="replace").rstrip("\n")
                                               for b in h.tail),
-                            stopped=h.stopped)
+                            stopped=h.stopped, local=h.spec.local)
         return h.exited
 
     def _on_signal(self, signum: int, frame: object) -> None:
