@@ -55,8 +55,9 @@ def main() -> None:
 
     steps = len(x_train) // args.batch_size
     gen = torch.Generator().manual_seed(args.seed + 2)
+    ranks = f"{size} rank{'s' if size > 1 else ''}"
     if rank == 0:
-        print(f"torch digits: {size} rank(s) ({world.backend}), global batch "
+        print(f"torch digits: {ranks} ({world.backend}), global batch "
               f"{args.batch_size} ({local} per rank), {args.epochs} epochs", flush=True)
     for epoch in range(1, args.epochs + 1):
         t0 = time.perf_counter()
@@ -77,7 +78,7 @@ def main() -> None:
         if rank == 0:
             rate = total[2] / (time.perf_counter() - t0)
             print(f"epoch {epoch:3d}/{args.epochs}  loss {total[0] / total[2]:.4f}  "
-                  f"acc {total[1] / total[2]:.3f}  {rate:7.0f} samples/s  {size} rank(s)", flush=True)
+                  f"acc {total[1] / total[2]:.3f}  {rate:7.0f} samples/s  {ranks}", flush=True)
 
     with torch.no_grad():
         share = np.array_split(np.arange(n_test), size)[rank]
