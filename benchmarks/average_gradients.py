@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -76,8 +76,8 @@ def main() -> None:
         total = sum(g.nbytes for g in grads)
         for a, b in zip(ringcomm.average_gradients(grads), per_array_loop(grads)):
             np.testing.assert_allclose(a, b, rtol=1e-6)
-        fused, fused_calls = timed(lambda: ringcomm.average_gradients(grads), args.iters)
-        loop, loop_calls = timed(lambda: per_array_loop(grads), args.iters)
+        fused, fused_calls = timed(lambda g=grads: ringcomm.average_gradients(g), args.iters)
+        loop, loop_calls = timed(lambda g=grads: per_array_loop(g), args.iters)
         if world.rank() == 0:
             print(f"tree: {len(grads)} float32 arrays, 1 KiB to {nbytes / 1024:.0f} KiB, "
                   f"{total / 2**20:.2f} MiB; {world.size()} ranks ({world.backend}); "

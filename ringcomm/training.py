@@ -128,8 +128,10 @@ def tree_unflatten(items: Iterable[tuple[str, Any]]) -> Any:
         *parents, last = key.split(".")
         for part in parents:
             child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ValueError(f"tree_unflatten: key {key!r} goes below the leaf at {part!r}")
+            if not isinstance(child, dict):  # a bad key, not a bad type: ValueError
+                raise ValueError(  # noqa: TRY004
+                    f"tree_unflatten: key {key!r} goes below the leaf at {part!r}"
+                )
             node = child
         if last in node:
             raise ValueError(f"tree_unflatten: key {key!r} appears twice")

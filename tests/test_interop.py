@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from training_cases import case_interop, launch_case, launcher_missing
 
 import ringcomm
-from training_cases import case_interop, launch_case, launcher_missing
 
 ONES = np.arange(12, dtype=np.float32).reshape(4, 3)
 

@@ -11,8 +11,9 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,7 @@ HERE = Path(__file__).resolve()
 # --- test side: start a job through the real launcher -------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def launcher_missing() -> str | None:
     """Return why `ringcomm launch` cannot run jobs here, or None when it can."""
     try:
@@ -32,7 +33,7 @@ def launcher_missing() -> str | None:
         return f"ring backend not available yet ({e})"
     try:
         r = subprocess.run([sys.executable, "-m", "ringcomm", "launch", "--help"],
-                           capture_output=True, text=True, timeout=60, cwd=ROOT)
+                           capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
     except subprocess.TimeoutExpired:
         return "ringcomm launch --help did not answer within 60 s"
     if r.returncode != 0:
@@ -141,6 +142,13 @@ def _libraries() -> list[tuple[str, Callable[[np.ndarray], Any], Callable[[Any],
     return libs
 
 
+def _check(name: str, x: Any, back: Callable[[Any], np.ndarray], op: str, got: Any,
+           want: np.ndarray) -> None:
+    assert type(got) is type(x), f"{name} {op}: got {type(got)}"
+    assert got.dtype == x.dtype, f"{name} {op}: dtype {got.dtype} != {x.dtype}"
+    np.testing.assert_allclose(back(got), want, err_msg=f"{name} {op}")
+
+
 def case_interop() -> None:
     """Every collective on every installed array library returns that library's type and the right values."""
     import ringcomm
@@ -151,11 +159,7 @@ def case_interop() -> None:
     mine = base + rank
     for name, make, back in _libraries():
         x = make(mine.copy())
-
-        def check(op: str, got: Any, want: np.ndarray) -> None:
-            assert type(got) is type(x), f"{name} {op}: got {type(got)}"
-            assert got.dtype == x.dtype, f"{name} {op}: dtype {got.dtype} != {x.dtype}"
-            np.testing.assert_allclose(back(got), want, err_msg=f"{name} {op}")
+        check = functools.partial(_check, name, x, back)
 
         ranks = np.arange(size)
         total = size * base + ranks.sum()
