@@ -224,19 +224,18 @@ def average_gradients(grads: Any, group: Group | None = None,
     for bucket in plan:
         parts = [adapted[j].array for j in bucket.indices]
         if len(parts) == 1:
-            flat = ops.all_sum(parts[0], group=g)
+            total = np.asarray(ops.all_sum(parts[0], group=g))
+            outs = [total]
         else:
-            flat = ops.all_sum(np.concatenate([np.ravel(p) for p in parts]), group=g)
-        # The sum is a fresh array, so dividing in place touches nobody's input.
-        flat = np.asarray(flat)
-        np.divide(flat, size, out=flat, casting="unsafe")
-        offset = 0
-        for j, part in zip(bucket.indices, parts):
-            if len(parts) == 1:
-                out = flat
-            else:
-                out = flat[offset:offset + part.size].reshape(part.shape)
-                offset += part.size
+            packed = np.empty(sum(p.size for p in parts), dtype=bucket.dtype)
+            bounds = np.cumsum([0] + [p.size for p in parts])
+            for p, lo, hi in zip(parts, bounds, bounds[1:]):
+                packed[lo:hi].reshape(p.shape)[...] = p  # one copy per leaf, strided or not
+            total = np.asarray(ops.all_sum(packed, group=g))
+            outs = [total[lo:hi].reshape(p.shape) for p, lo, hi in zip(parts, bounds, bounds[1:])]
+        # all_sum returns a new array, so dividing in place touches nobody's input.
+        np.divide(total, size, out=total, casting="unsafe")
+        for j, out in zip(bucket.indices, outs):
             results[live[j]] = adapted[j].wrap(out)
     it = iter(results)
     return tree_map(lambda _: next(it), grads)
