@@ -310,3 +310,44 @@ def test_python_api_returns_exit_code(tmp_path):
                        forward_stdin=False)
     assert launch(cfg) in (4, 5)
     assert launch(LaunchConfig(command=["true"], repeat_hosts=2, forward_stdin=False)) == 0
+
+
+def test_mpirun_argv_and_openmpi_hostfile(monkeypatch):
+    from ringcomm.launch import mpi
+    from ringcomm.launch.config import JobPlan, RankSpec
+
+    cfg = LaunchConfig(command=["-m", "mod"], cwd="/w", mpi_args=("--bind-to none", "-v"),
+                       backend=Backend.MPI, python="/py")
+    ranks = [RankSpec(0, "h1", False, ()), RankSpec(1, "h1", False, ()),
+             RankSpec(2, "127.0.0.1", True, ())]
+    plan = JobPlan(config=cfg, backend=Backend.MPI, ranks=ranks, argv=["/py", "-m", "mod"])
+    assert mpi.openmpi_hostfile(plan) == "h1 slots=2\nlocalhost slots=1\n"
+    argv = mpi.mpirun_argv("mpirun", "/hf", plan, ["A", "B"], as_root=True)
+    assert argv == ["mpirun", "--hostfile", "/hf", "-np", "3", "--allow-run-as-root",
+                    "--wdir", "/w", "-x", "A", "-x", "B", "--bind-to", "none", "-v",
+                    "--", "/py", "-m", "mod"]
+    env = mpi.mpi_env(plan, as_root=True)
+    assert env["OMPI_ALLOW_RUN_AS_ROOT"] == "1" and env["RINGCOMM_BACKEND"] == "mpi"
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    with pytest.raises(LaunchError, match=r'pip install "ringcomm\[mpi\]"'):
+        mpi.find_mpirun("/nonexistent/python")
+
+
+def test_remote_plan_and_ssh_argv():
+    from ringcomm.launch.remote import explain_ssh_failure, ssh_guard_argv
+
+    plan = plan_job(LaunchConfig(command=["x.py"], hosts=("10.255.0.1", "10.255.0.2"),
+                                 repeat_hosts=2, starting_port=30000))
+    assert [r.local for r in plan.ranks] == [False] * 4
+    assert plan.rank_hostfile() == [["10.255.0.1:30000"], ["10.255.0.1:30001"],
+                                    ["10.255.0.2:30002"], ["10.255.0.2:30003"]]
+    argv = ssh_guard_argv("h", "/py")
+    assert argv[0] == "ssh" and "BatchMode=yes" in argv and argv[-2] == "h"
+    assert argv[-1].startswith("exec /py -c ")
+    assert "was not found on h" in explain_ssh_failure("h", 127, (), "/py")
+    assert "ssh to h" in explain_ssh_failure("h", 255, ("Connection refused",), "/py")
+    with pytest.raises(LaunchError, match="cannot resolve host"):
+        plan_job(LaunchConfig(command=["x"], hosts=("no-such-host.invalid",)))
+    with pytest.raises(LaunchError, match="loopback host cannot be in a job with remote"):
+        plan_job(LaunchConfig(command=["x"], hosts=("127.0.0.1", "10.255.0.1")))

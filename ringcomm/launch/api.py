@@ -75,7 +75,7 @@ def describe_plan(plan: JobPlan, processes: list[RankProcess]) -> str:
     return "\n".join(lines)
 
 
-def failure_report(result: JobResult) -> list[str]:
+def failure_report(result: JobResult, python: str = "python") -> list[str]:
     """Return the lines printed to stderr when a job did not succeed."""
     lines = []
     stopped = [e.rank for e in result.exits if e.stopped]
@@ -87,7 +87,7 @@ def failure_report(result: JobResult) -> list[str]:
         if not f.local and f.pid is None:
             from .remote import explain_ssh_failure
 
-            reason = explain_ssh_failure(f.host, f.code, f.stderr_tail)
+            reason = explain_ssh_failure(f.host, f.code, f.stderr_tail, python)
             if reason:
                 lines.append(f"{_PREFIX} {reason}")
         tail = f.stderr_tail[-_REPORT_LINES:]
@@ -152,6 +152,6 @@ def launch(config: LaunchConfig, *, stderr: TextIO | None = None) -> int:
               forward_stdin=config.forward_stdin)
     result = job.run()
     if result.exit_code != 0:
-        for line in failure_report(result):
+        for line in failure_report(result, config.python_path):
             print(line, file=err, flush=True)
     return result.exit_code

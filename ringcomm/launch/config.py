@@ -57,7 +57,7 @@ class LaunchConfig:
     dry_run: bool = False
     check: bool = False
     forward_stdin: bool = True
-    grace: float = 5.0
+    grace: float = 3.0
     """Seconds between SIGTERM and SIGKILL when ranks are stopped."""
 
     def __post_init__(self) -> None:

@@ -91,7 +91,7 @@ class Guard:
 
     def __init__(self, spec):
         self.spec = spec
-        self.grace = float(spec.get("grace", 5.0))
+        self.grace = float(spec.get("grace", 3.0))
         self.proc = None
         self.exited = threading.Event()
         self.stdin_queue = queue.SimpleQueue()
@@ -177,6 +177,8 @@ class Guard:
         """SIGTERM the rank's group, SIGKILL it after the grace period."""
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             signal.signal(sig, signal.SIG_IGN)
+        if self.proc is None:
+            self._finish(128 + signal.SIGTERM)
         pgid = self.proc.pid
         _signal_group(pgid, signal.SIGTERM)
         if not self.exited.wait(self.grace):

@@ -58,6 +58,15 @@ def resolve_host(name: str) -> str:
     try:
         return ssh.resolve_host(host)[0]
     except OSError as e:
+        # An alias from ~/.ssh/config names its real host in HostName.
+        from .remote import ssh_hostname
+
+        real = ssh_hostname(name)
+        if real and real != host:
+            try:
+                return ssh.resolve_host(real)[0]
+            except OSError:
+                pass
         raise LaunchError(
             f"{e}; give an ip in --hosts, or the ring ips in a --hostfile entry's 'ips'"
         ) from None

@@ -11,11 +11,26 @@ from __future__ import annotations
 from .. import ssh
 from . import commands
 
-__all__ = ["SSH_OPTIONS", "ssh_guard_argv", "explain_ssh_failure"]
+__all__ = ["SSH_OPTIONS", "ssh_guard_argv", "ssh_hostname", "explain_ssh_failure"]
 
 # Keepalives turn a silently dead connection into an EOF for the remote guard
 # and an exit of the local ssh, within about 15 seconds.
 SSH_OPTIONS = ("ServerAliveInterval=5", "ServerAliveCountMax=3")
+
+
+def ssh_hostname(name: str, timeout: float = ssh.DEFAULT_CONNECT_TIMEOUT) -> str | None:
+    """Return the HostName ssh would connect to for ``name`` (``ssh -G``), or None."""
+    try:
+        result = ssh.run(["ssh", "-G", name], timeout=timeout)
+    except OSError:
+        return None
+    if not result.ok:
+        return None
+    for line in result.stdout.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "hostname" and value.strip():
+            return value.strip()
+    return None
 
 
 def ssh_guard_argv(host: str, python: str, *,
@@ -25,8 +40,12 @@ def ssh_guard_argv(host: str, python: str, *,
                         options=SSH_OPTIONS)
 
 
-def explain_ssh_failure(host: str, code: int, stderr_tail: tuple[str, ...]) -> str | None:
-    """Return a reason and hint when a remote rank never started because ssh failed."""
+def explain_ssh_failure(host: str, code: int, stderr_tail: tuple[str, ...],
+                        python: str) -> str | None:
+    """Return a reason and hint when a remote rank never started (ssh or python failed)."""
+    if code == 127:
+        return (f"{python!r} was not found on {host}; install the same python there "
+                "or give its path with --python")
     if code != ssh.SSH_ERROR:
         return None
     result = ssh.Result(argv=(), returncode=code, stdout="", stderr="\n".join(stderr_tail),

@@ -121,7 +121,7 @@ class _Handle:
 class Job:
     """A running set of guarded ranks, supervised until all end."""
 
-    def __init__(self, ranks: list[RankProcess], output: Output, *, grace: float = 5.0,
+    def __init__(self, ranks: list[RankProcess], output: Output, *, grace: float = 3.0,
                  timeout: float | None = None, forward_stdin: bool = True) -> None:
         self.ranks = ranks
         self.output = output

@@ -106,7 +106,7 @@ def test_unreachable_host_fails_fast_and_clearly(cluster: netns.Cluster) -> None
              "--", "sleep", "30", timeout=30)
     assert time.monotonic() - start < 10 + 5  # ssh ConnectTimeout is 5 s; stopping the rest
     assert r.returncode == 255, r.stderr
-    assert f"rank 1 failed first" in r.stderr and f"ssh to {cluster.unreachable_ip}" in r.stderr
+    assert "rank 1 failed first" in r.stderr and f"ssh to {cluster.unreachable_ip}" in r.stderr
     _no_strays(cluster)
 
 
@@ -118,4 +118,30 @@ def test_mpi_backend_across_hosts(cluster: netns.Cluster) -> None:
              "print('ok', c.Get_rank(), c.Get_size(), c.allreduce(1))")
     assert r.returncode == 0, r.stderr
     assert _ok_lines(r.stdout) == [f"ok {i} 3 3" for i in range(3)]
+    _no_strays(cluster)
+
+
+def test_interrupt_ends_every_remote_rank(cluster: netns.Cluster, tmp_path: Path) -> None:
+    launcher = subprocess.Popen(
+        _launch_argv("--hosts", ",".join(cluster.ips), str(SCRIPTS / "behave.py"), "hang",
+                     str(tmp_path), "child"),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=_env(cluster))
+    try:
+        deadline = time.monotonic() + 30
+        while len(list(tmp_path.glob("pid?"))) < 3:
+            assert time.monotonic() < deadline, "ranks did not start"
+            time.sleep(0.1)
+        launcher.send_signal(signal.SIGINT)
+        _, err = launcher.communicate(timeout=20)
+        assert launcher.returncode == 130, err
+        _no_strays(cluster)
+    finally:
+        launcher.kill()
+
+
+def test_missing_python_on_host_is_explained(cluster: netns.Cluster) -> None:
+    r = _run(cluster, "--hosts", cluster.ips[0], "--python", "/no/such/python", "--", "true")
+    assert r.returncode == 127, r.stderr
+    assert "'/no/such/python' was not found on" in r.stderr and "--python" in r.stderr
     _no_strays(cluster)
