@@ -11,6 +11,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,23 +43,59 @@ def launcher_missing() -> str | None:
     return None
 
 
+def _marked(marker: str) -> list[int]:
+    """Return the pids of live processes whose environment holds `marker`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker.encode() in (entry / "environ").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return pids
+
+
+def _kill_all(marker: str) -> list[int]:
+    """SIGKILL every process of the job (found by `marker`) and return their pids."""
+    pids = _marked(marker)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
 def launch(n: int, script: str | Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    """Run `script` on `n` local ranks; kill the whole job if it outlives `timeout`."""
+    """Run `script` on `n` local ranks, bounded by `timeout`, and prove no process outlives it.
+
+    Ranks run in sessions of their own, so the job is found by a marker in
+    its environment, which the launcher passes down to every rank.
+    """
+    marker = f"RINGCOMM_TEST_JOB={uuid.uuid4().hex}"
     cmd = [sys.executable, "-m", "ringcomm", "launch", "-n", str(n), str(script), *args]
     env = dict(os.environ, PYTHONPATH=str(ROOT), RINGCOMM_TIMEOUT="60")
+    env["RINGCOMM_TEST_JOB"] = marker.split("=", 1)[1]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and every rank share its session
-        out, err = proc.communicate()
-        raise AssertionError(f"{cmd} ran past {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
-    finally:
+        proc.terminate()  # let the launcher stop its ranks first
         try:
-            os.killpg(proc.pid, signal.SIGKILL)  # nothing of the job may outlive it
-        except ProcessLookupError:
-            pass
+            out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            _kill_all(marker)
+            out, err = proc.communicate()
+        _kill_all(marker)
+        raise AssertionError(f"{cmd} ran past {timeout} s\nstdout:\n{out}\nstderr:\n{err}") from None
+    deadline = time.monotonic() + 5  # ranks may still be exiting when the launcher returns
+    while _marked(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = _kill_all(marker)
+    assert not left, f"processes {left} outlived {cmd}"
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
