@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from ringcomm.hostfile import rank_addresses
-from ringcomm.launch import Backend, LaunchConfig, LaunchError, launch
-from ringcomm.launch import commands
+from ringcomm.launch import Backend, LaunchConfig, LaunchError, commands, launch
 from ringcomm.launch.api import failure_report
 from ringcomm.launch.cli import build_parser, split_argv
 from ringcomm.launch.config import program_argv
@@ -45,7 +44,7 @@ def run_launch(*args: str, timeout: float = 30, input: bytes | None = None,
                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``ringcomm launch ARGS`` to completion and return its result."""
     out = subprocess.run(
-        _cmd(*args), input=input, stdin=None if input is not None else subprocess.DEVNULL,
+        _cmd(*args), check=False, input=input, stdin=None if input is not None else subprocess.DEVNULL,
         capture_output=True, timeout=timeout, env=env or _env(),
     )
     return subprocess.CompletedProcess(out.args, out.returncode,

@@ -5,4 +5,4 @@ from __future__ import annotations
 from .api import launch
 from .config import Backend, LaunchConfig, LaunchError
 
-__all__ = ["launch", "LaunchConfig", "LaunchError", "Backend"]
+__all__ = ["Backend", "LaunchConfig", "LaunchError", "launch"]

@@ -116,7 +116,8 @@ class Guard:
         try:
             self.proc = subprocess.Popen(
                 argv, env=env, cwd=cwd, stdin=subprocess.PIPE,
-                start_new_session=True, preexec_fn=preexec,
+                # The guard has no other thread yet, so preexec_fn is safe here.
+                start_new_session=True, preexec_fn=preexec,  # noqa: PLW1509
             )
         except FileNotFoundError as e:
             missing = cwd if cwd and not os.path.isdir(cwd) else argv[0]

