@@ -102,3 +102,54 @@ def test_zero_d_arrays_keep_their_shape():
         for op in (ringcomm.all_sum, ringcomm.all_max, ringcomm.broadcast):
             got = op(x)
             assert type(got) is type(x) and got.dtype == x.dtype and tuple(got.shape) == (), (x, op)
+
+
+class _FakeDevice:
+    """A CuPy device stand-in: a context manager that records entries."""
+
+    def __init__(self) -> None:
+        self.entered = 0
+
+    def __enter__(self):
+        self.entered += 1
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_cupy_is_staged_through_host_with_one_copy_each_way(monkeypatch):
+    import sys
+    import types
+
+    copies = {"to_host": 0, "to_device": 0}
+    device = _FakeDevice()
+
+    class FakeCupyArray:
+        def __init__(self, host: np.ndarray) -> None:
+            self.host, self.device = host, device
+
+    FakeCupyArray.__module__ = "cupy._core.core"
+
+    def asnumpy(x):
+        copies["to_host"] += 1
+        return x.host.copy()
+
+    def asarray(a):
+        copies["to_device"] += 1
+        return FakeCupyArray(np.array(a))
+
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(asnumpy=asnumpy, asarray=asarray))
+    got = ringcomm.all_sum(FakeCupyArray(ONES.copy()))
+    assert isinstance(got, FakeCupyArray) and copies == {"to_host": 1, "to_device": 1}
+    assert device.entered == 1  # the result lands on the input's device
+    np.testing.assert_array_equal(got.host, ONES)
+
+
+def test_torch_cuda_round_trip():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    x = torch.ones(5, device="cuda", dtype=torch.bfloat16)
+    got = ringcomm.all_sum(x)
+    assert got.device == x.device and got.dtype == x.dtype
+    assert ringcomm.average_gradients([x])[0].device == x.device
