@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 __all__ = [
-    "RingcommError",
-    "InitError",
-    "ConnectError",
-    "PeerError",
-    "PeerAbortedError",
     "CommTimeoutError",
+    "ConnectError",
+    "InitError",
     "MismatchError",
+    "PeerAbortedError",
+    "PeerError",
+    "RingcommError",
 ]
 
 

@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import threading
-from typing import Mapping
+from collections.abc import Mapping
 
 from . import _env
 from .backends.base import Backend

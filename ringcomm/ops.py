@@ -44,7 +44,7 @@ def _check_rank(op: str, name: str, r: int, b: Backend, *, peer: bool) -> int:
 def _reduce(op: str, rop: ReduceOp, x: Any, group: Group | None) -> Any:
     ad = adapt(x)
     check_dtype(ad.array.dtype, op)
-    src = np.ascontiguousarray(ad.array)
+    src = np.asarray(ad.array, order="C")
     out = np.empty(src.shape, dtype=src.dtype)
     _backend(group).all_reduce_into(src, out, rop)
     return ad.wrap(out)
@@ -88,7 +88,7 @@ def sum_scatter(x: Any, *, group: Group | None = None) -> Any:
             f"sum_scatter: axis 0 must divide evenly among {b.size} ranks, got {got}; "
             "pad the array to a multiple of the group size"
         )
-    src = np.ascontiguousarray(a)
+    src = np.asarray(a, order="C")
     out = np.empty((a.shape[0] // b.size,) + a.shape[1:], dtype=a.dtype)
     b.reduce_scatter(src, out, ReduceOp.SUM)
     return ad.wrap(out)
@@ -99,7 +99,7 @@ def send(x: Any, dst: int, *, group: Group | None = None) -> Any:
     ad = adapt(x)
     check_dtype(ad.array.dtype, "send")
     b = _backend(group)
-    b.send(np.ascontiguousarray(ad.array), _check_rank("send", "dst", dst, b, peer=True))
+    b.send(np.asarray(ad.array, order="C"), _check_rank("send", "dst", dst, b, peer=True))
     return x
 
 

@@ -49,6 +49,14 @@ class Plan:
     ufunc: Callable | None
     sig: header.Signature
     timeout: float
+    stopped: bool = False  # set when any lane failed: waiting senders give up at once
+
+    def stop(self, lanes: list["Lane"]) -> None:
+        """Wake every sender that waits on its receiver, after a failure."""
+        self.stopped = True
+        for lane in lanes:
+            with lane.cond:
+                lane.cond.notify_all()
 
 
 @dataclass
@@ -104,9 +112,13 @@ def run_sender(lane: Lane, plan: Plan) -> None:
                 need += 1
                 if lane.done < need:
                     with lane.cond:
-                        if not lane.cond.wait_for(lambda n=need: lane.done >= n, plan.timeout):
-                            raise CommTimeoutError(f"{op}: no progress from {lane.recv_peer} "
-                                                   f"within {plan.timeout:g} s")
+                        lane.cond.wait_for(lambda n=need: lane.done >= n or plan.stopped,
+                                           plan.timeout)
+                    if plan.stopped:
+                        return  # another thread failed and reports why
+                    if lane.done < need:
+                        raise CommTimeoutError(f"{op}: no progress from {lane.recv_peer} "
+                                               f"within {plan.timeout:g} s")
             if b > a:
                 send_all(lane.send_sock, memoryview(out[a * isz:b * isz]), peer=lane.send_peer,
                          op=op)

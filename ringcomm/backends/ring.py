@@ -199,18 +199,20 @@ class RingBackend(Backend):
                 _pipeline.steps(r, p, d, seg, n_rs, n_ag), self._checker(sig, frm)))
         self._execute(sig.op.label, [(f, lane) for lane in lanes
                                      for f in (_pipeline.run_sender, _pipeline.run_receiver)],
-                      plan)
+                      plan, lanes)
 
-    def _execute(self, op: str, tasks: list, plan: object) -> None:
+    def _execute(self, op: str, tasks: list, plan: _pipeline.Plan,
+                 lanes: list[_pipeline.Lane]) -> None:
         errors: list[BaseException] = []
         lock = threading.Lock()
 
-        def guarded(fn: Callable, lane: object) -> None:
+        def guarded(fn: Callable, lane: _pipeline.Lane) -> None:
             try:
                 fn(lane, plan)
             except BaseException as e:  # noqa: BLE001 - re-raised by the calling thread
                 with lock:
                     errors.append(e)
+                plan.stop(lanes)
                 self._wake()
 
         pool = self._pool_for(len(tasks))

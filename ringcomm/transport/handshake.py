@@ -92,10 +92,10 @@ def client(s: socket.socket, key: bytes, hello: Hello) -> None:
 
 def server(s: socket.socket, key: bytes) -> Hello:
     """Check a connector's proof of the token and return its hello; raise HandshakeError."""
-    first = read_exact(s, len(MAGIC) + _NONCE)
-    if first[: len(MAGIC)] != MAGIC:
-        raise HandshakeError(f"not a ringcomm connection (first bytes {first[:4]!r})")
-    nonce_c = first[len(MAGIC):]
+    magic = read_exact(s, len(MAGIC))
+    if magic != MAGIC:
+        raise HandshakeError(f"not a ringcomm connection (first bytes {magic!r})")
+    nonce_c = read_exact(s, _NONCE)
     nonce_l = os.urandom(_NONCE)
     s.sendall(nonce_l + _mac(key, b"L", nonce_c, nonce_l))
     rest = read_exact(s, _HELLO.size + _MAC)

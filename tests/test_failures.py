@@ -1,0 +1,78 @@
+"""Failures on the ring backend: mismatched calls, dead and silent peers, strangers, huge messages.
+
+None of them may hang: every rank raises an error that names the op and the
+ranks involved, within seconds, and nothing outlives the job.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from _jobs import run, run_direct
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.mark.parametrize("mode, what", [
+    ("shape", "the shapes differ"),
+    ("dtype", "the dtypes differ"),
+    ("op", "the operations differ"),
+    ("skip", "the operations differ"),
+])
+@pytest.mark.parametrize("path", ["small", "large"])
+def test_mismatch_raises_on_every_rank(mode: str, what: str, path: str) -> None:
+    job = run(3, "mismatch.py", mode, path, RINGCOMM_TIMEOUT="30", timeout=60)
+    assert job.returncode == 0, job.stderr[-2000:]
+    lines = job.lines("rank ")
+    assert len(lines) == 3, job.stdout + job.stderr[-2000:]
+    for line in lines:
+        assert "MismatchError" in line, line
+        assert what in line and "rank 1 called" in line or "but rank 1" in line, line
+        assert re.search(r"all_sum|all_gather|all_max", line), line
+        assert float(re.search(r"after ([\d.]+)s", line).group(1)) < 5, line
+
+
+def test_dead_peer_raises_within_5s_on_every_survivor() -> None:
+    ranks = run_direct(3, "die.py", timeout=60, RINGCOMM_TIMEOUT="60")
+    assert ranks[1].returncode == 1
+    for r in (0, 2):
+        out = ranks[r].stdout.strip()
+        assert out.startswith(f"rank {r}: Peer"), (out, ranks[r].stderr[-2000:])
+        assert "rank 1" in out, out  # the dead rank is named, with its address
+        assert "127.0.0.1:" in out, out
+        assert float(re.search(r"after ([\d.]+)s", out).group(1)) < 5, out
+
+
+def test_dead_peer_ends_the_launched_job_with_its_exit_code() -> None:
+    job = run(3, "die.py", timeout=60)
+    assert job.returncode == 1
+    assert "rank 1 failed first: exit code 1" in job.stderr, job.stderr
+    assert job.seconds < 30
+
+
+def test_silent_peer_hits_the_deadline() -> None:
+    ranks = run_direct(3, "silent.py", "8", timeout=60, RINGCOMM_TIMEOUT="2")
+    for r in (0, 2):
+        out = ranks[r].stdout.strip()
+        assert "Error after" in out and "rank " in out, (out, ranks[r].stderr[-1500:])
+        assert float(re.search(r"after ([\d.]+)s", out).group(1)) < 5, out
+    assert "CommTimeoutError" in ranks[2].stdout and "rank 1" in ranks[2].stdout
+    # The sleeper learns of the abort as soon as it calls again.
+    assert "PeerAbortedError" in ranks[1].stdout, ranks[1].stdout
+
+
+def test_stranger_is_refused_and_the_job_goes_on() -> None:
+    job = run(3, "foreign.py", timeout=60)
+    assert job.returncode == 0, job.stderr[-2000:]
+    assert "stranger refused" in job.stdout
+    assert len(job.lines("rank ")) == 4  # the refusal and three results
+    assert "refused a connection" in job.stderr and "not a ringcomm connection" in job.stderr
+
+
+@pytest.mark.timeout(300)
+def test_messages_over_2_gib() -> None:
+    job = run(2, "large.py", timeout=280)
+    assert job.returncode == 0, job.stderr[-2000:]
+    assert len(job.lines("rank ")) == 2, job.stdout
