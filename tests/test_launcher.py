@@ -350,3 +350,35 @@ def test_remote_plan_and_ssh_argv():
         plan_job(LaunchConfig(command=["x"], hosts=("no-such-host.invalid",)))
     with pytest.raises(LaunchError, match="loopback host cannot be in a job with remote"):
         plan_job(LaunchConfig(command=["x"], hosts=("127.0.0.1", "10.255.0.1")))
+
+
+def test_top_level_cli(capsys):
+    from ringcomm.cli import main
+
+    assert main(["nope"]) == 2 and "unknown command 'nope'" in capsys.readouterr().err
+    assert main(["launch", "--print-python"]) == 0
+    assert capsys.readouterr().out.strip() == sys.executable
+    assert main(["--help"]) == 0 and "launch" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(60)
+def test_check_flag_runs_preflight_first(tmp_path):
+    r = run_launch("--check", "-n", "2", "--", "sh", "-c", "echo ran")
+    assert r.returncode == 0, r.stderr
+    assert "no problem" in r.stderr and r.stdout.split() == ["ran", "ran"]
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(60)
+def test_mpi_mode_propagates_exit_code():
+    from ringcomm.launch.mpi import find_mpirun
+
+    try:
+        find_mpirun(sys.executable)
+    except LaunchError as e:
+        pytest.skip(str(e))
+    r = run_launch("--backend", "mpi", "-n", "2", "--",
+                   "sh", "-c", 'echo "rank $OMPI_COMM_WORLD_RANK $RINGCOMM_BACKEND"; exit 3')
+    assert r.returncode == 3, r.stderr
+    assert sorted(r.stdout.splitlines()) == ["rank 0 mpi", "rank 1 mpi"]
+    assert "mpirun exit code 3" in r.stderr
