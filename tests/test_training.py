@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import subprocess
 import sys
 from typing import Any
@@ -213,3 +214,23 @@ def test_average_gradients_counts_in_ranks():
     if reason := launcher_missing():
         pytest.skip(reason)
     launch_case(2, "counts")
+
+
+@pytest.mark.timeout(240)
+def test_torch_example_matches_single_process_at_two_ranks():
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    if reason := launcher_missing():
+        pytest.skip(reason)
+    script = ROOT / "examples" / "train_torch.py"
+    single = subprocess.run([sys.executable, str(script), "--epochs", "1"], capture_output=True,
+                            text=True, timeout=120, cwd=ROOT, check=False)
+    assert single.returncode == 0, single.stderr
+    r = launch(2, script, "--epochs", "1", timeout=150)
+    assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
+
+    def loss(out: str) -> float:
+        return float(re.search(r"epoch\s+1/1\s+loss (\S+)", out).group(1))
+
+    assert abs(loss(r.stdout) - loss(single.stdout)) < 1e-3
+    assert "largest weight difference between ranks 0" in r.stdout
