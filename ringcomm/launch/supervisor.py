@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from . import commands
+from .config import LaunchError
 from .output import Output
 
 __all__ = ["Job", "JobResult", "RankExit", "RankProcess", "Reason", "signal_name"]
@@ -239,7 +240,11 @@ class Job:
                 self.handles.append(self._start(spec))
         except OSError as e:
             self._shutdown()
-            raise OSError(e.errno, f"cannot start rank {len(self.handles)}: {e.strerror}") from e
+            n = len(self.handles)
+            raise LaunchError(
+                f"cannot start the guard of rank {n} ({self.ranks[n].argv[0]!r}): "
+                f"{e.strerror}; check --python"
+            ) from e
         if self.forward_stdin and self._stdin_usable():
             threading.Thread(target=self._forward_stdin, daemon=True).start()
         else:
