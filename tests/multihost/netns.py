@@ -42,7 +42,6 @@ PREFIX = "rcmh"
 LOCK_PATH = "/tmp/ringcomm-netns.lock"
 _STEP_TIMEOUT = 20.0
 _NAME_RE = re.compile(rf"^{PREFIX}(\d+)[a-z]-h\d+$")
-_builds = 0
 
 
 @dataclass(frozen=True)
@@ -91,6 +90,19 @@ class Cluster:
                    ) -> subprocess.CompletedProcess:
         """Run ``argv`` in ``host``'s network namespace without ssh."""
         return _run(["ip", "netns", "exec", host.netns, *argv], timeout=timeout, check=False)
+
+    def add_interface(self, host: Host, name: str, cidr: str | None = None) -> None:
+        """Add an isolated interface ``name`` (a veth whose peer stays in the host) to ``host``."""
+        ns = ["ip", "netns", "exec", host.netns]
+        _run([*ns, "ip", "link", "add", name, "type", "veth", "peer", "name", f"{name}p"])
+        _run([*ns, "ip", "link", "set", name, "up"])
+        _run([*ns, "ip", "link", "set", f"{name}p", "up"])
+        if cidr is not None:
+            _run([*ns, "ip", "addr", "add", cidr, "dev", name])
+
+    def del_interface(self, host: Host, name: str) -> None:
+        """Remove an interface added by :meth:`add_interface`."""
+        _run(["ip", "netns", "exec", host.netns, "ip", "link", "del", name], check=False)
 
     def pids(self, host: Host) -> list[int]:
         """Return the pids running in ``host``'s namespace, sshd included."""
@@ -198,6 +210,17 @@ def _used_subnets() -> set[int]:
     return used
 
 
+def _free_tag() -> str:
+    """Return this process's pid plus the first letter no bridge of ours uses yet."""
+    # Interface names are limited to 15 characters: prefix, pid (up to 7 digits), a letter.
+    links = _run(["ip", "-o", "link", "show"], check=False).stdout
+    for letter in "abcdefghijklmnopqrstuvwxyz":
+        tag = f"{os.getpid()}{letter}"
+        if f" {PREFIX}b{tag}:" not in links:
+            return tag
+    raise RuntimeError("more than 26 test clusters in one process")
+
+
 def _keygen(path: Path) -> None:
     _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ringcomm-test", "-f", str(path)])
 
@@ -235,7 +258,7 @@ def _ssh_config(workdir: Path) -> str:
         "  GlobalKnownHostsFile /dev/null",
         "  StrictHostKeyChecking yes",
         "  BatchMode yes",
-        "  ConnectTimeout 5",
+        "  ConnectTimeout 15",
         "  LogLevel ERROR",
         "",
     ])
@@ -256,26 +279,21 @@ def build(workdir: Path, count: int = 3) -> Cluster:
     """Create ``count`` namespace hosts with sshd under ``workdir``; undo all on failure."""
     cleanup_stale()
     workdir.mkdir(parents=True, exist_ok=True)
-    global _builds
-    # Interface names are limited to 15 characters: pid (up to 7 digits) plus one letter.
-    tag = f"{os.getpid()}{chr(ord('a') + _builds % 26)}"
-    _builds += 1
-    bridge = f"{PREFIX}b{tag}"
     (workdir / "bin").mkdir(exist_ok=True)
     private_path = workdir / "private"
     private_path.mkdir(exist_ok=True)
-    cluster = Cluster(hosts=(), bridge=bridge, bridge_ip="", unreachable_ip="", workdir=workdir,
+    cluster = Cluster(hosts=(), bridge="", bridge_ip="", unreachable_ip="", workdir=workdir,
                       private_path=private_path, bin_dir=workdir / "bin",
                       ssh_config=workdir / "ssh_config")
     try:
-        _build(cluster, count, tag)
+        _build(cluster, count)
     except BaseException:
         teardown(cluster)
         raise
     return cluster
 
 
-def _build(cluster: Cluster, count: int, tag: str) -> None:
+def _build(cluster: Cluster, count: int) -> None:
     workdir = cluster.workdir
     _keygen(workdir / "host_key")
     _keygen(workdir / "user_key")
@@ -286,13 +304,16 @@ def _build(cluster: Cluster, count: int, tag: str) -> None:
     wrapper.chmod(0o755)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
 
-    # The lock makes choosing a free subnet and claiming it (the bridge route) atomic.
+    # The lock makes choosing free names and a free subnet, and claiming them by
+    # creating the bridge, atomic across parallel runs.
     with open(LOCK_PATH, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         free = [n for n in range(256) if n not in _used_subnets()]
         if not free:
             raise RuntimeError("no free 10.77.N.0/24 test subnet")
         net = f"10.77.{free[0]}"
+        tag = _free_tag()
+        cluster.bridge = f"{PREFIX}b{tag}"
         _run(["ip", "link", "add", cluster.bridge, "type", "bridge"])
         _run(["ip", "addr", "add", f"{net}.1/24", "dev", cluster.bridge])
         _run(["ip", "link", "set", cluster.bridge, "up"])
@@ -366,7 +387,8 @@ def teardown(cluster: Cluster) -> list[str]:
     for host in cluster.hosts:
         _run(["ip", "netns", "del", host.netns], check=False)
         _run(["ip", "link", "del", host.veth], check=False)
-    _run(["ip", "link", "del", cluster.bridge], check=False)
+    if cluster.bridge:
+        _run(["ip", "link", "del", cluster.bridge], check=False)
     return leftovers(cluster)
 
 
@@ -380,7 +402,7 @@ def leftovers(cluster: Cluster) -> list[str]:
             left.append(f"netns {host.netns}")
         if re.search(rf"\b{re.escape(host.veth)}\b[@:]", links):
             left.append(f"link {host.veth}")
-    if re.search(rf"\b{re.escape(cluster.bridge)}\b[@:]", links):
+    if cluster.bridge and re.search(rf"\b{re.escape(cluster.bridge)}\b[@:]", links):
         left.append(f"link {cluster.bridge}")
     for proc in cluster.sshd.values():
         if proc.poll() is None:
