@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _pool
 from .arrays import adapt, check_dtype
 from .backends.base import Backend, ReduceOp
 from .group import Group, world
@@ -45,7 +46,7 @@ def _reduce(op: str, rop: ReduceOp, x: Any, group: Group | None) -> Any:
     ad = adapt(x)
     check_dtype(ad.array.dtype, op)
     src = np.asarray(ad.array, order="C")
-    out = np.empty(src.shape, dtype=src.dtype)
+    out = _pool.empty(src.shape, src.dtype)
     _backend(group).all_reduce_into(src, out, rop)
     return ad.wrap(out)
 
@@ -71,7 +72,7 @@ def all_gather(x: Any, *, group: Group | None = None) -> Any:
     check_dtype(ad.array.dtype, "all_gather")
     b = _backend(group)
     src = np.ascontiguousarray(ad.array.reshape(1) if ad.array.ndim == 0 else ad.array)
-    out = np.empty((b.size * src.shape[0],) + src.shape[1:], dtype=src.dtype)
+    out = _pool.empty((b.size * src.shape[0],) + src.shape[1:], src.dtype)
     b.all_gather(src, out)
     return ad.wrap(out)
 
