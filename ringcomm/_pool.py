@@ -49,6 +49,8 @@ def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
             _kept -= nbytes
     if block is None:
         block = np.empty(nbytes, dtype=np.uint8)
-    out = np.frombuffer(memoryview(block), dtype=dtype).reshape(shape)
-    weakref.finalize(out, _release, block)
-    return out
+    # Views collapse their base to `flat` (its own base is a memoryview), so `flat`
+    # lives exactly as long as any array that sees the block.
+    flat = np.frombuffer(memoryview(block), dtype=dtype)
+    weakref.finalize(flat, _release, block)
+    return flat.reshape(shape)
