@@ -22,7 +22,7 @@ from .output import Output
 from .plan import host_entries, plan_job
 from .supervisor import Job, JobResult, RankProcess, Reason
 
-__all__ = ["describe_plan", "failure_report", "launch", "rank_processes"]
+__all__ = ["describe_plan", "failure_report", "launch", "rank_processes", "run_preflight"]
 
 _REPORT_LINES = 10
 _PREFIX = "ringcomm launch:"
