@@ -12,6 +12,7 @@ from . import _env
 from .backends.base import Backend
 from .backends.single import SingleBackend
 from .errors import InitError
+from .transport.net import parse_address
 
 __all__ = ["Group", "init", "is_available", "world"]
 
@@ -105,6 +106,11 @@ def _read_rank_hostfile(path: str) -> list[list[str]]:
             raise InitError(
                 f"hostfile {path!r}: entry {i} must be a list of 'ip:port' strings, got {entry!r}"
             )
+        for text in entry:
+            try:
+                parse_address(text)
+            except ValueError as e:
+                raise InitError(f"hostfile {path!r}: entry {i}: {e}") from None
     return data
 
 

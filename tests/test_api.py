@@ -1,0 +1,105 @@
+"""The public API in one process: size-1 groups, argument errors, and backend choice."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import ringcomm
+from ringcomm import group as group_mod
+from ringcomm.errors import InitError
+
+from _jobs import env
+
+
+def test_public_names_have_docstrings() -> None:
+    for name in ringcomm.__all__:
+        obj = getattr(ringcomm, name)
+        if callable(obj):
+            assert obj.__doc__, name
+
+
+def test_init_without_launcher_is_size_1_and_idempotent() -> None:
+    code = ("import ringcomm, numpy as np; w = ringcomm.init(); assert w is ringcomm.init();"
+            "print(w.rank(), w.size(), ringcomm.all_sum(np.arange(3)).tolist())")
+    out = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0", "1", "[0,", "1,", "2]"]
+
+
+def test_strict_init_names_the_missing_variables() -> None:
+    code = "import ringcomm; ringcomm.init(strict=True)"
+    out = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode != 0
+    assert "InitError" in out.stderr and "RINGCOMM_RANK" in out.stderr
+    assert "RINGCOMM_HOSTFILE" in out.stderr and "ringcomm launch" in out.stderr
+
+
+def test_a_half_set_environment_is_an_error_not_size_1(tmp_path) -> None:
+    code = "import ringcomm; ringcomm.init()"
+    out = subprocess.run([sys.executable, "-c", code], env=env(RINGCOMM_RANK="0"),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "RINGCOMM_HOSTFILE" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({}, "single"),
+    ({"RINGCOMM_RANK": "0", "RINGCOMM_HOSTFILE": "h"}, "ring"),
+    ({"MLX_RANK": "1", "MLX_HOSTFILE": "h"}, "ring"),
+    ({"RINGCOMM_BACKEND": "mpi"}, "mpi"),
+    ({"OMPI_COMM_WORLD_SIZE": "4"}, "mpi"),
+    ({"OMPI_COMM_WORLD_SIZE": "1"}, "single"),
+    ({"PMI_SIZE": "2"}, "mpi"),
+])
+def test_backend_choice(environ: dict, expected: str) -> None:
+    assert group_mod._choose("any", environ) == expected
+
+
+def test_backend_names_are_checked() -> None:
+    with pytest.raises(ValueError, match="backend must be one of"):
+        group_mod._choose("nccl", {})
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ringcomm.is_available("gloo")
+    assert ringcomm.is_available() and ringcomm.is_available("ring")
+
+
+def test_size_1_collectives_return_their_input() -> None:
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    for fn in (ringcomm.all_sum, ringcomm.all_max, ringcomm.all_min, ringcomm.broadcast,
+               ringcomm.all_gather, ringcomm.sum_scatter):
+        y = fn(x)
+        assert np.array_equal(y, x) and y.dtype == x.dtype and y is not x
+    assert ringcomm.all_gather(np.float64(2.5)).shape == (1,)
+    assert ringcomm.all_sum(np.float64(2.5)).shape == ()
+    ringcomm.barrier()
+    assert ringcomm.init().split(3).size() == 1
+
+
+def test_argument_errors_say_what_was_wrong() -> None:
+    with pytest.raises(TypeError, match="all_max: complex"):
+        ringcomm.all_max(np.ones(3, dtype=np.complex64))
+    with pytest.raises(TypeError, match="unsupported dtype"):
+        ringcomm.all_sum(np.array(["a"]))
+    with pytest.raises(TypeError, match="expecting an array"):
+        ringcomm.all_sum(object())
+    with pytest.raises(ValueError, match="this rank"):
+        ringcomm.send(np.ones(2), 0)
+    with pytest.raises(ValueError, match=r"dst must be in \[0, 1\)"):
+        ringcomm.send(np.ones(2), 5)
+    with pytest.raises(ValueError, match="color must be >= 0"):
+        ringcomm.init().split(-1)
+    with pytest.raises(ValueError, match="sum_scatter"):
+        ringcomm.sum_scatter(np.float32(1))
+
+
+def test_timeout_must_be_positive() -> None:
+    with pytest.raises(InitError, match="RINGCOMM_TIMEOUT"):
+        group_mod._timeout(None, {"RINGCOMM_TIMEOUT": "soon"})
+    with pytest.raises(InitError, match="positive"):
+        group_mod._timeout(None, {"RINGCOMM_TIMEOUT": "-1"})
+    assert group_mod._timeout(None, {}) == 300.0
