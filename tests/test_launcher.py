@@ -382,3 +382,12 @@ def test_mpi_mode_propagates_exit_code():
     assert r.returncode == 3, r.stderr
     assert sorted(r.stdout.splitlines()) == ["rank 0 mpi", "rank 1 mpi"]
     assert "mpirun exit code 3" in r.stderr
+
+
+@pytest.mark.timeout(60)
+def test_real_mlx_program_runs_unchanged():
+    pytest.importorskip("mlx.core")
+    r = run_launch("-n", "2", "--connections-per-ip", "2", str(SCRIPTS / "mlx_sum.py"))
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.splitlines()) == ["mlx 0 2 [3.0, 3.0, 3.0, 3.0]",
+                                             "mlx 1 2 [3.0, 3.0, 3.0, 3.0]"]
