@@ -391,3 +391,16 @@ def test_real_mlx_program_runs_unchanged():
     assert r.returncode == 0, r.stderr
     assert sorted(r.stdout.splitlines()) == ["mlx 0 2 [3.0, 3.0, 3.0, 3.0]",
                                              "mlx 1 2 [3.0, 3.0, 3.0, 3.0]"]
+
+
+@pytest.mark.timeout(30)
+def test_lines_never_mix_between_ranks():
+    code = ("import os, sys\n"
+            "r = os.environ['RINGCOMM_RANK']\n"
+            "for i in range(200):\n"
+            "    sys.stdout.write(r * 5000 + '\\n')\n")
+    r = run_launch("-n", "3", "--", sys.executable, "-c", code)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 600
+    assert all(len(set(line)) == 1 and len(line) == 5000 for line in lines)
