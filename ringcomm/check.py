@@ -145,10 +145,14 @@ def _env_findings(host: _Host, res: ssh.Result | None, err: str, program: str | 
 
 def _probe_env(host: _Host, program: str | None, backend: str) -> None:
     res, err = None, ""
-    try:
-        res = host.runner.run([host.runner.python, "-c", _probe.ENV, program or ""])
-    except OSError as e:
-        err = f"{e.strerror or e}: {e.filename or host.runner.python}"
+    runner = host.runner
+    if runner.local and runner.cwd and not os.path.isdir(runner.cwd):
+        err = f"cd: {runner.cwd}: no such directory"
+    else:
+        try:
+            res = runner.run([runner.python, "-c", _probe.ENV, program or ""])
+        except OSError as e:
+            err = f"{e.strerror or e}: {e.filename or runner.python}"
     _env_findings(host, res, err, program, backend)
 
 

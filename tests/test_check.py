@@ -99,3 +99,11 @@ def test_run_checks_rejects_bad_arguments() -> None:
         check.run_checks([HostEntry("127.0.0.1")], repeat=0)
     with pytest.raises(ValueError, match="expected backend"):
         check.run_checks([HostEntry("127.0.0.1")], backend="nccl")
+
+
+def test_missing_cwd_is_named(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope")
+    report = check.run_checks([HostEntry("127.0.0.1")], cwd=missing)
+    expected = (f"127.0.0.1 python: cannot enter {missing!r}: cd: {missing}: no such directory; "
+                "hint: create the directory there or pass --cwd")
+    assert report.problems() == [expected]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -115,3 +116,19 @@ def test_mpi_backend_finds_mpirun(cluster: netns.Cluster) -> None:
     report = check.run_checks(_hosts(cluster), backend="mpi", cwd=REPO)
     assert report.ok, check.format_report(report)
     assert all(report.status(ip, "mpirun") is check.Status.OK for ip in cluster.ips)
+
+
+def test_missing_cwd_on_one_host(cluster: netns.Cluster) -> None:
+    h1, _, h3 = cluster.hosts
+    (h1.private_dir / "work").mkdir(exist_ok=True)
+    (cluster.hosts[1].private_dir / "work").mkdir(exist_ok=True)
+    cwd = str(cluster.private_path / "work")
+    try:
+        report = check.run_checks(_hosts(cluster), cwd=cwd, python=sys.executable)
+    finally:
+        for host in cluster.hosts[:2]:
+            (host.private_dir / "work").rmdir()
+    problems = report.problems()
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"{h3.ip} python: cannot enter {cwd!r}: ")
+    assert problems[0].endswith("hint: create the directory there or pass --cwd")
