@@ -404,3 +404,12 @@ def test_lines_never_mix_between_ranks():
     lines = r.stdout.splitlines()
     assert len(lines) == 600
     assert all(len(set(line)) == 1 and len(line) == 5000 for line in lines)
+
+
+@pytest.mark.timeout(30)
+def test_closed_stdin_is_handled():
+    cmd = ["sh", "-c", 'exec "$@" <&-', "sh",
+           *_cmd("-n", "2", "--", "sh", "-c", 'echo "r$RINGCOMM_RANK"')]
+    r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=30, env=_env())
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.split()) == ["r0", "r1"]

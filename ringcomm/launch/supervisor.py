@@ -235,6 +235,8 @@ class Job:
     def _run(self) -> JobResult:
         start = time.monotonic()
         deadline = None if self.timeout is None else start + self.timeout
+        # Decided before any pipe exists: with fd 0 closed, a new pipe could take fd 0.
+        stdin_ok = self.forward_stdin and self._stdin_usable()
         try:
             for spec in self.ranks:
                 self.handles.append(self._start(spec))
@@ -245,7 +247,7 @@ class Job:
                 f"cannot start the guard of rank {n} ({self.ranks[n].argv[0]!r}): "
                 f"{e.strerror}; check --python"
             ) from e
-        if self.forward_stdin and self._stdin_usable():
+        if stdin_ok:
             threading.Thread(target=self._forward_stdin, daemon=True).start()
         else:
             for h in self.handles:
