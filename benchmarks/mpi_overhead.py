@@ -1,0 +1,112 @@
+"""Compare ringcomm's MPI all_sum with raw mpi4py Allreduce in the same job.
+
+    python benchmarks/mpi_overhead.py            # starts itself under mpirun -n 2
+    mpirun -n 2 python benchmarks/mpi_overhead.py
+
+Prints nccl-tests columns (size, count, type, time_us, algbw, busbw) for both,
+and ringcomm's overhead in percent. Each size alternates the two methods for
+several rounds and keeps each method's best round, which tames a noisy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def parse_size(text: str) -> int:
+    """Return a byte count from '4', '64K', '1M' or '2G'."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    text = text.strip().upper().removesuffix("B")
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def mpirun_args(n: int, argv: list[str]) -> list[str]:
+    """Return the command line that reruns this script on n ranks of this host."""
+    local = Path(sys.executable).parent / "mpirun"
+    mpirun = str(local) if local.exists() else "mpirun"
+    return [mpirun, "-n", str(n), "--oversubscribe", "--bind-to", "none",
+            sys.executable, __file__, *argv]
+
+
+def timed(fn, comm, seconds: float) -> float:  # type: ignore[no-untyped-def]
+    """Return the mean seconds per call of `fn` over about `seconds`, agreed by all ranks."""
+    from mpi4py import MPI
+
+    fn()
+    comm.Barrier()
+    start = time.perf_counter()
+    fn()
+    one = comm.allreduce(time.perf_counter() - start, op=MPI.MAX)
+    iters = max(1, min(10000, int(seconds / max(one, 1e-7))))
+    comm.Barrier()
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    elapsed = comm.allreduce(time.perf_counter() - start, op=MPI.MAX)
+    return elapsed / iters
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-b", "--minbytes", default="4")
+    p.add_argument("-e", "--maxbytes", default="64M")
+    p.add_argument("-f", "--stepfactor", type=int, default=4)
+    p.add_argument("-n", "--ranks", type=int, default=2, help="ranks when starting mpirun")
+    p.add_argument("--seconds", type=float, default=0.05, help="per method, size and round")
+    p.add_argument("--rounds", type=int, default=10)
+    args = p.parse_args(argv)
+
+    if "OMPI_COMM_WORLD_SIZE" not in os.environ and "PMI_SIZE" not in os.environ:
+        env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+        return subprocess.run(mpirun_args(args.ranks, argv), env=env, timeout=1800).returncode
+
+    from mpi4py import MPI
+
+    import ringcomm
+
+    group = ringcomm.init(backend="mpi")
+    comm = MPI.COMM_WORLD.Dup()
+    n = comm.Get_size()
+    rows = []
+    size = parse_size(args.minbytes)
+    while size <= parse_size(args.maxbytes):
+        count = max(1, size // 4)
+        x = np.ones(count, dtype=np.float32)
+        out = np.empty_like(x)
+        best = {"mpi4py": float("inf"), "ringcomm": float("inf")}
+        for _ in range(args.rounds):
+            best["mpi4py"] = min(best["mpi4py"], timed(
+                lambda: comm.Allreduce(x, out, op=MPI.SUM), comm, args.seconds))
+            best["ringcomm"] = min(best["ringcomm"], timed(
+                lambda: ringcomm.all_sum(x, group=group), comm, args.seconds))
+        rows.append((count * 4, count, best))
+        size *= args.stepfactor
+    if group.rank() == 0:
+        print(f"# all_sum float32, {n} ranks, best of {args.rounds} rounds; "
+              "busbw = algbw * 2(n-1)/n; overhead = ringcomm / mpi4py - 1")
+        head = f"{'size':>10} {'count':>10} {'type':>7}"
+        for name in best:
+            head += f" | {name + ' time_us':>16} {'algbw':>7} {'busbw':>7}"
+        print(head + f" | {'overhead':>8}")
+        for nbytes, count, best in rows:
+            line = f"{nbytes:>10} {count:>10} {'float':>7}"
+            for t in best.values():
+                algbw = nbytes / t / 1e9
+                line += f" | {t * 1e6:>16.1f} {algbw:>7.2f} {algbw * 2 * (n - 1) / n:>7.2f}"
+            over = best["ringcomm"] / best["mpi4py"] - 1
+            print(line + f" | {over * 100:>7.1f}%", flush=True)
+    comm.Free()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
