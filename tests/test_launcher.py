@@ -413,3 +413,14 @@ def test_closed_stdin_is_handled():
     r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=30, env=_env())
     assert r.returncode == 0, r.stderr
     assert sorted(r.stdout.split()) == ["r0", "r1"]
+
+
+@pytest.mark.timeout(30)
+def test_hostfile_errors_reach_the_command_line(tmp_path):
+    bad = tmp_path / "hosts.json"
+    bad.write_text('[{"ssh": "a", "ips": ["not-an-ip"]}]')
+    r = run_launch("--hostfile", str(bad), "--", "true")
+    assert r.returncode == 2
+    assert f"hostfile '{bad}': hosts[0].ips[0]: expected an ip address" in r.stderr
+    r = run_launch("--hostfile", str(bad), "--hosts", "a", "--", "true")
+    assert r.returncode == 2 and "either --hosts or --hostfile" in r.stderr
