@@ -424,3 +424,16 @@ def test_hostfile_errors_reach_the_command_line(tmp_path):
     assert f"hostfile '{bad}': hosts[0].ips[0]: expected an ip address" in r.stderr
     r = run_launch("--hostfile", str(bad), "--hosts", "a", "--", "true")
     assert r.returncode == 2 and "either --hosts or --hostfile" in r.stderr
+
+
+def test_launcher_imports_no_backend_and_guard_only_stdlib():
+    import ast
+
+    pkg = ROOT / "ringcomm" / "launch"
+    for path in [*pkg.glob("*.py"), ROOT / "ringcomm" / "hostfile.py"]:
+        tree = ast.parse(path.read_text())
+        names = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [m for m in names if "backends" in m], path
+        if path.name == "guard.py":
+            assert all(m.split(".")[0] in sys.stdlib_module_names for m in names), names
