@@ -72,7 +72,7 @@ def plan_ranks(hosts: Sequence[HostEntry], repeat: int, starting_port: int | Non
         ips = list(entry.ips)
         if not ips:
             try:
-                ips = ssh.resolve_host(entry.ssh, timeout=connect_timeout)[:1]
+                ips = ssh.resolve_ssh_host(entry.ssh, timeout=connect_timeout)[:1]
             except OSError as e:
                 findings.append(Finding(entry.ssh, "address", Status.FAIL, str(e),
                                         "list its ip in a hostfile's \"ips\""))

@@ -41,8 +41,10 @@ __all__ = [
     "is_local_host",
     "remote_command",
     "resolve_host",
+    "resolve_ssh_host",
     "run",
     "ssh_argv",
+    "ssh_config_hostname",
 ]
 
 # Seconds ssh may spend establishing a connection (ssh's ConnectTimeout).
@@ -157,6 +159,34 @@ def resolve_host(host: str, *, timeout: float = DEFAULT_CONNECT_TIMEOUT) -> list
         raise OSError(f"cannot resolve host {host!r}: {failure[0]}; "
                       f"hint: check the name, /etc/hosts or DNS")
     raise OSError(f"cannot resolve host {host!r}: no answer within {timeout:g}s; hint: check DNS")
+
+
+def ssh_config_hostname(name: str, *, timeout: float = DEFAULT_CONNECT_TIMEOUT,
+                        ssh: str = "ssh") -> str | None:
+    """Return the HostName ``ssh -G`` gives for ``name`` (an alias's real host), or None."""
+    try:
+        result = run([ssh, "-G", "--", name], timeout=timeout)
+    except OSError:
+        return None
+    if not result.ok:
+        return None
+    for line in result.stdout.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "hostname" and value.strip():
+            return value.strip()
+    return None
+
+
+def resolve_ssh_host(name: str, *, timeout: float = DEFAULT_CONNECT_TIMEOUT) -> list[str]:
+    """Return the addresses of an ssh destination (``user@host`` or a ~/.ssh/config alias)."""
+    host = name.rpartition("@")[2]
+    try:
+        return resolve_host(host, timeout=timeout)
+    except OSError:
+        real = ssh_config_hostname(name, timeout=timeout)
+        if real is None or real == host:
+            raise
+        return resolve_host(real, timeout=timeout)
 
 
 def is_local_host(host: str, *, timeout: float = DEFAULT_CONNECT_TIMEOUT) -> bool:

@@ -143,3 +143,19 @@ def test_explain_gives_hints(stderr: str, needle: str) -> None:
 def test_explain_timeout_and_unknown() -> None:
     assert "did not finish within 5s" in ssh.explain(_failed("", timed_out=True), "h")
     assert ssh.explain(_failed("weird\nlast line", code=1), "h") == "ssh to h exited 1: last line"
+
+
+def test_resolve_ssh_host_strips_user_and_follows_aliases(tmp_path) -> None:
+    assert ssh.resolve_ssh_host("me@127.0.0.1") == ["127.0.0.1"]
+    fake = tmp_path / "ssh"
+    fake.write_text('#!/bin/sh\nprintf "user root\\nhostname 10.9.8.7\\nport 22\\n"\n')
+    fake.chmod(0o755)
+    assert ssh.ssh_config_hostname("alias", ssh=str(fake)) == "10.9.8.7"
+
+
+def test_ssh_config_hostname_of_a_failing_ssh(tmp_path) -> None:
+    fake = tmp_path / "ssh"
+    fake.write_text("#!/bin/sh\nexit 255\n")
+    fake.chmod(0o755)
+    assert ssh.ssh_config_hostname("alias", ssh=str(fake)) is None
+    assert ssh.ssh_config_hostname("alias", ssh=str(tmp_path / "missing")) is None
