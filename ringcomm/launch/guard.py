@@ -184,8 +184,9 @@ class Guard:
         _signal_group(pgid, signal.SIGTERM)
         if not self.exited.wait(self.grace):
             _signal_group(pgid, signal.SIGKILL)
-        # The waiter thread reports and exits the guard; this is its deadline.
-        self.exited.wait(self.grace + 5.0)
+        # The waiter thread reports how the rank ended and exits the guard;
+        # this thread only steps in if that does not happen within the deadline.
+        threading.Event().wait(self.grace + 5.0)
         self._finish(128 + signal.SIGKILL)
 
     def serve(self, stream):
