@@ -38,8 +38,8 @@ def per_array_loop(grads: list[np.ndarray]) -> list[np.ndarray]:
     return [ringcomm.ops.all_sum(g) / size for g in grads]
 
 
-def timed(fn: Callable[[], object], iters: int) -> tuple[float, int]:
-    """Return (median seconds of the slowest rank, all_sum calls per run) of `fn`."""
+def count_calls(fn: Callable[[], object]) -> int:
+    """Return how many all_sum calls one run of `fn` makes."""
     calls = []
     real = ringcomm.ops.all_sum
 
@@ -52,14 +52,24 @@ def timed(fn: Callable[[], object], iters: int) -> tuple[float, int]:
         fn()
     finally:
         ringcomm.ops.all_sum = real
-    times = []
-    for _ in range(iters):
-        ringcomm.barrier()
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    worst = ringcomm.all_max(np.array(times))
-    return float(np.median(worst)), len(calls)
+    return len(calls)
+
+
+def timed(fns: list[Callable[[], object]], iters: int) -> list[float]:
+    """Return each function's median seconds (slowest rank per iteration), runs interleaved.
+
+    Interleaving puts both methods under the same background load, which on
+    a shared machine moves more than either method does.
+    """
+    times = np.zeros((iters, len(fns)))
+    for i in range(iters):
+        for j, fn in enumerate(fns):
+            ringcomm.barrier()
+            t = time.perf_counter()
+            fn()
+            times[i, j] = time.perf_counter() - t
+    worst = ringcomm.all_max(times)
+    return [float(t) for t in np.median(worst, axis=0)]
 
 
 def main() -> None:
@@ -76,8 +86,9 @@ def main() -> None:
         total = sum(g.nbytes for g in grads)
         for a, b in zip(ringcomm.average_gradients(grads), per_array_loop(grads)):
             np.testing.assert_allclose(a, b, rtol=1e-6)
-        fused, fused_calls = timed(lambda g=grads: ringcomm.average_gradients(g), args.iters)
-        loop, loop_calls = timed(lambda g=grads: per_array_loop(g), args.iters)
+        methods = [lambda g=grads: ringcomm.average_gradients(g), lambda g=grads: per_array_loop(g)]
+        fused_calls, loop_calls = (count_calls(m) for m in methods)
+        fused, loop = timed(methods, args.iters)
         if world.rank() == 0:
             print(f"tree: {len(grads)} float32 arrays, 1 KiB to {nbytes / 1024:.0f} KiB, "
                   f"{total / 2**20:.2f} MiB; {world.size()} ranks ({world.backend}); "

@@ -16,6 +16,7 @@ do not record tuple types.
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -190,6 +191,23 @@ def plan_buckets(leaves: Sequence[tuple[np.dtype, int]], limit: int) -> list[Buc
     return done
 
 
+_scratch = threading.local()
+
+
+def _pack_buffer(dtype: np.dtype, n: int) -> np.ndarray:
+    """Return a flat scratch array of `n` elements, reused across calls (per thread and dtype).
+
+    A fresh buffer of tens of MiB costs a page fault per 4 KiB on every call;
+    reusing one keeps the packing at memory bandwidth. all_sum never writes
+    into it, so no result aliases it.
+    """
+    cache = _scratch.__dict__.setdefault("buffers", {})
+    buf = cache.get(dtype)
+    if buf is None or buf.size < n:
+        buf = cache[dtype] = np.empty(n, dtype=dtype)
+    return buf[:n]
+
+
 def _check_float(dt: np.dtype, key: str) -> None:
     if dt.kind not in "fc" and dt.name != "bfloat16":
         raise TypeError(
@@ -207,7 +225,8 @@ def average_gradients(grads: Any, group: Group | None = None,
     `all_reduce_size <= 0` reduces every array alone. None leaves (a torch
     parameter without a gradient) stay None. In a group of size 1 `grads`
     comes back as is, without communication. Every rank must pass a tree of
-    the same structure, shapes and dtypes.
+    the same structure, shapes and dtypes. One packing buffer per dtype (at
+    most `all_reduce_size` bytes, or the largest bucket) is kept between calls.
     """
     g = group if group is not None else world()
     size = g.size()
@@ -227,11 +246,13 @@ def average_gradients(grads: Any, group: Group | None = None,
             total = np.asarray(ops.all_sum(parts[0], group=g))
             outs = [total]
         else:
-            packed = np.empty(sum(p.size for p in parts), dtype=bucket.dtype)
+            packed = _pack_buffer(bucket.dtype, sum(p.size for p in parts))
             bounds = np.cumsum([0] + [p.size for p in parts])
             for p, lo, hi in zip(parts, bounds, bounds[1:]):
                 packed[lo:hi].reshape(p.shape)[...] = p  # one copy per leaf, strided or not
             total = np.asarray(ops.all_sum(packed, group=g))
+            if np.may_share_memory(total, packed):  # results must not live in the scratch buffer
+                total = total.copy()
             outs = [total[lo:hi].reshape(p.shape) for p, lo, hi in zip(parts, bounds, bounds[1:])]
         # all_sum returns a new array, so dividing in place touches nobody's input.
         np.divide(total, size, out=total, casting="unsafe")

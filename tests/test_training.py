@@ -157,6 +157,14 @@ def test_average_gradients_keeps_tree_types_and_none(counted):
     np.testing.assert_array_equal(out["t"][0], np.full((2, 3), 0.5))
 
 
+def test_average_gradients_results_survive_the_next_call():
+    group = ringcomm.Group(_TwoRanks())
+    first = ringcomm.average_gradients([np.zeros(3), np.zeros(2)], group=group)
+    second = ringcomm.average_gradients([np.ones(3), np.ones(2)], group=group)
+    np.testing.assert_array_equal(first[0], np.full(3, 0.5))
+    np.testing.assert_array_equal(second[1], np.full(2, 1.5))
+
+
 def test_average_gradients_size_one_is_the_identity(counted):
     grads = {"w": np.ones(3)}
     assert ringcomm.average_gradients(grads) is grads
