@@ -25,7 +25,7 @@ from ..transport import header
 from ..transport.endpoint import ABORT_GRACE, Endpoint
 from ..transport.handshake import Hello, Kind
 from ..transport.header import Op, Signature
-from ..transport.net import parse_address, recv_exact, send_all
+from ..transport.net import parse_address, recv_at_least, recv_exact, send_all
 from . import _pipeline
 from .base import Backend, ReduceOp
 
@@ -163,10 +163,11 @@ class RingBackend(Backend):
         for s in range(p - 1):
             out_i, in_i = (r - s) % p, (r - s - 1) % p
             send_all(right, memoryview(slots[out_i]), peer=self._peer((r + 1) % p), op=op)
-            view = memoryview(slots[in_i])
-            recv_exact(left, view[:hs], peer=self._peer((r - 1) % p), op=op)
+            view, src = memoryview(slots[in_i]), self._peer((r - 1) % p)
+            got = recv_at_least(left, view, hs, peer=src, op=op)
             self._checker(sig, (r - 1) % p)(view[:hs])
-            recv_exact(left, view[hs:], peer=self._peer((r - 1) % p), op=op)
+            if got < slot:
+                recv_exact(left, view[got:], peer=src, op=op)
         return slots[:, hs:]
 
     def _reduce_small(self, flat: np.ndarray, out: np.ndarray, ufunc: Callable,

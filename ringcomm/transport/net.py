@@ -138,6 +138,26 @@ def recv_exact(s: socket.socket, view: memoryview, *, peer: str, op: str) -> Non
         got += k
 
 
+def recv_at_least(s: socket.socket, view: memoryview, least: int, *, peer: str, op: str) -> int:
+    """Receive at least `least` bytes into `view`, and whatever more of it has arrived; return the count.
+
+    One system call usually brings a whole small message, header and data, while
+    a sender whose message is shorter than `view` cannot make this wait.
+    """
+    got = 0
+    while got < least:
+        try:
+            k = s.recv_into(view[got:])
+        except (BlockingIOError, socket.timeout) as e:
+            raise CommTimeoutError(f"{op}: {peer} sent nothing within the deadline") from e
+        except OSError as e:
+            raise PeerError(f"{op}: connection to {peer} failed: {describe_errno(e)}") from e
+        if k == 0:
+            raise PeerError(f"{op}: {peer} closed the connection (did it exit or crash?)")
+        got += k
+    return got
+
+
 def send_all(s: socket.socket, data: memoryview | bytes, *, peer: str, op: str) -> None:
     """Send all of `data`; raise PeerError on a reset, CommTimeoutError on the deadline."""
     try:
