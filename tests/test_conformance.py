@@ -44,3 +44,11 @@ def test_conformance(backend: str, n: int) -> None:
     assert len(passed) == n, job.stdout
     for line in passed:
         assert line.endswith("cases passed") and int(line.split()[2]) > 800, line
+
+
+@pytest.mark.timeout(240)
+def test_ring_with_two_connections_per_ip() -> None:
+    launcher = [sys.executable, "-m", "ringcomm", "launch", "-n", "3", "--connections-per-ip", "2"]
+    job = run(3, "conformance.py", "ring", timeout=200, launcher=launcher)
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert len(job.lines("rank ")) == 3, job.stdout
