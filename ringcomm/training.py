@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import ops
-from .arrays import adapt
+from .arrays import adapt, bfloat16
 from .group import Group, world
 
 __all__ = ["average_gradients", "tree_flatten", "tree_map", "tree_unflatten"]
@@ -216,47 +216,75 @@ def _check_float(dt: np.dtype, key: str) -> None:
         )
 
 
+def _wire_dtype(dt: Any) -> np.dtype:
+    """Return the NumPy dtype of a floating NumPy, torch or MLX dtype (or its name)."""
+    name = str(dt).rsplit(".", 1)[-1]  # torch.float16, mlx.core.float16
+    try:
+        wire = bfloat16 if name == "bfloat16" and bfloat16 is not None else np.dtype(dt)
+    except TypeError:
+        try:
+            wire = np.dtype(name)
+        except TypeError:
+            wire = None
+    if wire is None or (wire.kind not in "fc" and wire != bfloat16):
+        raise TypeError(
+            f"average_gradients: communication_type must be a floating dtype, got {dt!r}; "
+            "try float16 or bfloat16"
+        )
+    return wire
+
+
 def average_gradients(grads: Any, group: Group | None = None,
-                      all_reduce_size: int = 32 * 2**20) -> Any:
+                      all_reduce_size: int = 32 * 2**20,
+                      communication_type: Any = None) -> Any:
     """Return `grads` averaged over the ranks of `group`, as the same tree of the same array types.
 
     Arrays of one dtype are packed into flat buffers of at most
     `all_reduce_size` bytes, so many small gradients cost one `all_sum`;
-    `all_reduce_size <= 0` reduces every array alone. None leaves (a torch
-    parameter without a gradient) stay None. In a group of size 1 `grads`
-    comes back as is, without communication. Every rank must pass a tree of
-    the same structure, shapes and dtypes. One packing buffer per dtype (at
-    most `all_reduce_size` bytes, or the largest bucket) is kept between calls.
+    `all_reduce_size <= 0` reduces every array alone. `communication_type`
+    (a NumPy, torch or MLX dtype, e.g. float16) casts the buffers before the
+    sum and back after it, trading precision for fewer bytes on the wire.
+    None leaves (a torch parameter without a gradient) stay None. In a group
+    of size 1 `grads` comes back as is, without communication. Every rank
+    must pass a tree of the same structure, shapes and dtypes. One packing
+    buffer per dtype (at most `all_reduce_size` bytes, or the largest
+    bucket) is kept between calls.
     """
     g = group if group is not None else world()
     size = g.size()
     if size == 1:
         return grads
+    wire = None if communication_type is None else _wire_dtype(communication_type)
     pairs = tree_flatten(grads)
     keys, leaves = [k for k, _ in pairs], [leaf for _, leaf in pairs]
     live = [i for i, leaf in enumerate(leaves) if leaf is not None]
     adapted = [adapt(leaves[i]) for i in live]
     for i, ad in zip(live, adapted):
         _check_float(ad.array.dtype, keys[i])
-    plan = plan_buckets([(ad.array.dtype, ad.array.nbytes) for ad in adapted], all_reduce_size)
+    plan = plan_buckets(
+        [(ad.array.dtype, ad.array.size * (ad.array.dtype if wire is None else wire).itemsize)
+         for ad in adapted],
+        all_reduce_size,
+    )
     results: list[Any] = list(leaves)
     for bucket in plan:
         parts = [adapted[j].array for j in bucket.indices]
-        if len(parts) == 1:
-            total = np.asarray(ops.all_sum(parts[0], group=g))
-            outs = [total]
+        bounds = np.cumsum([0] + [p.size for p in parts])
+        comm = bucket.dtype if wire is None else wire
+        if len(parts) == 1 and comm == bucket.dtype:
+            sent = parts[0]  # nothing to pack or cast
         else:
-            packed = _pack_buffer(bucket.dtype, sum(p.size for p in parts))
-            bounds = np.cumsum([0] + [p.size for p in parts])
+            sent = _pack_buffer(comm, int(bounds[-1]))
             for p, lo, hi in zip(parts, bounds, bounds[1:]):
-                packed[lo:hi].reshape(p.shape)[...] = p  # one copy per leaf, strided or not
-            total = np.asarray(ops.all_sum(packed, group=g))
-            if np.may_share_memory(total, packed):  # results must not live in the scratch buffer
-                total = total.copy()
-            outs = [total[lo:hi].reshape(p.shape) for p, lo, hi in zip(parts, bounds, bounds[1:])]
-        # all_sum returns a new array, so dividing in place touches nobody's input.
+                sent[lo:hi].reshape(p.shape)[...] = p  # one copy per leaf, strided or not
+        total = np.asarray(ops.all_sum(sent, group=g))
+        if total.dtype != bucket.dtype:
+            total = total.astype(bucket.dtype)
+        elif np.may_share_memory(total, sent):  # no result may alias the scratch or the input
+            total = total.copy()
         np.divide(total, size, out=total, casting="unsafe")
-        for j, out in zip(bucket.indices, outs):
-            results[live[j]] = adapted[j].wrap(out)
+        flat = total.reshape(-1)
+        for j, p, lo, hi in zip(bucket.indices, parts, bounds, bounds[1:]):
+            results[live[j]] = adapted[j].wrap(flat[lo:hi].reshape(p.shape))
     it = iter(results)
     return tree_map(lambda _: next(it), grads)

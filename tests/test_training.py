@@ -165,6 +165,25 @@ def test_average_gradients_results_survive_the_next_call():
     np.testing.assert_array_equal(second[1], np.full(2, 1.5))
 
 
+@pytest.mark.parametrize("wire", ["float16", "bfloat16-torch", "float16-mlx"])
+def test_average_gradients_communication_type(monkeypatch, wire):
+    name, _, lib = wire.partition("-")
+    dtype = name if not lib else getattr(pytest.importorskip(
+        {"torch": "torch", "mlx": "mlx.core"}[lib]), name)
+    sent: list[np.dtype] = []
+    real = ringcomm.ops.all_sum
+    monkeypatch.setattr(ringcomm.ops, "all_sum",
+                        lambda x, *, group=None: sent.append(x.dtype) or real(x, group=group))
+    grads = [np.arange(10, dtype=np.float32) * i for i in range(10)]
+    out = ringcomm.average_gradients(grads, ringcomm.Group(_TwoRanks()), 100, dtype)
+    assert [str(d) for d in sent] == [name, name]  # 200 bytes on the wire, 100 per buffer
+    for g, o in zip(grads, out):
+        assert o.dtype == np.float32
+        np.testing.assert_array_equal(o, g + 0.5)
+    with pytest.raises(TypeError, match="communication_type must be a floating dtype"):
+        ringcomm.average_gradients(grads, ringcomm.Group(_TwoRanks()), communication_type="int8")
+
+
 def test_average_gradients_size_one_is_the_identity(counted):
     grads = {"w": np.ones(3)}
     assert ringcomm.average_gradients(grads) is grads
