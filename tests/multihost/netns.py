@@ -91,6 +91,15 @@ class Cluster:
         """Run ``argv`` in ``host``'s network namespace without ssh."""
         return _run(["ip", "netns", "exec", host.netns, *argv], timeout=timeout, check=False)
 
+    def wait_no_strays(self, timeout: float = 5.0) -> dict[str, list[int]]:
+        """Wait until only the sshd listeners run in the hosts; return the strays left."""
+        deadline = time.monotonic() + timeout
+        while True:
+            strays = {h.ip: p for h in self.hosts if (p := self.stray_pids(h))}
+            if not strays or time.monotonic() > deadline:
+                return strays
+            time.sleep(0.1)
+
     def add_interface(self, host: Host, name: str, cidr: str | None = None) -> None:
         """Add an isolated interface ``name`` (a veth whose peer stays in the host) to ``host``."""
         ns = ["ip", "netns", "exec", host.netns]

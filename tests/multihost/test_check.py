@@ -24,10 +24,7 @@ def _hosts(cluster: netns.Cluster, extra: tuple[str, ...] = ()) -> list[HostEntr
 
 
 def _no_strays(cluster: netns.Cluster) -> None:
-    deadline = time.monotonic() + 5
-    while any(cluster.stray_pids(h) for h in cluster.hosts) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert {h.ip: cluster.stray_pids(h) for h in cluster.hosts} == {h: [] for h in cluster.ips}
+    assert cluster.wait_no_strays() == {}
 
 
 def test_check_passes_on_three_hosts(cluster: netns.Cluster, tmp_path: Path) -> None:

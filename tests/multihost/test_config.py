@@ -128,7 +128,4 @@ def test_dot_output(cluster: netns.Cluster, capsys) -> None:
 
 
 def test_no_stray_processes(cluster: netns.Cluster) -> None:
-    deadline = time.monotonic() + 5
-    while any(cluster.stray_pids(h) for h in cluster.hosts) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert [cluster.stray_pids(h) for h in cluster.hosts] == [[], [], []]
+    assert cluster.wait_no_strays() == {}
