@@ -148,6 +148,16 @@ def test_any_backend_recognises_mpirun() -> None:
 
 @pytest.mark.mpi
 @needs_mpi
+def test_ringcomm_launch_backend_mpi() -> None:
+    cmd = [sys.executable, "-m", "ringcomm", "launch", "--backend", "mpi", "-n", "2",
+           CASES, "any", "mismatch"]
+    res = run(cmd, 90, rank_env())
+    assert_ok(res, 2, "mismatch")
+    assert res.stdout.count("backend mpi") == 2, res.stdout
+
+
+@pytest.mark.mpi
+@needs_mpi
 def test_deadline_aborts_the_job() -> None:
     code = ("import numpy as np, ringcomm; g = ringcomm.init(backend='mpi'); "
             "ringcomm.all_sum(np.ones(3)) if g.rank() == 0 else ringcomm.recv(3, 'f8', 0)")
