@@ -20,9 +20,9 @@ from typing import NoReturn
 
 import numpy as np
 
-from ..errors import MismatchError, PeerAbortedError, PeerError, RingcommError
+from ..errors import CommTimeoutError, MismatchError, PeerError, RingcommError
 from ..transport import header
-from ..transport.endpoint import ABORT_GRACE, Endpoint
+from ..transport.endpoint import ABORT_GRACE, CAUSE, ECHO, MISMATCH, Endpoint
 from ..transport.handshake import Hello, Kind
 from ..transport.header import Op, Signature
 from ..transport.net import parse_address, recv_at_least, recv_exact, send_all
@@ -123,15 +123,23 @@ class RingBackend(Backend):
     def _fail(self, op: str, exc: BaseException) -> NoReturn:
         """Turn a failure into the error every rank raises, and tell the other ranks."""
         ep = self._ep
-        if isinstance(exc, PeerError) and not isinstance(exc, PeerAbortedError):
-            ep.wait_abort(ABORT_GRACE)  # a vanished peer may be telling everyone why
-        if ep.aborted is not None and ep.aborted_by_peer:
-            try:
-                ep.check()
-            except RingcommError as e:
-                raise type(e)(f"{op}: {e}") from exc
-        mismatch = isinstance(exc, MismatchError)
-        ep.abort(f"rank {ep.rank} failed in {op}: {exc}", notify=True, mismatch=mismatch)
+        reason = f"rank {ep.rank} failed in {op}: {exc}"
+        if isinstance(exc, MismatchError):
+            kind = MISMATCH
+        elif isinstance(exc, PeerError) and not isinstance(exc, CommTimeoutError):
+            kind = ECHO  # a connection closed under us: the cause is elsewhere
+        else:
+            kind = CAUSE
+        if ep.aborted is None:
+            ep.notify(reason, kind)  # at once: ranks further away must not wait in turn
+        if kind == ECHO:
+            ep.wait_cause(ABORT_GRACE)  # the failed peer, or the rank that saw it, says why
+            if ep.aborted is not None and ep.aborted_by_peer:
+                try:
+                    ep.check()
+                except RingcommError as e:
+                    raise type(e)(f"{op}: {e}") from exc
+        ep.abort(reason, kind, notify=False)
         raise exc
 
     def _pool_for(self, n: int) -> ThreadPoolExecutor:

@@ -9,6 +9,7 @@ every blocked socket of this process is shut down so no thread waits on.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import socket
 import struct
@@ -26,9 +27,14 @@ __all__ = ["Endpoint"]
 log = logging.getLogger("ringcomm")
 
 _ABORT_NOTE = struct.Struct("<BI")
-_MISMATCH, _OTHER = 1, 0
+# How much a reason says, least first: a connection that closed under a rank is only an echo of
+# the failure that caused it; any other reason (a timeout, an exception) is a cause; a mismatch
+# is a cause every rank re-raises as MismatchError.
+ECHO, CAUSE, MISMATCH = 0, 1, 2
 # Time a rank that saw a peer vanish waits for that peer's reason to arrive.
-ABORT_GRACE = 0.5
+ABORT_GRACE = 1.0
+# Time to deliver abort notices to every other rank.
+NOTIFY_SECONDS = 2.0
 
 
 class Endpoint:
@@ -43,12 +49,16 @@ class Endpoint:
         self._filed: dict[tuple[int, int, int, int], socket.socket] = {}
         self._socks: list[socket.socket] = []
         self._aborted: str | None = None
-        self._abort_mismatch = False
+        self._abort_kind = ECHO
         self._abort_remote = False
         self._p2p_out: dict[int, socket.socket] = {}
         self._p2p_in: dict[int, socket.socket] = {}
         self.p2p_lock = threading.Lock()
         self._seqs: dict[tuple[str, int], int] = {}
+        self._notified = False
+        self._notifying: list[threading.Thread] = []
+        self._notify_deadline = 0.0
+        atexit.register(self.flush)  # notices started just before a normal exit still go out
         self._listeners = [listen(a) for a in addrs[rank]] if len(addrs) > 1 else []
         for ls in self._listeners:
             threading.Thread(target=self._accept_loop, args=(ls,), daemon=True,
@@ -77,7 +87,7 @@ class Endpoint:
                 kind, n = _ABORT_NOTE.unpack(handshake.read_exact(s, _ABORT_NOTE.size))
                 reason = handshake.read_exact(s, n).decode("utf-8", "replace")
                 s.close()
-                self.abort(reason, notify=False, mismatch=kind == _MISMATCH, remote=True)
+                self.abort(reason, min(kind, MISMATCH), notify=False, remote=True)
                 return
         except (handshake.HandshakeError, OSError, ValueError) as e:
             log.warning("ringcomm rank %d refused a connection from %s: %s", self.rank,
@@ -163,42 +173,56 @@ class Endpoint:
         """Raise if the job has been aborted by this rank or another."""
         reason = self._aborted
         if reason is not None:
-            if self._abort_mismatch:
+            if self._abort_kind == MISMATCH:
                 raise MismatchError(reason)
             raise PeerAbortedError(reason)
 
-    def wait_abort(self, seconds: float) -> bool:
-        """Wait up to `seconds` for a reason to arrive from a failed peer; return whether it did."""
+    def wait_cause(self, seconds: float) -> bool:
+        """Wait up to `seconds` for a failed peer's cause (not an echo); return whether it came."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._aborted is not None, seconds)
+            return self._cond.wait_for(lambda: self._abort_kind >= CAUSE, seconds)
 
     @property
     def aborted_by_peer(self) -> bool:
         """Return whether the abort came from another rank."""
         return self._abort_remote
 
-    def abort(self, reason: str, *, notify: bool, mismatch: bool = False,
-              remote: bool = False) -> None:
-        """Stop the job: wake every blocked thread and, with `notify`, tell every rank why."""
-        with self._cond:
-            if self._aborted is not None:
-                return
-            self._aborted, self._abort_mismatch, self._abort_remote = reason, mismatch, remote
-            socks = list(self._socks) + list(self._filed.values())
-            self._cond.notify_all()
-        for s in socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        if notify:
-            self._notify(reason, mismatch)
+    def abort(self, reason: str, kind: int, *, notify: bool, remote: bool = False) -> None:
+        """Stop the job: wake every blocked thread and, with `notify`, tell every rank why.
 
-    def _notify(self, reason: str, mismatch: bool) -> None:
-        """Send `reason` to every other rank, in parallel, within about two seconds."""
+        The first reason stays, unless it was an echo and a cause arrives from a peer.
+        """
+        if notify:
+            self.notify(reason, kind)
+        with self._cond:
+            first = self._aborted is None
+            if first or (remote and kind > self._abort_kind == ECHO):
+                self._aborted, self._abort_kind, self._abort_remote = reason, kind, remote
+                self._cond.notify_all()
+            socks = list(self._socks) + list(self._filed.values())
+        if first:
+            for s in socks:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        if notify:
+            self.flush()
+
+    def notify(self, reason: str, kind: int) -> None:
+        """Start telling every other rank `reason`, once per process; return at once.
+
+        A rank that sees a peer fail tells the others before it waits for that
+        peer's own reason: otherwise each rank down the ring would wait out its
+        grace period in turn, and the last would give up before the reason came.
+        """
+        with self._cond:
+            if self._notified:
+                return
+            self._notified = True
         note = reason.encode()[:60000]
-        body = _ABORT_NOTE.pack(_MISMATCH if mismatch else _OTHER, len(note)) + note
-        deadline = time.monotonic() + 2.0
+        body = _ABORT_NOTE.pack(kind, len(note)) + note
+        deadline = time.monotonic() + NOTIFY_SECONDS
 
         def tell(dst: int) -> None:
             try:
@@ -211,12 +235,17 @@ class Endpoint:
             except (OSError, RingcommError):
                 pass  # that rank is gone or going; the launcher ends it
 
-        threads = [threading.Thread(target=tell, args=(r,), daemon=True)
-                   for r in range(len(self.addrs)) if r != self.rank]
-        for t in threads:
+        self._notifying = [threading.Thread(target=tell, args=(r,), daemon=True,
+                                            name="ringcomm-abort")
+                           for r in range(len(self.addrs)) if r != self.rank]
+        for t in self._notifying:
             t.start()
-        for t in threads:
-            t.join(max(0.0, deadline - time.monotonic()) + 0.1)
+        self._notify_deadline = deadline
+
+    def flush(self) -> None:
+        """Wait (at most NOTIFY_SECONDS) until every abort notice has gone out."""
+        for t in self._notifying:
+            t.join(max(0.0, self._notify_deadline - time.monotonic()) + 0.1)
 
     def install_excepthook(self) -> None:
         """Tell every rank when this process dies of an uncaught exception."""
@@ -225,7 +254,7 @@ class Endpoint:
         def hook(kind: type, value: BaseException, tb: object) -> None:
             try:
                 self.abort(f"rank {self.rank} stopped on an uncaught {kind.__name__}: {value}",
-                           notify=True, mismatch=isinstance(value, MismatchError))
+                           MISMATCH if isinstance(value, MismatchError) else CAUSE, notify=True)
             finally:
                 previous(kind, value, tb)  # type: ignore[arg-type]
 
