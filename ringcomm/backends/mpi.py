@@ -20,7 +20,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -119,33 +118,36 @@ class _Watchdog:
 
     def arm(self, seconds: float, what: tuple[Any, ...]) -> None:
         """Start the clock of one call; `what` describes it if the deadline passes."""
-        with self._cond:
-            self._deadline = time.monotonic() + seconds
-            self._what = what
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="ringcomm-mpi-watchdog",
-                                                daemon=True)
-                self._thread.start()
-            elif self._idle:
+        # Lock-free unless the thread sleeps without a deadline: the thread sets
+        # _idle before it reads _deadline (both under the GIL and its lock), so
+        # either it sees this deadline or this sees _idle and wakes it.
+        self._what = what
+        self._deadline = time.monotonic() + seconds
+        if self._thread is None or self._idle:
+            with self._cond:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, daemon=True,
+                                                    name="ringcomm-mpi-watchdog")
+                    self._thread.start()
                 self._cond.notify()
 
     def disarm(self) -> None:
         """Stop the clock; the thread wakes at the old deadline, sees none, and sleeps on."""
-        with self._cond:
-            self._deadline = None
+        self._deadline = None
 
     def _run(self) -> None:
         with self._cond:
             while True:
-                if self._deadline is None:
-                    self._idle = True
+                self._idle = True
+                deadline = self._deadline
+                if deadline is None:
                     self._cond.wait()
-                    self._idle = False
                     continue
-                left = self._deadline - time.monotonic()
-                if left <= 0:
+                self._idle = False
+                left = deadline - time.monotonic()
+                if left <= 0 and self._deadline is deadline:
                     break
-                self._cond.wait(left)
+                self._cond.wait(max(left, 0.0))
             op, rank, size, seconds, dtype, shape, extra = self._what
         detail = f"({dtype}, shape {shape}{extra})" if dtype is not False else ""
         message = (
@@ -201,6 +203,29 @@ def _user_op(MPI: Any, dt: np.dtype, op: ReduceOp) -> Any:
         return _user_ops[key]
 
 
+class _Guard:
+    """Arm the watchdog for one operation and turn MPI errors into PeerError.
+
+    A class rather than a generator context manager: it runs on every call,
+    and calls on one backend never nest, so each backend reuses one guard.
+    """
+
+    __slots__ = ("_watchdog", "_timeout", "_error", "what")
+
+    def __init__(self, watchdog: _Watchdog, timeout: float, error: type) -> None:
+        self._watchdog, self._timeout, self._error = watchdog, timeout, error
+        self.what: tuple[Any, ...] = ()
+
+    def __enter__(self) -> None:
+        self._watchdog.arm(self._timeout, self.what)
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: Any) -> None:
+        self._watchdog.disarm()
+        if kind is not None and issubclass(kind, self._error):
+            op, rank, size = self.what[:3]
+            raise PeerError(f"{op}: MPI error on rank {rank} of {size}: {exc}") from exc
+
+
 class MPIBackend(Backend):
     """A process group carried by an MPI communicator that ringcomm owns."""
 
@@ -221,6 +246,7 @@ class MPIBackend(Backend):
         if _watchdog is None:
             _watchdog = _Watchdog(lambda: MPI.COMM_WORLD.Abort(1))
         self._watchdog = _watchdog
+        self._guard = _Guard(_watchdog, timeout, MPI.Exception)
         b = MPI
         self._types = {
             np.dtype(np.bool_): b.C_BOOL, np.dtype(np.int8): b.INT8_T,
@@ -231,6 +257,7 @@ class MPIBackend(Backend):
             np.dtype(np.float64): b.DOUBLE, np.dtype(np.complex64): b.C_FLOAT_COMPLEX,
             np.dtype(np.complex128): b.C_DOUBLE_COMPLEX,
         }
+        self._exported = set(self._types) | {np.dtype(np.bool_), np.dtype(np.float16)}
         self._ops = {ReduceOp.SUM: b.SUM, ReduceOp.MAX: b.MAX, ReduceOp.MIN: b.MIN}
         # MPI defines only logical ops on C_BOOL: or is sum and max, and is min.
         self._bool_ops = {ReduceOp.SUM: b.LOR, ReduceOp.MAX: b.LOR, ReduceOp.MIN: b.LAND}
@@ -243,19 +270,13 @@ class MPIBackend(Backend):
     def size(self) -> int:
         return self._size
 
-    @contextmanager
-    def _call(self, op: str, a: np.ndarray | None = None, extra: str = "") -> Iterator[None]:
-        """Bound one operation by the deadline and turn MPI errors into PeerError."""
+    def _call(self, op: str, a: np.ndarray | None = None, extra: str = "") -> _Guard:
+        """Return the guard that bounds one operation by the deadline (one per backend)."""
         # The description stays unformatted until the watchdog needs it: this runs every call.
-        what = (op, self._rank, self._size, self._timeout, a is not None and a.dtype,
-                a is not None and a.shape, extra)
-        self._watchdog.arm(self._timeout, what)
-        try:
-            yield
-        except self._MPI.Exception as e:
-            raise PeerError(f"{op}: MPI error on rank {self._rank} of {self._size}: {e}") from e
-        finally:
-            self._watchdog.disarm()
+        g = self._guard
+        g.what = (op, self._rank, self._size, self._timeout, a is not None and a.dtype,
+                  a is not None and a.shape, extra)
+        return g
 
     def _agree(self, op: str, dt: np.dtype | None = None, shape: tuple[int, ...] = (),
                root: int = -1) -> None:
@@ -308,13 +329,19 @@ class MPIBackend(Backend):
                     np.copyto(out, src)
                 return
             mtype, mop = self._reduction(src.dtype, op)
-            raw, dst, item = _raw(src), _raw(out), src.itemsize
-            in_place = out is src
+            item = src.itemsize
+            if src.nbytes <= _CHUNK_BYTES:  # one call; bfloat16 cannot export a buffer itself
+                s, d = (src, out) if src.dtype in self._exported else (_raw(src), _raw(out))
+                count = src.size
+                send = self._MPI.IN_PLACE if out is src else [s, count, mtype]
+                self._comm.Allreduce(send, [d, count, mtype], mop)
+                return
+            raw, dst = _raw(src), _raw(out)
             step = _CHUNK_BYTES // item * item
             for i in range(0, raw.nbytes, step):
                 part = dst[i:i + step]
                 spec = [part, part.nbytes // item, mtype]
-                send = self._MPI.IN_PLACE if in_place else [raw[i:i + step], spec[1], mtype]
+                send = self._MPI.IN_PLACE if out is src else [raw[i:i + step], spec[1], mtype]
                 self._comm.Allreduce(send, spec, mop)
 
     def all_gather(self, buf: np.ndarray, out: np.ndarray) -> None:
