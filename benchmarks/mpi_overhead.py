@@ -46,22 +46,22 @@ def mpirun_args(n: int, argv: list[str]) -> list[str]:
             sys.executable, __file__, *argv]
 
 
-def timed(fn, comm, seconds: float) -> float:  # type: ignore[no-untyped-def]
-    """Return the mean seconds per call of `fn` over about `seconds`, agreed by all ranks."""
+def batch(fn, comm, iters: int) -> float:  # type: ignore[no-untyped-def]
+    """Return the mean seconds per call of `iters` calls of `fn`, the slowest rank's."""
     from mpi4py import MPI
 
-    fn()
-    comm.Barrier()
-    start = time.perf_counter()
-    fn()
-    one = comm.allreduce(time.perf_counter() - start, op=MPI.MAX)
-    iters = max(1, min(10000, int(seconds / max(one, 1e-7))))
     comm.Barrier()
     start = time.perf_counter()
     for _ in range(iters):
         fn()
-    elapsed = comm.allreduce(time.perf_counter() - start, op=MPI.MAX)
-    return elapsed / iters
+    return comm.allreduce(time.perf_counter() - start, op=MPI.MAX) / iters
+
+
+def calibrate(fn, comm, seconds: float) -> int:  # type: ignore[no-untyped-def]
+    """Return how many calls of `fn` take about `seconds` (every rank gets the same number)."""
+    fn()
+    one = min(batch(fn, comm, 1) for _ in range(3))
+    return max(1, min(10000, int(seconds / max(one, 1e-7))))
 
 
 def main(argv: list[str]) -> int:
@@ -70,8 +70,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("-e", "--maxbytes", default="64M")
     p.add_argument("-f", "--stepfactor", type=int, default=4)
     p.add_argument("-n", "--ranks", type=int, default=2, help="ranks when starting mpirun")
-    p.add_argument("--seconds", type=float, default=0.05, help="per method, size and round")
-    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--seconds", type=float, default=0.005, help="per method, size and round")
+    p.add_argument("--rounds", type=int, default=40)
     p.add_argument("--cold", action="store_true", help="skip the allocator warm-up")
     args = p.parse_args(argv)
 
@@ -96,14 +96,15 @@ def main(argv: list[str]) -> int:
         x = np.ones(count, dtype=np.float32)
         out = np.empty_like(x)
         methods = {
-            "mpi4py": lambda: comm.Allreduce(x, out, op=MPI.SUM),
-            "mpi4py+alloc": lambda: comm.Allreduce(x, np.empty_like(x), op=MPI.SUM),
-            "ringcomm": lambda: ringcomm.all_sum(x, group=group),
+            "mpi4py": lambda x=x, out=out: comm.Allreduce(x, out, op=MPI.SUM),
+            "mpi4py+alloc": lambda x=x: comm.Allreduce(x, np.empty_like(x), op=MPI.SUM),
+            "ringcomm": lambda x=x: ringcomm.all_sum(x, group=group),
         }
+        iters = {name: calibrate(fn, comm, args.seconds) for name, fn in methods.items()}
         best = {name: float("inf") for name in methods}
-        for _ in range(args.rounds):
+        for _ in range(args.rounds):  # interleaved, so a burst of load hits every method
             for name, fn in methods.items():
-                best[name] = min(best[name], timed(fn, comm, args.seconds))
+                best[name] = min(best[name], batch(fn, comm, iters[name]))
         rows.append((count * 4, count, best))
         size *= args.stepfactor
     if group.rank() == 0:

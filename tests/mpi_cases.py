@@ -11,7 +11,7 @@ size so that small arrays take the large-message paths.
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

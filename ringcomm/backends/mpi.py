@@ -19,7 +19,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -44,7 +44,7 @@ _user_ops: dict[tuple[np.dtype, ReduceOp], Any] = {}
 
 
 def _load() -> Any:
-    """Import mpi4py's MPI module (which initializes MPI) or raise InitError saying how to fix it."""
+    """Import mpi4py's MPI module (which starts MPI), or raise InitError saying how to fix it."""
     try:
         from mpi4py import MPI
     except ImportError as e:
