@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 import struct
 import sys
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 
 from ..errors import CommTimeoutError, ConnectError, PeerError
 
@@ -156,6 +158,63 @@ def recv_at_least(s: socket.socket, view: memoryview, least: int, *, peer: str, 
             raise PeerError(f"{op}: {peer} closed the connection (did it exit or crash?)")
         got += k
     return got
+
+
+def exchange(out: socket.socket, data: memoryview, inn: socket.socket, view: memoryview,
+             header: int, check: Callable[[memoryview], None], timeout: float, *, peer_out: str,
+             peer_in: str, op: str) -> None:
+    """Send `data` on `out` and fill `view` from `inn`, calling `check` on its first `header` bytes.
+
+    Two ranks that send each other more than their socket buffers hold would
+    both block in a plain send. Here the send never blocks: while it cannot go
+    on, this thread takes what has arrived, and it sleeps in poll() only when
+    neither socket can move. A small message costs one send and one receive.
+    """
+    sent, got, n, m = 0, 0, len(data), len(view)
+    checked = False
+    poller = None
+    while sent < n:
+        try:
+            sent += out.send(data[sent:], socket.MSG_DONTWAIT)
+            continue
+        except BlockingIOError:
+            pass
+        except OSError as e:
+            raise PeerError(f"{op}: connection to {peer_out} failed: {describe_errno(e)}") from e
+        if got < m:
+            try:
+                k = inn.recv_into(view[got:], m - got, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                k = -1
+            except OSError as e:
+                raise PeerError(f"{op}: connection to {peer_in} failed: {describe_errno(e)}") from e
+            if k == 0:
+                raise PeerError(f"{op}: {peer_in} closed the connection (did it exit or crash?)")
+            if k > 0:
+                got += k
+                if not checked and got >= header:
+                    check(view[:header])
+                    checked = True
+                continue
+        if poller is None:
+            poller = select.poll()
+        flags = {out.fileno(): select.POLLOUT}
+        if got < m:
+            flags[inn.fileno()] = flags.get(inn.fileno(), 0) | select.POLLIN
+        for fd in flags:
+            poller.register(fd, flags[fd])
+        ready = poller.poll(timeout * 1000)
+        for fd in flags:
+            poller.unregister(fd)
+        if not ready:
+            raise CommTimeoutError(f"{op}: {peer_out} took nothing and {peer_in} sent nothing "
+                                   f"within {timeout:g} s")
+    if got < header:
+        got += recv_at_least(inn, view[got:], header - got, peer=peer_in, op=op)
+    if not checked:
+        check(view[:header])
+    if got < m:
+        recv_exact(inn, view[got:], peer=peer_in, op=op)
 
 
 def send_all(s: socket.socket, data: memoryview | bytes, *, peer: str, op: str) -> None:

@@ -27,9 +27,13 @@ DTYPES = [np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, 
           np.uint64, np.float16, np.float32, np.float64, np.complex64, np.complex128]
 if bfloat16 is not None:
     DTYPES.append(bfloat16)
-# Shape classes: 0-d, empty, fewer elements than ranks, multi-dimensional, and one large
-# enough for the bandwidth path (over 32 KiB for every dtype).
-SHAPES = [(), (0,), (1,), (3, 4, 5), (40_000,)]
+# Shape classes: 0-d, empty, fewer elements than ranks, multi-dimensional, and a large one.
+SHAPES = [(), (0,), (1,), (3, 4, 5), (300_000,)]
+# The pipelined ring (over 4 MiB of traffic per rank) differs between dtypes only in its
+# reduction: one dtype per kind of reduction takes it.
+BIG = (1_500_000,)
+BIG_DTYPES = {np.dtype(np.bool_), np.dtype(np.int8), np.dtype(np.float16), np.dtype(np.float32),
+              np.dtype(np.complex128)} | ({np.dtype(bfloat16)} if bfloat16 is not None else set())
 
 
 def value(shape: tuple, rank: int, dt: np.dtype) -> np.ndarray:
@@ -65,7 +69,7 @@ def collectives(group: ringcomm.Group, ranks: list[int], tag: str) -> None:
     r, p = group.rank(), group.size()
     me = ranks[r]
     for dt in map(np.dtype, DTYPES):
-        for shape in SHAPES:
+        for shape in SHAPES + ([BIG] if dt in BIG_DTYPES else []):
             x = value(shape, me, dt)
             name = f"{tag} {dt} {shape}"
             add = np.logical_or if dt == np.bool_ else np.add

@@ -13,7 +13,7 @@ import ringcomm
 world = ringcomm.init()
 R = world.rank()
 mode = sys.argv[1]
-size = 50_000 if "large" in sys.argv else 10  # the bandwidth path or the latency path
+size = 1_500_000 if "large" in sys.argv else 10  # the bandwidth path or the latency path
 x = np.ones(size, dtype=np.float32)
 if R == 1:
     if mode == "shape":
