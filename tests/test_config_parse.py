@@ -145,6 +145,6 @@ def test_dot_and_problems() -> None:
     assert '"h1" -- "h3"' not in dot
     problems = config.Discovery(addrs, [], links).problems()
     # h1 -> h3 is not a ring pair (ring: h1->h2, h2->h3, h3->h1), so two problems.
-    assert [p.split(":")[0] for p in problems] == ["h2 cannot reach h3 at 10.0.0.3", 
+    assert [p.split(":")[0] for p in problems] == ["h2 cannot reach h3 at 10.0.0.3",
                                                   "h3 cannot reach h1 at 10.0.0.1"]
     assert all("hint:" in p for p in problems)

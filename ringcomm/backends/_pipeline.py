@@ -51,7 +51,7 @@ class Plan:
     timeout: float
     stopped: bool = False  # set when any lane failed: waiting senders give up at once
 
-    def stop(self, lanes: list["Lane"]) -> None:
+    def stop(self, lanes: list[Lane]) -> None:
         """Wake every sender that waits on its receiver, after a failure."""
         self.stopped = True
         for lane in lanes:

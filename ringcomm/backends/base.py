@@ -83,5 +83,5 @@ class Backend(ABC):
     def split(self, color: int, key: int) -> Backend:
         """Return the backend of the subgroup of ranks that passed the same color (MPI_Comm_split)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: most backends hold nothing to release
         """Release connections and threads; the backend is unusable afterwards."""

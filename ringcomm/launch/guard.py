@@ -17,9 +17,9 @@ the standard library.
 
 Protocol on stdin, after the source: frames of one type byte, a 4-byte
 big-endian length and a payload. ``S`` (first frame): JSON with ``argv``,
-``env``, ``cwd`` (or ``cwd_fallback``, used when it exists), ``hostfile`` (text to write to a private temp file whose path
-goes into ``hostfile_vars``) and ``grace``. ``D``: data for the rank's stdin.
-``E``: close the rank's stdin. ``T``: terminate the rank. EOF: terminate.
+``env``, ``cwd`` (or ``cwd_fallback``, used when it exists), ``hostfile`` (text to
+write to a private temp file whose path goes into ``hostfile_vars``) and ``grace``.
+``D``: data for the rank's stdin. ``E``: close the rank's stdin. ``T``: terminate the rank. EOF: terminate.
 
 The guard reports on its stderr with lines starting with ``MARK``: the rank's
 pid once started, and its exit status at the end. It exits with the rank's

@@ -150,7 +150,7 @@ def recv_at_least(s: socket.socket, view: memoryview, least: int, *, peer: str, 
     while got < least:
         try:
             k = s.recv_into(view[got:])
-        except (BlockingIOError, socket.timeout) as e:
+        except (TimeoutError, BlockingIOError) as e:
             raise CommTimeoutError(f"{op}: {peer} sent nothing within the deadline") from e
         except OSError as e:
             raise PeerError(f"{op}: connection to {peer} failed: {describe_errno(e)}") from e
