@@ -12,6 +12,7 @@ made on first use through each rank's listener.
 from __future__ import annotations
 
 import hashlib
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -239,11 +240,9 @@ class RingBackend(Backend):
 
     def _wake(self) -> None:
         """Unblock every thread of this group's collective after one of them failed."""
-        import socket as _socket
-
         for s in self._right + self._left:
             try:
-                s.shutdown(_socket.SHUT_RDWR)
+                s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
 
