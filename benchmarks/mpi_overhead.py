@@ -4,17 +4,14 @@
     mpirun -n 2 python benchmarks/mpi_overhead.py
 
 Prints nccl-tests columns (size, count, type, time_us, algbw, busbw) for raw
-mpi4py into a preallocated output, raw mpi4py into a fresh output per call
-(what returning a new array costs), and ringcomm, then ringcomm's overhead
-over each. Each size alternates the methods for several rounds and keeps each
-method's best round, which tames a noisy machine.
-
-glibc serves a fresh allocation above its mmap threshold (128 KiB at start)
-with new pages, and each page faults on first touch; freeing such a block
-raises the threshold to its size (up to 32 MiB). A long-running program is
-past that warm-up, so the benchmark first allocates and frees 32 MiB;
-`--cold` skips it, and then every size is the largest seen so far and each
-fresh output pays its page faults.
+mpi4py `Allreduce` into a preallocated output and for ringcomm's `all_sum`,
+then the time of two references: ringcomm's MPI backend alone into a
+preallocated output (`backend`: the MPI path's own cost, without ops.py's
+argument handling and result allocation) and raw mpi4py into a fresh output
+per call (`+alloc`: what returning a new array costs: its pages are new and
+fault on first touch). Overheads: ringcomm over mpi4py, ringcomm over +alloc,
+backend over mpi4py. Each size interleaves the methods in many short rounds
+and keeps each method's best round, which tames a noisy machine.
 """
 
 from __future__ import annotations
@@ -70,9 +67,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("-e", "--maxbytes", default="64M")
     p.add_argument("-f", "--stepfactor", type=int, default=4)
     p.add_argument("-n", "--ranks", type=int, default=2, help="ranks when starting mpirun")
-    p.add_argument("--seconds", type=float, default=0.005, help="per method, size and round")
-    p.add_argument("--rounds", type=int, default=40)
-    p.add_argument("--cold", action="store_true", help="skip the allocator warm-up")
+    p.add_argument("--seconds", type=float, default=0.02, help="per method, size and round")
+    p.add_argument("--rounds", type=int, default=30)
     args = p.parse_args(argv)
 
     if "OMPI_COMM_WORLD_SIZE" not in os.environ and "PMI_SIZE" not in os.environ:
@@ -82,11 +78,10 @@ def main(argv: list[str]) -> int:
     from mpi4py import MPI
 
     import ringcomm
+    from ringcomm.backends.base import ReduceOp
 
-    if not args.cold:
-        del_me = np.empty(32 << 20, dtype=np.uint8)
-        del del_me
     group = ringcomm.init(backend="mpi")
+    backend = group._backend
     comm = MPI.COMM_WORLD.Dup()
     n = comm.Get_size()
     rows = []
@@ -95,10 +90,12 @@ def main(argv: list[str]) -> int:
         count = max(1, size // 4)
         x = np.ones(count, dtype=np.float32)
         out = np.empty_like(x)
-        methods = {
+        methods = {  # the allocating methods last: the first call after a free pays for it
             "mpi4py": lambda x=x, out=out: comm.Allreduce(x, out, op=MPI.SUM),
-            "mpi4py+alloc": lambda x=x: comm.Allreduce(x, np.empty_like(x), op=MPI.SUM),
+            # The backend alone, into the preallocated output: the MPI path's own cost.
+            "backend": lambda x=x, out=out: backend.all_reduce_into(x, out, ReduceOp.SUM),
             "ringcomm": lambda x=x: ringcomm.all_sum(x, group=group),
+            "mpi4py+alloc": lambda x=x: comm.Allreduce(x, np.empty_like(x), op=MPI.SUM),
         }
         iters = {name: calibrate(fn, comm, args.seconds) for name, fn in methods.items()}
         best = {name: float("inf") for name in methods}
@@ -109,20 +106,22 @@ def main(argv: list[str]) -> int:
         size *= args.stepfactor
     if group.rank() == 0:
         print(f"# all_sum float32, {n} ranks, best of {args.rounds} rounds; "
-              "busbw = algbw * 2(n-1)/n; overhead = ringcomm / mpi4py - 1, "
-              "then over mpi4py+alloc")
-        head = f"{'size':>10} {'count':>10} {'type':>7}"
-        for name in best:
-            head += f" | {name + ' us':>15} {'algbw':>6} {'busbw':>6}"
-        print(head + f" | {'overhead':>8} {'vs alloc':>8}")
-        for nbytes, count, best in rows:
-            line = f"{nbytes:>10} {count:>10} {'float':>7}"
-            for t in best.values():
-                algbw = nbytes / t / 1e9
-                line += f" | {t * 1e6:>15.1f} {algbw:>6.2f} {algbw * 2 * (n - 1) / n:>6.2f}"
-            over = best["ringcomm"] / best["mpi4py"] - 1
-            fair = best["ringcomm"] / best["mpi4py+alloc"] - 1
-            print(line + f" | {over * 100:>7.1f}% {fair * 100:>7.1f}%", flush=True)
+              "busbw = algbw * 2(n-1)/n; overheads are time ratios - 1")
+        print(f"{'size':>10} {'count':>9} {'type':>5} | {'mpi4py us':>10} {'algbw':>6} "
+              f"{'busbw':>6} | {'ringcomm us':>11} {'algbw':>6} {'busbw':>6} | "
+              f"{'backend us':>10} {'+alloc us':>10} | {'ringcomm':>8} {'vs+alloc':>8} "
+              f"{'backend':>8}")
+        for nbytes, count, t in rows:
+            line = f"{nbytes:>10} {count:>9} {'float':>5}"
+            for name, width in (("mpi4py", 10), ("ringcomm", 11)):
+                algbw = nbytes / t[name] / 1e9
+                busbw = algbw * 2 * (n - 1) / n
+                line += f" | {t[name] * 1e6:>{width}.1f} {algbw:>6.2f} {busbw:>6.2f}"
+            line += f" | {t['backend'] * 1e6:>10.1f} {t['mpi4py+alloc'] * 1e6:>10.1f} |"
+            for num, den in (("ringcomm", "mpi4py"), ("ringcomm", "mpi4py+alloc"),
+                             ("backend", "mpi4py")):
+                line += f" {(t[num] / t[den] - 1) * 100:>7.1f}%"
+            print(line, flush=True)
     comm.Free()
     return 0
 
