@@ -182,6 +182,16 @@ def test_launcher_size_without_matching_mpi_raises() -> None:
     assert "world of 1" in res.stderr and "ringcomm[mpi]" in res.stderr
 
 
+@pytest.mark.mpi
+@needs_mpi
+def test_unloadable_mpi_library_says_how_to_fix() -> None:
+    code = "import ringcomm; ringcomm.init(backend='mpi')"
+    res = run([sys.executable, "-c", code], 60, rank_env(MPI4PY_LIBMPI="/nonexistent/libmpi.so"))
+    assert res.returncode != 0
+    assert "InitError: mpi backend: mpi4py cannot load an MPI library" in res.stderr, res.stderr
+    assert "ringcomm[mpi]" in res.stderr
+
+
 def test_missing_mpi4py_says_how_to_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "mpi4py", None)
     monkeypatch.setitem(sys.modules, "mpi4py.MPI", None)
