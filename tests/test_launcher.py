@@ -378,7 +378,9 @@ def test_mpi_mode_propagates_exit_code():
     except LaunchError as e:
         pytest.skip(str(e))
     r = run_launch("--backend", "mpi", "-n", "2", "--",
-                   "sh", "-c", 'echo "rank $OMPI_COMM_WORLD_RANK $RINGCOMM_BACKEND"; exit 3')
+                   "sh", "-c", 'echo "rank $OMPI_COMM_WORLD_RANK $RINGCOMM_BACKEND"; '
+                   # rank 1 ends first and cleanly, so mpirun cannot stop it before it prints
+                   '[ "$OMPI_COMM_WORLD_RANK" = 1 ] && exit 0; sleep 1; exit 3')
     assert r.returncode == 3, r.stderr
     assert sorted(r.stdout.splitlines()) == ["rank 0 mpi", "rank 1 mpi"]
     assert "mpirun exit code 3" in r.stderr
