@@ -2,9 +2,10 @@
 
 Run from a shell it starts itself on `-n` local ranks through `ringcomm
 launch`; run inside a launched job it measures. Rank 0 prints one line per
-size: size, count, dtype, time_us (median), algbw and busbw in GB/s, where
-busbw = algbw * 2(n-1)/n for all_sum (the bytes each link carries). Every
-result is checked, so a fast wrong answer fails the run.
+size: size, count, dtype, time_us (rank 0's median, as the peer benchmarks
+report theirs), algbw and busbw in GB/s, where busbw = algbw * 2(n-1)/n for
+all_sum (the bytes each link carries). Every result is checked, so a fast
+wrong answer fails the run.
 """
 
 from __future__ import annotations
@@ -55,9 +56,8 @@ def measure(op: str, nbytes: int, dtype: np.dtype, iters: int | None = None) -> 
         t = time.perf_counter()
         fn(x)
         times.append(time.perf_counter() - t)
-    # The slowest rank sets the pace: take each iteration's max over ranks.
-    worst = ringcomm.all_max(np.array(times))
-    med = float(np.median(worst))
+    # Rank 0's median, as the peers' benchmarks report theirs, so the columns compare.
+    med = float(np.median(times))
     alg = count * dtype.itemsize / med
     factor = {"all_sum": 2 * (p - 1) / p, "all_gather": (p - 1) / p, "broadcast": 1.0}[op]
     return {"size": count * dtype.itemsize, "count": count, "dtype": str(dtype),

@@ -162,13 +162,17 @@ def recv_at_least(s: socket.socket, view: memoryview, least: int, *, peer: str, 
 
 def exchange(out: socket.socket, data: memoryview, inn: socket.socket, view: memoryview,
              header: int, check: Callable[[memoryview], None], timeout: float, *, peer_out: str,
-             peer_in: str, op: str) -> None:
+             peer_in: str, op: str, spin: float = 0.0) -> None:
     """Send `data` on `out` and fill `view` from `inn`, calling `check` on its first `header` bytes.
 
     Two ranks that send each other more than their socket buffers hold would
     both block in a plain send. Here the send never blocks: while it cannot go
     on, this thread takes what has arrived, and it sleeps in poll() only when
     neither socket can move. A small message costs one send and one receive.
+
+    With `spin` > 0, the wait for the header first polls without blocking for
+    up to `spin` seconds: a reply usually comes within microseconds, and a
+    blocked thread on an idle core takes far longer than that to wake.
     """
     sent, got, n, m = 0, 0, len(data), len(view)
     checked = False
@@ -209,6 +213,18 @@ def exchange(out: socket.socket, data: memoryview, inn: socket.socket, view: mem
         if not ready:
             raise CommTimeoutError(f"{op}: {peer_out} took nothing and {peer_in} sent nothing "
                                    f"within {timeout:g} s")
+    if got < header and spin > 0:
+        end = time.perf_counter() + spin
+        while got < m and time.perf_counter() < end:
+            try:
+                k = inn.recv_into(view[got:], m - got, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+            except OSError:
+                break  # the blocking receive below reports it
+            if k == 0:
+                break
+            got += k
     if got < header:
         got += recv_at_least(inn, view[got:], header - got, peer=peer_in, op=op)
     if not checked:
