@@ -47,6 +47,7 @@ def batch(fn, comm, iters: int) -> float:  # type: ignore[no-untyped-def]
     """Return the mean seconds per call of `iters` calls of `fn`, the slowest rank's."""
     from mpi4py import MPI
 
+    fn()  # untimed: the first call after another method's frees pays for them
     comm.Barrier()
     start = time.perf_counter()
     for _ in range(iters):
@@ -90,7 +91,7 @@ def main(argv: list[str]) -> int:
         count = max(1, size // 4)
         x = np.ones(count, dtype=np.float32)
         out = np.empty_like(x)
-        methods = {  # the allocating methods last: the first call after a free pays for it
+        methods = {
             "mpi4py": lambda x=x, out=out: comm.Allreduce(x, out, op=MPI.SUM),
             # The backend alone, into the preallocated output: the MPI path's own cost.
             "backend": lambda x=x, out=out: backend.all_reduce_into(x, out, ReduceOp.SUM),
