@@ -54,19 +54,9 @@ def host_entries(config: LaunchConfig) -> _HostSource:
 
 def resolve_host(name: str) -> str:
     """Return the address ``name`` resolves to, IPv4 first; raise LaunchError if none."""
-    host = name.rpartition("@")[2]
     try:
-        return ssh.resolve_host(host)[0]
+        return ssh.resolve_ssh_host(name)[0]
     except OSError as e:
-        # An alias from ~/.ssh/config names its real host in HostName.
-        from .remote import ssh_hostname
-
-        real = ssh_hostname(name)
-        if real and real != host:
-            try:
-                return ssh.resolve_host(real)[0]
-            except OSError:
-                pass
         raise LaunchError(
             f"{e}; give an ip in --hosts, or the ring ips in a --hostfile entry's 'ips'"
         ) from None

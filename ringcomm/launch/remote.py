@@ -11,26 +11,11 @@ from __future__ import annotations
 from .. import ssh
 from . import commands
 
-__all__ = ["SSH_OPTIONS", "explain_ssh_failure", "ssh_guard_argv", "ssh_hostname"]
+__all__ = ["SSH_OPTIONS", "explain_ssh_failure", "ssh_guard_argv"]
 
 # Keepalives turn a silently dead connection into an EOF for the remote guard
 # and an exit of the local ssh, within about 15 seconds.
 SSH_OPTIONS = ("ServerAliveInterval=5", "ServerAliveCountMax=3")
-
-
-def ssh_hostname(name: str, timeout: float = ssh.DEFAULT_CONNECT_TIMEOUT) -> str | None:
-    """Return the HostName ssh would connect to for ``name`` (``ssh -G``), or None."""
-    try:
-        result = ssh.run(["ssh", "-G", name], timeout=timeout)
-    except OSError:
-        return None
-    if not result.ok:
-        return None
-    for line in result.stdout.splitlines():
-        key, _, value = line.partition(" ")
-        if key == "hostname" and value.strip():
-            return value.strip()
-    return None
 
 
 def ssh_guard_argv(host: str, python: str, *,
