@@ -192,6 +192,18 @@ def test_unloadable_mpi_library_says_how_to_fix() -> None:
     assert "ringcomm[mpi]" in res.stderr
 
 
+@pytest.mark.mpi
+@needs_mpi
+def test_mpi_inside_a_ring_launch_raises(tmp_path: Path) -> None:
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text('[["127.0.0.1:1"], ["127.0.0.1:2"]]')
+    code = "import ringcomm; ringcomm.init(backend='mpi')"
+    env = rank_env(RINGCOMM_RANK="1", RINGCOMM_HOSTFILE=str(hostfile))
+    res = run([sys.executable, "-c", code], 60, env)
+    assert res.returncode != 0
+    assert "a ring launcher started 2 ranks" in res.stderr, res.stderr[-3000:]
+
+
 def test_missing_mpi4py_says_how_to_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "mpi4py", None)
     monkeypatch.setitem(sys.modules, "mpi4py.MPI", None)
@@ -216,6 +228,14 @@ def test_missing_mpi4py_says_how_to_fix(monkeypatch: pytest.MonkeyPatch) -> None
 def test_launched_by(environ: dict[str, str], expected: tuple[str, int] | None) -> None:
     assert mpi_env.launched_by(environ) == expected
     assert mpi_env.launched_size(environ) == (expected[1] if expected else None)
+
+
+def test_ring_launched_by(tmp_path: Path) -> None:
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text('[["10.0.0.1:5000"], ["10.0.0.2:5000"], ["10.0.0.3:5000"]]')
+    assert mpi_env.ring_launched_by({}) is None
+    assert mpi_env.ring_launched_by({"MLX_HOSTFILE": str(hostfile)}) == ("MLX_HOSTFILE", 3)
+    assert mpi_env.ring_launched_by({"RINGCOMM_HOSTFILE": str(tmp_path / "none")}) is None
 
 
 def test_mpirun_args_are_a_list() -> None:

@@ -102,6 +102,13 @@ def create(timeout: float) -> MPIBackend:
             f"reports a world of {size}: mpi4py loads {library!r}, which is not the launcher's "
             f"MPI; {_mpirun_hint()}, or install a matching mpi4py: {_FIX}"
         )
+    ring = mpi_env.ring_launched_by(os.environ) if launched is None else None
+    if ring is not None and ring[1] > 1 and size == 1:
+        raise InitError(
+            f"mpi backend: a ring launcher started {ring[1]} ranks ({ring[0]} lists {ring[1]}) "
+            "but MPI reports a world of 1; start the job with mpirun or "
+            "'ringcomm launch --backend mpi', or use init(backend='ring')"
+        )
     return MPIBackend(MPI, world.Dup(), timeout)
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
-__all__ = ["launched_by", "launched_size"]
+__all__ = ["launched_by", "launched_size", "ring_launched_by"]
 
 # World-size variables set by MPI launchers, checked in this order:
 # OpenMPI's mpirun/prterun; MPICH, Intel MPI and MVAPICH2 through Hydra (PMI);
@@ -32,3 +33,22 @@ def launched_size(environ: Mapping[str, str]) -> int | None:
     """Return the world size an MPI launcher announced, or None when none did."""
     found = launched_by(environ)
     return found[1] if found else None
+
+
+def ring_launched_by(environ: Mapping[str, str]) -> tuple[str, int] | None:
+    """Return (hostfile variable, ranks) when a ring launcher started this process, else None.
+
+    A program that asks for MPI inside a ring launch gets a world of 1 from MPI,
+    which must not pass for the launch's world.
+    """
+    for var in ("RINGCOMM_HOSTFILE", "MLX_HOSTFILE"):
+        path = environ.get(var)
+        if not path:
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                hosts = json.load(f)
+        except (OSError, ValueError):
+            return None  # the ring backend reports a bad hostfile; here it proves nothing
+        return (var, len(hosts)) if isinstance(hosts, list) else None
+    return None
