@@ -126,30 +126,21 @@ def connect(addr: Address, deadline: float, *, what: str) -> socket.socket:
 
 def recv_exact(s: socket.socket, view: memoryview, *, peer: str, op: str) -> None:
     """Fill `view` from `s`; raise PeerError on EOF or reset, CommTimeoutError on the deadline."""
-    n = len(view)
-    got = 0
-    while got < n:
-        try:
-            k = s.recv_into(view[got:], n - got, socket.MSG_WAITALL)
-        except (TimeoutError, BlockingIOError) as e:
-            raise CommTimeoutError(f"{op}: {peer} sent nothing within the deadline") from e
-        except OSError as e:
-            raise PeerError(f"{op}: connection to {peer} failed: {describe_errno(e)}") from e
-        if k == 0:
-            raise PeerError(f"{op}: {peer} closed the connection (did it exit or crash?)")
-        got += k
+    recv_at_least(s, view, len(view), peer=peer, op=op, flags=socket.MSG_WAITALL)
 
 
-def recv_at_least(s: socket.socket, view: memoryview, least: int, *, peer: str, op: str) -> int:
-    """Receive at least `least` bytes into `view`, and whatever more of it has arrived; return the count.
+def recv_at_least(s: socket.socket, view: memoryview, least: int, *, peer: str, op: str,
+                  flags: int = 0) -> int:
+    """Receive at least `least` bytes into `view`, and whatever more of it has come; return the count.
 
-    One system call usually brings a whole small message, header and data, while
-    a sender whose message is shorter than `view` cannot make this wait.
+    Without MSG_WAITALL in `flags`, one system call usually brings a whole small
+    message, header and data, while a sender whose message is shorter than
+    `view` cannot make this wait.
     """
-    got = 0
+    got, n = 0, len(view)
     while got < least:
         try:
-            k = s.recv_into(view[got:])
+            k = s.recv_into(view[got:], n - got, flags)
         except (TimeoutError, BlockingIOError) as e:
             raise CommTimeoutError(f"{op}: {peer} sent nothing within the deadline") from e
         except OSError as e:
