@@ -20,6 +20,7 @@ pytestmark = pytest.mark.timeout(120)
     ("dtype", "the dtypes differ"),
     ("op", "the operations differ"),
     ("skip", "the operations differ"),
+    ("root", "the roots differ"),
 ])
 @pytest.mark.parametrize("path", ["small", "large"])
 def test_mismatch_raises_on_every_rank(mode: str, what: str, path: str) -> None:
@@ -30,7 +31,7 @@ def test_mismatch_raises_on_every_rank(mode: str, what: str, path: str) -> None:
     for line in lines:
         assert "MismatchError" in line, line
         assert what in line and "rank 1 called" in line or "but rank 1" in line, line
-        assert re.search(r"all_sum|all_gather|all_max", line), line
+        assert re.search(r"all_sum|all_gather|all_max|broadcast", line), line
         assert float(re.search(r"after ([\d.]+)s", line).group(1)) < 5, line
 
 

@@ -116,10 +116,10 @@ class RingBackend(Backend):
         name = self._ep.peer(self._world(r))
         return name if self._gid == _WORLD_ID else f"group rank {r}, world {name}"
 
-    def _sig(self, op: Op, a: np.ndarray) -> Signature:
+    def _sig(self, op: Op, a: np.ndarray, arg: int = 0) -> Signature:
         self._ep.check()
         self._seq += 1
-        return Signature(op, self._seq, self._gid, a.dtype, tuple(a.shape), self._rank)
+        return Signature(op, self._seq, self._gid, a.dtype, tuple(a.shape), self._rank, arg)
 
     def _checker(self, mine: Signature, src: int) -> Callable[[memoryview], None]:
         def check(raw: memoryview) -> None:
@@ -328,28 +328,39 @@ class RingBackend(Backend):
         out.reshape(-1)[...] = work[self._rank * m:(self._rank + 1) * m]
 
     def broadcast(self, buf: np.ndarray, root: int) -> None:
-        sig = self._sig(Op.BROADCAST, buf)
+        sig = self._sig(Op.BROADCAST, buf, root)
         p, r = self._size, self._rank
         if p == 1:
             return
         raw = buf.reshape(-1).view(np.uint8)
         op = sig.op.label
+        left, right = self._left[0], self._right[0]
+        to, frm = self._peer((r + 1) % p), self._peer((r - 1) % p)
 
         def relay() -> None:
-            left, right = self._left[0], self._right[0]
+            # Every rank checks its left neighbour's call. The last rank of the chain sends its
+            # header to the root only once it has all the data, so the root, which needs nobody
+            # else's data, still returns only when the whole chain agreed and finished: a rank
+            # that disagrees makes every rank raise in this call, not in a later one.
+            check = self._checker(sig, (r - 1) % p)
+            last = (r + 1) % p == root
+            hdr = bytearray(header.SIZE)
+            if not last:
+                send_all(right, sig.pack(), peer=to, op=op)
             if r != root:
-                hdr = bytearray(header.SIZE)
-                recv_exact(left, memoryview(hdr), peer=self._peer((r - 1) % p), op=op)
-                self._checker(sig, (r - 1) % p)(memoryview(hdr))
-            forward = (r + 1) % p != root
-            if forward:
-                send_all(right, sig.pack(), peer=self._peer((r + 1) % p), op=op)
+                recv_exact(left, memoryview(hdr), peer=frm, op=op)
+                check(memoryview(hdr))
             for a, b in _pipeline.chunks(0, raw.size, _pipeline.CHUNK_BYTES):
                 piece = memoryview(raw[a:b])
                 if r != root and b > a:
-                    recv_exact(left, piece, peer=self._peer((r - 1) % p), op=op)
-                if forward and b > a:
-                    send_all(right, piece, peer=self._peer((r + 1) % p), op=op)
+                    recv_exact(left, piece, peer=frm, op=op)
+                if not last and b > a:
+                    send_all(right, piece, peer=to, op=op)
+            if last:
+                send_all(right, sig.pack(), peer=to, op=op)
+            if r == root:
+                recv_exact(left, memoryview(hdr), peer=frm, op=op)
+                check(memoryview(hdr))
 
         self._guard(op, relay)
 

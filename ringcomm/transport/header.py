@@ -61,25 +61,26 @@ class Signature:
     dtype: np.dtype
     shape: tuple[int, ...]
     rank: int = -1  # the sender's rank in the group
+    arg: int = 0  # the op's own argument: broadcast's root
 
     def pack(self) -> bytes:
         body = _FMT.pack(
             MAGIC, int(self.op), dtype_code(self.dtype), len(self.shape), self.seq,
-            self.group, self.rank, 0, *_dims(self.shape),
+            self.group, self.rank, self.arg, *_dims(self.shape),
         )
         return body.ljust(SIZE, b"\0")
 
     @classmethod
     def unpack(cls, data: bytes | memoryview) -> Signature | None:
         """Return the signature in `data`, or None when it is not a ringcomm header."""
-        magic, op, code, ndim, seq, group, rank, _, *dims = _FMT.unpack_from(data)
+        magic, op, code, ndim, seq, group, rank, arg, *dims = _FMT.unpack_from(data)
         dt = dtype_from_code(code)
         if magic != MAGIC or dt is None or op not in Op._value2member_map_:
             return None
         shape = tuple(dims[: min(ndim, _MAX_DIMS)])
         if ndim > _MAX_DIMS:
             shape = tuple(dims[: _MAX_DIMS - 1]) + (-1,) * (ndim - _MAX_DIMS + 1)
-        return cls(Op(op), seq, group, dt, shape, rank)
+        return cls(Op(op), seq, group, dt, shape, rank, arg)
 
     def call(self) -> str:
         """Return the call as text, like all_sum(float32, shape (10, 3))."""
@@ -87,7 +88,8 @@ class Signature:
             return "barrier()"
         shape = "(" + ", ".join("?" if d < 0 else str(d) for d in self.shape) + (
             ",)" if len(self.shape) == 1 else ")")
-        return f"{self.op.label}({self.dtype}, shape {shape}) [call #{self.seq}]"
+        root = f", root={self.arg}" if self.op == Op.BROADCAST else ""
+        return f"{self.op.label}({self.dtype}, shape {shape}{root}) [call #{self.seq}]"
 
     def differs(self, other: Signature) -> str | None:
         """Return what differs between two ranks' calls, or None when they match."""
@@ -101,4 +103,6 @@ class Signature:
             return "the dtypes differ"
         if _dims(self.shape) != _dims(other.shape) or len(self.shape) != len(other.shape):
             return "the shapes differ"
+        if self.arg != other.arg:
+            return "the roots differ"
         return None

@@ -1,6 +1,6 @@
 """Rank 1 makes a different call from the others; every rank must raise MismatchError.
 
-argv[1]: shape | dtype | op | skip. Each rank prints `rank R: <ErrorType>: <message>`.
+argv[1]: shape | dtype | op | skip | root. Each rank prints `rank R: <ErrorType>: <message>`.
 """
 
 import sys
@@ -22,7 +22,9 @@ if R == 1:
         x = x.astype(np.float64)
 t0 = time.monotonic()
 try:
-    if R == 1 and mode == "op":
+    if mode == "root":
+        ringcomm.broadcast(x, root=1 if R == 1 else 0)  # rank 1 thinks it is the root
+    elif R == 1 and mode == "op":
         ringcomm.all_gather(x)
     elif R == 1 and mode == "skip":
         ringcomm.all_max(x)  # rank 1 skipped the all_sum the others make first
