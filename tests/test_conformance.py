@@ -52,3 +52,12 @@ def test_ring_with_two_connections_per_ip() -> None:
     job = run(3, "conformance.py", "ring", timeout=200, launcher=launcher)
     assert job.returncode == 0, job.stderr[-3000:]
     assert len(job.lines("rank ")) == 3, job.stdout
+
+
+@pytest.mark.timeout(240)
+def test_mpi_through_ringcomm_launch_with_more_ranks_than_cores() -> None:
+    _launcher("mpi", 3)  # skips without MPI
+    launcher = [sys.executable, "-m", "ringcomm", "launch", "--backend", "mpi", "-n", "3"]
+    job = run(3, "conformance.py", "mpi", timeout=200, launcher=launcher)
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert len(job.lines("rank ")) == 3, job.stdout

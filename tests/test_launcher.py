@@ -325,6 +325,11 @@ def test_mpirun_argv_and_openmpi_hostfile(monkeypatch):
     assert argv == ["mpirun", "--hostfile", "/hf", "-np", "3", "--allow-run-as-root",
                     "--wdir", "/w", "-x", "A", "-x", "B", "--bind-to", "none", "-v",
                     "--", "/py", "-m", "mod"]
+    # Without a binding of the user's, ranks are not bound to one core each.
+    plain = JobPlan(config=LaunchConfig(command=["x"], backend=Backend.MPI), backend=Backend.MPI,
+                    ranks=ranks, argv=["x"])
+    assert mpi.mpirun_argv("mpirun", "/hf", plain, [], as_root=False)[-4:] == [
+        "--bind-to", "none", "--", "x"]
     env = mpi.mpi_env(plan, as_root=True)
     assert env["OMPI_ALLOW_RUN_AS_ROOT"] == "1" and env["RINGCOMM_BACKEND"] == "mpi"
     monkeypatch.setenv("PATH", "/nonexistent")

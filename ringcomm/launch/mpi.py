@@ -67,13 +67,18 @@ def mpirun_argv(mpirun: str, hostfile_path: str, plan: JobPlan, env_names: list[
         argv += ["--wdir", plan.config.cwd]
     for name in env_names:
         argv += ["-x", name]
+    extras: list[str] = []
     for extra in plan.config.mpi_args:
         try:
-            argv += shlex.split(extra)
+            extras += shlex.split(extra)
         except ValueError as e:
             raise LaunchError(f"--mpi-arg {extra!r} cannot be split like a shell would: {e}") \
                 from None
-    return [*argv, "--", *plan.argv]
+    # OpenMPI binds each rank to one core by default: that starves the threads of NumPy and
+    # friends, and fails outright when a host runs more ranks than it has cores.
+    if not any(a.startswith("--bind-to") for a in extras):
+        argv += ["--bind-to", "none"]
+    return [*argv, *extras, "--", *plan.argv]
 
 
 def launch_mpi(plan: JobPlan, *, stderr: TextIO) -> int:
