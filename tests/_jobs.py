@@ -38,6 +38,18 @@ def env(**extra: str) -> dict[str, str]:
     return e
 
 
+def available_gib() -> float:
+    """Return the memory available for new processes, in GiB (infinite where unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / (1 << 20)
+    except OSError:
+        pass
+    return float("inf")
+
+
 def survivors(marker: str) -> list[int]:
     """Return the pids of live processes whose command line contains `marker`."""
     found = []

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from _jobs import available_gib
+
 from ringcomm.backends import mpi, mpi_env
 from ringcomm.errors import InitError
 
@@ -129,9 +131,9 @@ def test_mismatch_raises_on_every_rank(n: int) -> None:
 
 @pytest.mark.mpi
 @needs_mpi
-@pytest.mark.skipif(not os.environ.get("RINGCOMM_TEST_LARGE"),
-                    reason="moves > 2 GiB per rank (about 1 min, 16 GiB RAM); "
-                           "set RINGCOMM_TEST_LARGE=1")
+@pytest.mark.skipif(available_gib() < 14, reason="moves > 2 GiB per rank and needs about "
+                    "12 GiB of memory; this machine has less available")
+@pytest.mark.timeout(600)
 def test_over_2_gib() -> None:
     assert_ok(run_ranks(2, [CASES, "mpi", "large"], timeout=600), 2, "large")
 
