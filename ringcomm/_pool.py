@@ -13,6 +13,7 @@ result fires only then.
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 
@@ -23,9 +24,19 @@ __all__ = ["empty", "MIN_BYTES", "MAX_KEPT_BYTES"]
 MIN_BYTES = 64 << 10
 MAX_KEPT_BYTES = 1 << 30
 
-_lock = threading.Lock()
+# Re-entrant: a garbage collection inside empty() may release a block on the same thread.
+_lock = threading.RLock()
 _free: dict[int, list[np.ndarray]] = {}
 _kept = 0
+# The block behind each live result, with the weak reference to the result that gives it back,
+# keyed by that reference's id (a reference hashes like its array, and arrays do not hash).
+_lent: dict[int, tuple[weakref.ref, np.ndarray]] = {}
+
+
+def _returned(ref: weakref.ref) -> None:
+    entry = _lent.pop(id(ref), None)
+    if entry is not None:
+        _release(entry[1])
 
 
 def _release(block: np.ndarray) -> None:
@@ -40,7 +51,7 @@ def _release(block: np.ndarray) -> None:
 def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """Return an uninitialised C-contiguous array, from the pool when it is large."""
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < MIN_BYTES:
         return np.empty(shape, dtype=dtype)
     global _kept
@@ -54,5 +65,6 @@ def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     # Views collapse their base to `flat` (its own base is a memoryview), so `flat`
     # lives exactly as long as any array that sees the block.
     flat = np.frombuffer(memoryview(block), dtype=dtype)
-    weakref.finalize(flat, _release, block)
+    ref = weakref.ref(flat, _returned)  # a fraction of weakref.finalize's cost
+    _lent[id(ref)] = (ref, block)
     return flat.reshape(shape)
