@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import CommTimeoutError, MismatchError, PeerError, RingcommError
 from ..transport import header
-from ..transport.endpoint import ABORT_GRACE, CAUSE, ECHO, MISMATCH, Endpoint
+from ..transport.endpoint import ABORT_GRACE, CAUSE, ECHO, ECHO_PAUSE, MISMATCH, Endpoint
 from ..transport.handshake import Hello, Kind
 from ..transport.header import Op, Signature
 from ..transport.net import exchange, parse_address, recv_exact, send_all
@@ -138,8 +138,14 @@ class RingBackend(Backend):
                 )
         return check
 
-    def _fail(self, op: str, exc: BaseException) -> NoReturn:
-        """Turn a failure into the error every rank raises, and tell the other ranks."""
+    def _announce(self, op: str, exc: BaseException) -> tuple[str, int]:
+        """Tell every rank why this one fails, before any socket closes; return (reason, kind).
+
+        The notices go out first so that a neighbour learns who really failed
+        before it sees this rank's connections close and blames this rank. A
+        closed connection may already be explained by such a notice: wait a
+        moment for one before sending an echo of our own.
+        """
         ep = self._ep
         reason = f"rank {ep.rank} failed in {op}: {exc}"
         if isinstance(exc, MismatchError):
@@ -148,11 +154,22 @@ class RingBackend(Backend):
             kind = ECHO  # a connection closed under us: the cause is elsewhere
         else:
             kind = CAUSE
+        if kind == ECHO and ep.aborted is None:
+            ep.wait_reason(ECHO_PAUSE)
         if ep.aborted is None:
             ep.notify(reason, kind)  # at once: ranks further away must not wait in turn
+            ep.flush()
+        return reason, kind
+
+    def _fail(self, op: str, exc: BaseException) -> NoReturn:
+        """Turn a failure into the error every rank raises, and tell the other ranks."""
+        ep = self._ep
+        reason, kind = self._announce(op, exc)
         if kind == ECHO:
             ep.wait_cause(ABORT_GRACE)  # the failed peer, or the rank that saw it, says why
-            if ep.aborted is not None and ep.aborted_by_peer:
+            # A peer's reason wins when it is a cause, or when it came before ours: an echo
+            # that came after ours is only this rank's own failure seen from the other side.
+            if ep.aborted_by_peer and (ep.abort_kind >= CAUSE or not ep.announced):
                 try:
                     ep.check()
                 except RingcommError as e:
@@ -241,8 +258,12 @@ class RingBackend(Backend):
             except BaseException as e:  # noqa: BLE001 - re-raised by the calling thread
                 with lock:
                     errors.append(e)
+                    first = len(errors) == 1
                 plan.stop(lanes)
-                self._wake()
+                if first:  # one thread tells the peers, and only then closes connections
+                    if isinstance(e, RingcommError):
+                        self._announce(op, e)
+                    self._wake()
 
         pool = self._pool_for(len(tasks))
         futures: list[Future] = [pool.submit(guarded, fn, lane) for fn, lane in tasks[1:]]

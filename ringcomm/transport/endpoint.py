@@ -33,6 +33,10 @@ _ABORT_NOTE = struct.Struct("<BI")
 ECHO, CAUSE, MISMATCH = 0, 1, 2
 # Time a rank that saw a peer vanish waits for that peer's reason to arrive.
 ABORT_GRACE = 1.0
+# Time a rank that saw a connection close waits for a notice before it sends its own: ranks
+# send their notices before they close anything, so a closed connection is often already
+# explained.
+ECHO_PAUSE = 0.1
 # Time to deliver abort notices to every other rank.
 NOTIFY_SECONDS = 2.0
 
@@ -177,6 +181,21 @@ class Endpoint:
                 raise MismatchError(reason)
             raise PeerAbortedError(reason)
 
+    def wait_reason(self, seconds: float) -> bool:
+        """Wait up to `seconds` for any reason to stop; return whether there is one."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._aborted is not None, seconds)
+
+    @property
+    def abort_kind(self) -> int:
+        """Return how much the recorded reason says: ECHO, CAUSE or MISMATCH."""
+        return self._abort_kind
+
+    @property
+    def announced(self) -> bool:
+        """Return whether this process sent abort notices of its own."""
+        return self._notified
+
     def wait_cause(self, seconds: float) -> bool:
         """Wait up to `seconds` for a failed peer's cause (not an echo); return whether it came."""
         with self._cond:
@@ -227,7 +246,8 @@ class Endpoint:
         def tell(dst: int) -> None:
             try:
                 addr = self.addrs[dst][0]
-                s = connect(addr, deadline, what=f"rank {dst}")
+                # One attempt: a rank whose port refuses is gone and needs no notice.
+                s = connect(addr, deadline, what=f"rank {dst}", retry=False)
                 with s:
                     s.settimeout(max(0.1, deadline - time.monotonic()))
                     handshake.client(s, self.key, Hello(Kind.ABORT, self.rank, 0))

@@ -103,8 +103,11 @@ def tune(s: socket.socket, timeout: float) -> None:
     _set_timeouts(s, timeout)
 
 
-def connect(addr: Address, deadline: float, *, what: str) -> socket.socket:
-    """Return a socket connected to `addr`, retrying with backoff until `deadline` (monotonic)."""
+def connect(addr: Address, deadline: float, *, what: str, retry: bool = True) -> socket.socket:
+    """Return a socket connected to `addr`, retrying with backoff until `deadline` (monotonic).
+
+    Without `retry`, the first failure is final: for a rank that may be gone.
+    """
     delay = 0.01
     while True:
         s = socket.socket(_family(addr.host), socket.SOCK_STREAM)
@@ -116,7 +119,7 @@ def connect(addr: Address, deadline: float, *, what: str) -> socket.socket:
         except OSError as e:
             s.close()
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or not retry:
                 if isinstance(e, socket.timeout) and not e.errno:
                     e = OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT))
                 raise ConnectError(f"cannot connect to {what} at {addr}: {describe_errno(e)}") from e
