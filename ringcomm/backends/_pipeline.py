@@ -26,7 +26,9 @@ from ..errors import CommTimeoutError
 from ..transport import header
 from ..transport.net import recv_exact, send_all
 
-__all__ = ["Lane", "Plan", "Step", "chunks", "steps", "run_sender", "run_receiver"]
+__all__ = [
+    "Lane", "Plan", "Step", "chunks", "even", "lanes", "steps", "run_sender", "run_receiver",
+]
 
 CHUNK_BYTES = 1 << 20
 
@@ -74,6 +76,39 @@ class Lane:
 
     def __post_init__(self) -> None:
         self.cond = threading.Condition()
+
+
+def even(n: int, parts: int) -> list[tuple[int, int]]:
+    """Return [0, n) cut into `parts` ranges whose sizes differ by at most one."""
+    q, r = divmod(n, parts)
+    bounds = [i * q + min(i, r) for i in range(parts + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def lanes(rank: int, size: int, right: list[socket.socket], left: list[socket.socket],
+          blocks: list[tuple[int, int]], n_rs: int, n_ag: int, peer: Callable[[int], str],
+          checker: Callable[[int], Callable[[memoryview], None]]) -> list[Lane]:
+    """Return a lane per connection and direction, each with its slice of every block.
+
+    Lane j < len(right) runs clockwise on connection j (sends right, receives
+    left); lane len(right) + j runs the other way on the same connection.
+    `peer(r)` names rank r for messages; `checker(r)` checks rank r's header.
+    """
+    nl = len(right)
+    parts = [even(b - a, 2 * nl) for a, b in blocks]
+    out = []
+    for j in range(2 * nl):
+        d, c = (1, j) if j < nl else (-1, j - nl)
+
+        def seg(i: int, j: int = j) -> tuple[int, int]:
+            lo, hi = parts[i][j]
+            return blocks[i][0] + lo, blocks[i][0] + hi
+
+        to, frm = (rank + d) % size, (rank - d) % size
+        send_sock, recv_sock = (right[c], left[c]) if d == 1 else (left[c], right[c])
+        out.append(Lane(send_sock, recv_sock, peer(to), peer(frm),
+                        steps(rank, size, d, seg, n_rs, n_ag), checker(frm)))
+    return out
 
 
 def chunks(a: int, b: int, per: int) -> list[tuple[int, int]]:

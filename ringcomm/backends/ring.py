@@ -60,13 +60,6 @@ def _cores() -> int:
     return os.cpu_count() or 1
 
 
-def _even(n: int, parts: int) -> list[tuple[int, int]]:
-    """Return [0, n) cut into `parts` ranges whose sizes differ by at most one."""
-    q, r = divmod(n, parts)
-    bounds = [i * q + min(i, r) for i in range(parts + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
-
-
 class RingBackend(Backend):
     """One group of the ring backend."""
 
@@ -226,23 +219,9 @@ class RingBackend(Backend):
     def _run(self, src: np.ndarray, data: np.ndarray, blocks: list[tuple[int, int]], n_rs: int,
              n_ag: int, ufunc: Callable | None, sig: Signature) -> None:
         """Run the pipelined ring over all lanes in both directions, from `src` into `data`."""
-        p, r, nl = self._size, self._rank, self._lanes
-        parts = [_even(b - a, 2 * nl) for a, b in blocks]
         plan = _pipeline.Plan(data, src, ufunc, sig, self._ep.timeout)
-        lanes = []
-        for j in range(2 * nl):
-            d, c = (1, j) if j < nl else (-1, j - nl)
-
-            def seg(i: int, j: int = j) -> tuple[int, int]:
-                lo, hi = parts[i][j]
-                return blocks[i][0] + lo, blocks[i][0] + hi
-
-            to, frm = (r + d) % p, (r - d) % p
-            send_sock, recv_sock = (self._right[c], self._left[c]) if d == 1 else (
-                self._left[c], self._right[c])
-            lanes.append(_pipeline.Lane(
-                send_sock, recv_sock, self._peer(to), self._peer(frm),
-                _pipeline.steps(r, p, d, seg, n_rs, n_ag), self._checker(sig, frm)))
+        lanes = _pipeline.lanes(self._rank, self._size, self._right, self._left, blocks, n_rs,
+                                n_ag, self._peer, lambda frm: self._checker(sig, frm))
         self._execute(sig.op.label, [(f, lane) for lane in lanes
                                      for f in (_pipeline.run_sender, _pipeline.run_receiver)],
                       plan, lanes)
@@ -302,7 +281,7 @@ class RingBackend(Backend):
         if self._small(flat.nbytes) or flat.size < 2 * self._lanes * self._size:
             return self._guard(sig.op.label, lambda: self._reduce_small(flat, dst, ufunc, sig))
         # Every element of dst is written by a reduce-scatter or an all-gather step.
-        self._run(flat, dst, _even(flat.size, self._size), self._size - 1, self._size - 1,
+        self._run(flat, dst, _pipeline.even(flat.size, self._size), self._size - 1, self._size - 1,
                   ufunc, sig)
 
     def _empty(self, sig: Signature, buf: np.ndarray) -> None:
