@@ -56,6 +56,19 @@ def check(name: str, got, want) -> None:
     cases += 1
 
 
+def as_rows(v: np.ndarray) -> np.ndarray:
+    """Return `v` as all_gather counts it: a 0-d array is one row."""
+    return v.reshape(1) if v.ndim == 0 else v
+
+
+def scatter_shape(shape: tuple, p: int) -> tuple:
+    """Return a shape like `shape` whose rows divide among p ranks: p*k rows, k >= 2."""
+    if len(shape) > 1:
+        return (2 * p, *shape[1:])
+    rows = shape[0] if shape and shape[0] > 1 else 2
+    return (p * rows,)
+
+
 def reduce_all(shape, dt, fn, group_ranks):
     vals = [value(shape, r, dt) for r in group_ranks]
     out = vals[0]
@@ -88,18 +101,12 @@ def collectives(group: ringcomm.Group, ranks: list[int], tag: str) -> None:
                       reduce_all(shape, dt, np.maximum, ranks))
                 check(f"all_min {name}", ringcomm.all_min(x, group=group),
                       reduce_all(shape, dt, np.minimum, ranks))
-            rows = x.reshape(1) if x.ndim == 0 else x
             check(f"all_gather {name}", ringcomm.all_gather(x, group=group),
-                  np.concatenate([(lambda v: v.reshape(1) if v.ndim == 0 else v)(
-                      value(shape, q, dt)) for q in ranks]))
-            del rows
+                  np.concatenate([as_rows(value(shape, q, dt)) for q in ranks]))
             root = p - 1
             check(f"broadcast {name}", ringcomm.broadcast(x, root=root, group=group),
                   value(shape, ranks[root], dt))
-            # sum_scatter needs rows divisible by the group size: p*k rows.
-            sshape = (p * 2,) + tuple(shape[1:]) if len(shape) > 1 else (p * (shape[0] if shape
-                                                                             and shape[0] > 1
-                                                                             else 2),)
+            sshape = scatter_shape(shape, p)
             full = reduce_all(sshape, dt, add, ranks)
             k = sshape[0] // p
             check(f"sum_scatter {tag} {dt} {sshape}",
