@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from . import _env
+from . import environment
 
 __all__ = ["main", "measure"]
 
@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; start `-n` ranks first unless this process is one."""
     args = _parser().parse_args(argv)
-    if os.environ.get(_env.RANK) is not None or os.environ.get(_env.MLX_RANK) is not None:
+    if os.environ.get(environment.RANK) is not None or os.environ.get(environment.MLX_RANK) is not None:
         return _worker(args)
     forwarded = [a for a in (argv if argv is not None else sys.argv[1:])]
     cmd = [sys.executable, "-m", "ringcomm", "launch", "-n", str(args.n),

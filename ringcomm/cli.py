@@ -21,8 +21,8 @@ commands:
 # command -> (module, description); each module has main(argv) -> int
 _COMMANDS = {
     "launch": "ringcomm.launch.cli",
-    "check": "ringcomm.check",
-    "config": "ringcomm.config",
+    "check": "ringcomm.hosts.preflight",
+    "config": "ringcomm.hosts.discovery",
     "bench": "ringcomm.bench",
 }
 

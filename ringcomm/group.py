@@ -8,7 +8,7 @@ import os
 import threading
 from collections.abc import Mapping
 
-from . import _env
+from . import environment
 from .backends.base import Backend
 from .backends.single import SingleBackend
 from .errors import InitError
@@ -58,15 +58,15 @@ class Group:
 def _timeout(timeout: float | None, environ: Mapping[str, str]) -> float:
     if timeout is not None:
         return float(timeout)
-    raw = environ.get(_env.TIMEOUT)
+    raw = environ.get(environment.TIMEOUT)
     if not raw:
-        return _env.DEFAULT_TIMEOUT
+        return environment.DEFAULT_TIMEOUT
     try:
         value = float(raw)
     except ValueError:
-        raise InitError(f"{_env.TIMEOUT} must be a number of seconds, got {raw!r}") from None
+        raise InitError(f"{environment.TIMEOUT} must be a number of seconds, got {raw!r}") from None
     if value <= 0:
-        raise InitError(f"{_env.TIMEOUT} must be positive, got {raw!r}")
+        raise InitError(f"{environment.TIMEOUT} must be positive, got {raw!r}")
     return value
 
 
@@ -75,12 +75,12 @@ def _ring_env(environ: Mapping[str, str]) -> tuple[str | None, str | None, list[
 
     When no variable of either pair is set, every name of the RINGCOMM_* pair is missing.
     """
-    for rank_var, file_var in ((_env.RANK, _env.HOSTFILE), (_env.MLX_RANK, _env.MLX_HOSTFILE)):
+    for rank_var, file_var in ((environment.RANK, environment.HOSTFILE), (environment.MLX_RANK, environment.MLX_HOSTFILE)):
         rank, path = environ.get(rank_var), environ.get(file_var)
         if rank is not None or path is not None:
             missing = [v for v, val in ((rank_var, rank), (file_var, path)) if val is None]
             return rank, path, missing
-    return None, None, [_env.RANK, _env.HOSTFILE]
+    return None, None, [environment.RANK, environment.HOSTFILE]
 
 
 def _ring_launched(environ: Mapping[str, str]) -> bool:
@@ -115,7 +115,7 @@ def _read_rank_hostfile(path: str) -> list[list[str]]:
 
 
 def _make_ring(environ: Mapping[str, str], timeout: float) -> Backend:
-    from .backends import ring
+    from .backends.ring import backend as ring
 
     rank_s, path, missing = _ring_env(environ)
     if missing:
@@ -128,7 +128,7 @@ def _make_ring(environ: Mapping[str, str], timeout: float) -> Backend:
         raise InitError(f"rank must be an integer, got {rank_s!r}") from None
     if not 0 <= rank < len(hosts):
         raise InitError(f"rank {rank} is out of range for a hostfile of {len(hosts)} entries")
-    token = environ.get(_env.TOKEN)
+    token = environ.get(environment.TOKEN)
     if token:
         key = token.encode()
     else:  # a program started by another launcher: the hostfile is the shared secret
@@ -138,13 +138,13 @@ def _make_ring(environ: Mapping[str, str], timeout: float) -> Backend:
 
 
 def _mpi_size(environ: Mapping[str, str]) -> int | None:
-    from .backends import mpi_env
+    from .backends.mpi import detect as mpi_env
 
     return mpi_env.launched_size(environ)
 
 
 def _make_mpi(timeout: float) -> Backend:
-    from .backends import mpi
+    from .backends.mpi import backend as mpi
 
     return mpi.create(timeout)
 
@@ -155,10 +155,10 @@ def _choose(backend: str, environ: Mapping[str, str]) -> str:
         raise ValueError(f"backend must be one of {', '.join(_BACKENDS)}, got {backend!r}")
     if backend != "any":
         return backend
-    chosen = environ.get(_env.BACKEND)
+    chosen = environ.get(environment.BACKEND)
     if chosen:
         if chosen not in ("ring", "mpi"):
-            raise InitError(f"{_env.BACKEND} must be 'ring' or 'mpi', got {chosen!r}")
+            raise InitError(f"{environment.BACKEND} must be 'ring' or 'mpi', got {chosen!r}")
         return chosen
     if _ring_launched(environ):
         return "ring"
@@ -182,11 +182,11 @@ def init(strict: bool = False, backend: str = "any", *, timeout: float | None = 
         name = _choose(backend, environ)
         seconds = _timeout(timeout, environ)
         if name == "ring":
-            if not _ring_launched(environ) and environ.get(_env.BACKEND) is None:
+            if not _ring_launched(environ) and environ.get(environment.BACKEND) is None:
                 if strict:
                     raise InitError(
-                        f"ring backend: not started by a launcher; missing {_env.RANK} and "
-                        f"{_env.HOSTFILE} (run it with: ringcomm launch -n N script.py)"
+                        f"ring backend: not started by a launcher; missing {environment.RANK} and "
+                        f"{environment.HOSTFILE} (run it with: ringcomm launch -n N script.py)"
                     )
                 _world = Group(SingleBackend())
             else:
@@ -196,7 +196,7 @@ def init(strict: bool = False, backend: str = "any", *, timeout: float | None = 
         else:
             if strict:
                 raise InitError(
-                    f"no launcher environment: missing {_env.RANK} and {_env.HOSTFILE} "
+                    f"no launcher environment: missing {environment.RANK} and {environment.HOSTFILE} "
                     "(or MLX_RANK/MLX_HOSTFILE, or an MPI launcher's variables); "
                     "run it with: ringcomm launch -n N script.py"
                 )
@@ -216,7 +216,7 @@ def is_available(backend: str = "any") -> bool:
     if backend in ("any", "ring"):
         return True
     try:
-        from .backends import mpi
+        from .backends.mpi import backend as mpi
 
         return mpi.is_available()
     except ImportError:

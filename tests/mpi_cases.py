@@ -234,7 +234,7 @@ def main(argv: list[str]) -> None:
     world = ringcomm.init(backend=backend, strict=backend != "any")
     RANK, SIZE = world.rank(), world.size()
     if mode == "chunked":
-        from ringcomm.backends import mpi
+        from ringcomm.backends.mpi import backend as mpi
 
         mpi._CHUNK_BYTES = 40  # small arrays now take every multi-piece path
     if mode == "mismatch":

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from ringcomm import _netinfo, config
-from ringcomm._check_report import Link
-from ringcomm.hostfile import parse_hostfile
+from ringcomm.hosts import discovery as config
+from ringcomm.hosts import netinfo as _netinfo
+from ringcomm.hosts.report import Link
+from ringcomm.hosts.hostfile import parse_hostfile
 
 # `ip -j addr show` on a Linux host with a loopback, an ethernet with IPv4 and IPv6,
 # a bridge, and a veth without any IPv4.
@@ -96,7 +97,7 @@ def test_parse_discover_without_ip_tool() -> None:
 
 
 def test_discover_script_runs_here() -> None:
-    from ringcomm import ssh
+    from ringcomm.hosts import ssh
     res = ssh.run(["sh", "-c", _netinfo.DISCOVER], timeout=20)
     info = _netinfo.parse_discover(res.stdout)
     assert any(i.loopback for i in info.interfaces)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ringcomm.hostfile import (
+from ringcomm.hosts.hostfile import (
     HostEntry,
     Hostfile,
     HostfileError,

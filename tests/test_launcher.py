@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from ringcomm.hostfile import rank_addresses
+from ringcomm.hosts.hostfile import rank_addresses
 from ringcomm.launch import Backend, LaunchConfig, LaunchError, commands, launch
 from ringcomm.launch.api import failure_report
 from ringcomm.launch.cli import build_parser, split_argv
-from ringcomm.launch.config import program_argv
+from ringcomm.launch.options import program_argv
 from ringcomm.launch.plan import plan_job
 from ringcomm.launch.supervisor import JobResult, RankExit, Reason
 
@@ -313,7 +313,7 @@ def test_python_api_returns_exit_code(tmp_path):
 
 def test_mpirun_argv_and_openmpi_hostfile(monkeypatch):
     from ringcomm.launch import mpi
-    from ringcomm.launch.config import JobPlan, RankSpec
+    from ringcomm.launch.options import JobPlan, RankSpec
 
     cfg = LaunchConfig(command=["-m", "mod"], cwd="/w", mpi_args=("--bind-to none", "-v"),
                        backend=Backend.MPI, python="/py")

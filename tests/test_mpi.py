@@ -14,7 +14,8 @@ import pytest
 
 from _jobs import available_gib
 
-from ringcomm.backends import mpi, mpi_env
+from ringcomm.backends.mpi import backend as mpi
+from ringcomm.backends.mpi import detect as mpi_env
 from ringcomm.errors import InitError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from ringcomm import ssh
+from ringcomm.hosts import ssh
 
 pytestmark = pytest.mark.timeout(60)
 

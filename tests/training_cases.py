@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve()
 def launcher_missing() -> str | None:
     """Return why `ringcomm launch` cannot run jobs here, or None when it can."""
     try:
-        import ringcomm.backends.ring  # noqa: F401
+        import ringcomm.backends.ring.backend  # noqa: F401
     except ImportError as e:
         return f"ring backend not available yet ({e})"
     try:

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from .api import launch
-from .config import Backend, LaunchConfig, LaunchError
+from .options import Backend, LaunchConfig, LaunchError
 
 __all__ = ["Backend", "LaunchConfig", "LaunchError", "launch"]

@@ -7,9 +7,9 @@ import shlex
 import sys
 from typing import TextIO
 
-from ..hostfile import dump_rank_hostfile
+from ..hosts.hostfile import dump_rank_hostfile
 from . import commands
-from .config import (
+from .options import (
     Backend,
     JobPlan,
     LaunchConfig,
@@ -109,7 +109,7 @@ def failure_report(result: JobResult, python: str = "python") -> list[str]:
 def run_preflight(config: LaunchConfig, plan: JobPlan, *, stderr: TextIO) -> int:
     """Run ``ringcomm check`` for the job's hosts; return 0 when every check passed."""
     try:
-        from .. import check
+        from ..hosts import preflight as check
     except ImportError as e:
         raise LaunchError(f"--check needs ringcomm.check, which cannot be imported: {e}") \
             from None

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..hostfile import HostfileError, parse_env_assignment
-from .config import Backend, LaunchConfig, LaunchError
+from ..hosts.hostfile import HostfileError, parse_env_assignment
+from .options import Backend, LaunchConfig, LaunchError
 
 __all__ = ["build_parser", "config_from_args", "main", "split_argv"]
 

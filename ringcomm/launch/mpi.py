@@ -10,9 +10,9 @@ import sys
 import tempfile
 from typing import TextIO
 
-from .. import _env
+from .. import environment
 from . import commands
-from .config import JobPlan, LaunchError
+from .options import JobPlan, LaunchError
 from .output import Output
 from .supervisor import Job, RankProcess, Reason
 
@@ -45,11 +45,11 @@ def openmpi_hostfile(plan: JobPlan) -> str:
 def mpi_env(plan: JobPlan, as_root: bool) -> dict[str, str]:
     """Return the variables mpirun passes to every rank (with ``-x NAME``)."""
     env: dict[str, str] = dict(plan.hostfile_envs)
-    env[_env.BACKEND] = plan.backend.value
-    env[_env.TOKEN] = plan.token
-    timeout = os.environ.get(_env.TIMEOUT)
+    env[environment.BACKEND] = plan.backend.value
+    env[environment.TOKEN] = plan.token
+    timeout = os.environ.get(environment.TIMEOUT)
     if timeout is not None:
-        env[_env.TIMEOUT] = timeout
+        env[environment.TIMEOUT] = timeout
     env.setdefault("PYTHONUNBUFFERED", os.environ.get("PYTHONUNBUFFERED", "1"))
     env.update(dict(plan.config.env))
     if as_root:

@@ -7,9 +7,9 @@ import secrets
 import socket
 from dataclasses import dataclass
 
-from .. import ssh
-from ..hostfile import HostEntry, load_hostfile
-from .config import (
+from ..hosts import ssh
+from ..hosts.hostfile import HostEntry, load_hostfile
+from .options import (
     Backend,
     JobPlan,
     LaunchConfig,

@@ -8,7 +8,7 @@ and no second ssh are needed to clean up.
 
 from __future__ import annotations
 
-from .. import ssh
+from ..hosts import ssh
 from . import commands
 
 __all__ = ["SSH_OPTIONS", "explain_ssh_failure", "ssh_guard_argv"]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from . import commands
-from .config import LaunchError
+from .options import LaunchError
 from .output import Output
 
 __all__ = ["Job", "JobResult", "RankExit", "RankProcess", "Reason", "signal_name"]

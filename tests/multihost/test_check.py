@@ -11,8 +11,8 @@ from pathlib import Path
 import netns
 import pytest
 
-from ringcomm import check
-from ringcomm.hostfile import HostEntry
+from ringcomm.hosts import preflight as check
+from ringcomm.hosts.hostfile import HostEntry
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import netns
 import pytest
 
-from ringcomm import config
+from ringcomm.hosts import discovery as config
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -22,14 +22,14 @@ from typing import NoReturn
 
 import numpy as np
 
-from ..errors import CommTimeoutError, MismatchError, PeerError, RingcommError
-from ..transport import header
-from ..transport.endpoint import ABORT_GRACE, CAUSE, ECHO, ECHO_PAUSE, MISMATCH, Endpoint
-from ..transport.handshake import Hello, Kind
-from ..transport.header import Op, Signature
-from ..transport.net import exchange, parse_address, recv_exact, send_all
-from . import _pipeline
-from .base import Backend, ReduceOp
+from ...errors import CommTimeoutError, MismatchError, PeerError, RingcommError
+from ...transport import header
+from ...transport.endpoint import ABORT_GRACE, CAUSE, ECHO, ECHO_PAUSE, MISMATCH, Endpoint
+from ...transport.handshake import Hello, Kind
+from ...transport.header import Op, Signature
+from ...transport.net import exchange, parse_address, recv_exact, send_all
+from . import pipeline as _pipeline
+from ..base import Backend, ReduceOp
 
 __all__ = ["RingBackend", "create"]
 

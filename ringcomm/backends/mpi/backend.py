@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from ..arrays import dtype_code, dtype_from_code
-from ..errors import InitError, MismatchError
-from . import mpi_env
-from ._watchdog import Guard, Watchdog
-from .base import Backend, ReduceOp
+from ...arrays import dtype_code, dtype_from_code
+from ...errors import InitError, MismatchError
+from . import detect as mpi_env
+from .watchdog import Guard, Watchdog
+from ..base import Backend, ReduceOp
 
 __all__ = ["MPIBackend", "create", "is_available"]
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import PeerError
+from ...errors import PeerError
 
 __all__ = ["Guard", "Watchdog"]
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import CommTimeoutError
-from ..transport import header
-from ..transport.net import recv_exact, send_all
+from ...errors import CommTimeoutError
+from ...transport import header
+from ...transport.net import recv_exact, send_all
 
 __all__ = [
     "Lane", "Plan", "Step", "chunks", "even", "lanes", "steps", "run_sender", "run_receiver",

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import _probe, _reach, ssh
-from ._check_report import Finding, Link, Report, Status, bind_hint, format_report
+from . import probe, reach, ssh
+from .report import Finding, Link, Report, Status, bind_hint, format_report
 from .hostfile import BACKENDS, HostEntry, HostfileError, load_hostfile
 
 __all__ = [
@@ -48,14 +48,14 @@ class RankTarget:
 
 @dataclass
 class _Host:
-    runner: _reach.Runner
+    runner: reach.Runner
     ready: bool = False
     """ssh works and the python ran: the ring probes can run here."""
     findings: list[Finding] = field(default_factory=list)
 
 
 def _local_version() -> str:
-    from . import __version__
+    from .. import __version__
     return str(__version__)
 
 
@@ -91,8 +91,8 @@ def _env_findings(host: _Host, res: ssh.Result | None, err: str, program: str | 
     info = None
     if res is not None:
         try:
-            info = _probe.parse_tagged(res.stdout, "ENV")
-        except (_probe.ProbeParseError, ValueError):
+            info = probe.parse_tagged(res.stdout, "ENV")
+        except (probe.ProbeParseError, ValueError):
             info = None
     ssh_failed = res is not None and not opts.local and info is None and (
         res.returncode == ssh.SSH_ERROR or res.timed_out)
@@ -150,7 +150,7 @@ def _probe_env(host: _Host, program: str | None, backend: str) -> None:
         err = f"cd: {runner.cwd}: no such directory"
     else:
         try:
-            res = runner.run([runner.python, "-c", _probe.ENV, program or ""])
+            res = runner.run([runner.python, "-c", probe.ENV, program or ""])
         except OSError as e:
             err = f"{e.strerror or e}: {e.filename or runner.python}"
     _env_findings(host, res, err, program, backend)
@@ -161,7 +161,7 @@ def _check_ring(hosts: dict[str, _Host], ranks: list[RankTarget]) -> list[Link]:
     for r in ranks:
         if hosts[r.host].ready:
             by_host.setdefault(r.host, []).extend(r.addresses)
-    listeners = {name: _reach.Listener(hosts[name].runner, specs)
+    listeners = {name: reach.Listener(hosts[name].runner, specs)
                  for name, specs in by_host.items() if specs}
     try:
         bound: dict[str, str] = {}
@@ -173,7 +173,7 @@ def _check_ring(hosts: dict[str, _Host], ranks: list[RankTarget]) -> list[Link]:
                                                     f"try: ssh {name} {opts.python} -V"))
                 continue
             bad = [g for g in got if g["error"]]
-            bound.update({g["spec"]: _reach.bound_address(g) for g in got if not g["error"]})
+            bound.update({g["spec"]: reach.bound_address(g) for g in got if not g["error"]})
             hosts[name].findings.append(
                 Finding(name, "bind", Status.FAIL,
                         "; ".join(f"cannot bind {g['spec']}: {g['error']}" for g in bad),
@@ -199,7 +199,7 @@ def _connect_ring(hosts: dict[str, _Host], ranks: list[RankTarget], bound: dict[
 
     def connect(name: str) -> list[Link]:
         runner = hosts[name].runner
-        errors = _reach.connect_from(runner, [a for _, _, a in wanted[name]],
+        errors = reach.connect_from(runner, [a for _, _, a in wanted[name]],
                                      min(runner.connect_timeout, 5.0))
         return [Link(s, d, name, ranks[d].host, a, errors[a]) for s, d, a in wanted[name]]
 
@@ -227,7 +227,7 @@ def run_checks(hosts: Sequence[HostEntry], *, repeat: int = 1, program: str | No
     if program is not None:
         program = os.path.join(cwd, program)
     names = list(dict.fromkeys(h.ssh for h in hosts))
-    by_name = {n: _Host(_reach.Runner(
+    by_name = {n: _Host(reach.Runner(
         n, ssh.is_local_host(n, timeout=connect_timeout), python or sys.executable, cwd,
         connect_timeout, timeout, tuple(ssh_options))) for n in names}
     ranks, findings = plan_ranks(hosts, repeat, starting_port, connect_timeout)

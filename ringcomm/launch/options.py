@@ -9,8 +9,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import _env
-from ..hostfile import rank_addresses
+from .. import environment
+from ..hosts.hostfile import rank_addresses
 
 __all__ = [
     "Backend",
@@ -154,14 +154,14 @@ def rank_env(plan: JobPlan, spec: RankSpec) -> dict[str, str]:
     env: dict[str, str] = {}
     env.update(dict(plan.hostfile_envs))
     env.update({
-        _env.RANK: str(spec.rank),
-        _env.MLX_RANK: str(spec.rank),
-        _env.BACKEND: plan.backend.value,
-        _env.TOKEN: plan.token,
+        environment.RANK: str(spec.rank),
+        environment.MLX_RANK: str(spec.rank),
+        environment.BACKEND: plan.backend.value,
+        environment.TOKEN: plan.token,
     })
-    timeout = os.environ.get(_env.TIMEOUT)
+    timeout = os.environ.get(environment.TIMEOUT)
     if timeout is not None:
-        env[_env.TIMEOUT] = timeout
+        env[environment.TIMEOUT] = timeout
     env.setdefault("PYTHONUNBUFFERED", os.environ.get("PYTHONUNBUFFERED", "1"))
     env.update(dict(plan.config.env))
     return env
@@ -169,7 +169,7 @@ def rank_env(plan: JobPlan, spec: RankSpec) -> dict[str, str]:
 
 def hostfile_vars() -> tuple[str, ...]:
     """Return the variables that point at the rank hostfile."""
-    return (_env.HOSTFILE, _env.MLX_HOSTFILE)
+    return (environment.HOSTFILE, environment.MLX_HOSTFILE)
 
 
 def addresses_for(ips: tuple[str, ...], ports: list[int]) -> tuple[str, ...]:

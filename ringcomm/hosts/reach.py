@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from . import _probe, ssh
+from . import probe, ssh
 
 __all__ = ["Listener", "Runner", "connect_from"]
 
@@ -50,7 +50,7 @@ class Listener:
 
     def __init__(self, runner: Runner, specs: Sequence[str]) -> None:
         self.runner, self.specs = runner, list(specs)
-        argv, cwd = runner.argv([runner.python, "-c", _probe.LISTEN, str(runner.timeout * 2),
+        argv, cwd = runner.argv([runner.python, "-c", probe.LISTEN, str(runner.timeout * 2),
                                  *specs])
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -74,7 +74,7 @@ class Listener:
             if line is None:
                 return f"the listener probe exited {self.proc.wait(timeout=5)}"
             if line.startswith("RINGCOMM-LISTEN "):
-                return list(_probe.parse_tagged(line, "LISTEN"))  # type: ignore[arg-type]
+                return list(probe.parse_tagged(line, "LISTEN"))  # type: ignore[arg-type]
 
     def close(self) -> None:
         """End the listener: EOF on its stdin, then its process group after a grace."""
@@ -100,9 +100,9 @@ def connect_from(runner: Runner, addrs: Sequence[str], per_probe: float = 5.0
     """Connect from the runner's host to each ``ip:port``; return an error or None for each."""
     addrs = sorted(set(addrs))
     try:
-        res = runner.run([runner.python, "-c", _probe.CONNECT, str(per_probe), *addrs],
+        res = runner.run([runner.python, "-c", probe.CONNECT, str(per_probe), *addrs],
                          extra_seconds=per_probe)
-        got = _probe.parse_tagged(res.stdout, "CONNECT")
+        got = probe.parse_tagged(res.stdout, "CONNECT")
     except (OSError, ValueError) as e:
         return {a: f"the connect probe failed: {e}" for a in addrs}
     errors: dict[str, str | None] = {a: "no result" for a in addrs}

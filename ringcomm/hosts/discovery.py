@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from . import _netinfo, _reach, ssh
-from ._check_report import Link, reach_hint
+from . import netinfo, reach, ssh
+from .report import Link, reach_hint
 from .hostfile import BACKENDS, HostfileError, load_hostfile, parse_env_assignment, parse_hostfile
 
 __all__ = [
@@ -67,7 +67,7 @@ class Discovery:
                 for link in self.links if not link.ok and (link.src_rank, link.dst_rank) in ring]
 
 
-def choose_address(host: str, info: _netinfo.NetInfo, interface: str | None) -> HostAddress:
+def choose_address(host: str, info: netinfo.NetInfo, interface: str | None) -> HostAddress:
     """Return the IPv4 address of ``interface`` (default: the default route's) on ``host``."""
     with_v4 = [i for i in info.interfaces if i.ipv4 and not i.loopback]
     listing = ", ".join(f"{i.name} ({i.ipv4[0]})" for i in with_v4) or "none"
@@ -100,23 +100,23 @@ def _duplicates(addrs: list[HostAddress]) -> list[str]:
     return out
 
 
-def _discover(runner: _reach.Runner) -> _netinfo.NetInfo | str:
+def _discover(runner: reach.Runner) -> netinfo.NetInfo | str:
     """Return the host's network facts, or why ssh to it failed."""
     try:
-        res = runner.run(["sh", "-c", _netinfo.DISCOVER])
+        res = runner.run(["sh", "-c", netinfo.DISCOVER])
     except OSError as e:
         raise ConfigError(f"{runner.host}: cannot run sh: {e}") from e
     if not runner.local and (res.returncode == ssh.SSH_ERROR or res.timed_out):
         return ssh.explain(res, runner.host)
     try:
-        return _netinfo.parse_discover(res.stdout)
-    except _netinfo.NetInfoError as e:
+        return netinfo.parse_discover(res.stdout)
+    except netinfo.NetInfoError as e:
         raise ConfigError(f"{runner.host}: {e}") from None
 
 
-def _probe_links(runners: dict[str, _reach.Runner], addrs: list[HostAddress]) -> list[Link]:
+def _probe_links(runners: dict[str, reach.Runner], addrs: list[HostAddress]) -> list[Link]:
     """Connect from every host to every other host's address; return every link."""
-    listeners = {a.ssh: _reach.Listener(runners[a.ssh], [f"{a.ip}:0"]) for a in addrs}
+    listeners = {a.ssh: reach.Listener(runners[a.ssh], [f"{a.ip}:0"]) for a in addrs}
     try:
         bound: dict[str, str] = {}
         for a in addrs:
@@ -127,13 +127,13 @@ def _probe_links(runners: dict[str, _reach.Runner], addrs: list[HostAddress]) ->
                 why = got if isinstance(got, str) else got[0]["error"]
                 raise ConfigError(f"{a.ssh}: cannot listen on {a.ip}: {why}; hint: check that "
                                   f"{runner.python} runs there, or pass --python")
-            bound[a.ssh] = _reach.bound_address(got[0])
+            bound[a.ssh] = reach.bound_address(got[0])
 
         def connect(i: int) -> list[Link]:
             src = addrs[i]
             targets = [(j, bound[d.ssh]) for j, d in enumerate(addrs) if j != i]
             runner = runners[src.ssh]
-            errors = _reach.connect_from(runner, [t for _, t in targets],
+            errors = reach.connect_from(runner, [t for _, t in targets],
                                          min(runner.connect_timeout, 5.0))
             return [Link(i, j, src.ssh, addrs[j].ssh, t, errors[t]) for j, t in targets]
 
@@ -157,7 +157,7 @@ def configure(hosts: Sequence[str], *, interface: str | None = None,
     names = list(dict.fromkeys(h.strip() for h in hosts if h.strip()))
     if not names:
         raise ConfigError("no hosts given; expected e.g. --hosts host1,host2")
-    runners = {n: _reach.Runner(n, ssh.is_local_host(n, timeout=connect_timeout),
+    runners = {n: reach.Runner(n, ssh.is_local_host(n, timeout=connect_timeout),
                                 python or sys.executable, None, connect_timeout, timeout)
                for n in names}
     with ThreadPoolExecutor(max_workers=min(16, len(names))) as pool:
@@ -175,7 +175,7 @@ def configure(hosts: Sequence[str], *, interface: str | None = None,
     addrs, errors = [], []
     for n in names:
         info = infos[n]
-        assert isinstance(info, _netinfo.NetInfo)
+        assert isinstance(info, netinfo.NetInfo)
         try:
             addrs.append(choose_address(n, info, interface))
         except ConfigError as e:
