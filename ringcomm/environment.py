@@ -1,10 +1,46 @@
-"""The environment contract between the launcher and the backends.
+"""The environment contract between a launcher and the ranks: its one owner.
 
-The launcher and the backends import nothing from each other; they meet only
-in these variable names.
+A launcher (``ringcomm launch``, ``mlx.launch``) tells each rank who it is
+through environment variables and a *rank hostfile*; the backends read them.
+The launcher and the backends import nothing from each other: they meet
+here. This module writes what the launcher sets (`launcher_vars`,
+`dump_rank_hostfile`) and reads what a rank finds (`ring_launch`,
+`read_rank_hostfile`, `timeout`), and it owns the ``"ip:port"`` text of an
+address (`format_address`, `parse_address`).
+
+The rank hostfile is JSON: a list with one entry per rank, each a list of
+``"ip:port"`` strings, one per connection (``[ipv6]:port`` for IPv6).
+Standard library only: the launcher side imports it without NumPy.
 """
 
 from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "BACKEND",
+    "DEFAULT_TIMEOUT",
+    "HOSTFILE",
+    "HOSTFILE_VARS",
+    "MLX_HOSTFILE",
+    "MLX_RANK",
+    "RANK",
+    "TIMEOUT",
+    "TOKEN",
+    "RankHostfileError",
+    "RingLaunch",
+    "dump_rank_hostfile",
+    "format_address",
+    "launcher_vars",
+    "parse_address",
+    "rank_addresses",
+    "read_rank_hostfile",
+    "ring_launch",
+    "timeout",
+]
 
 RANK = "RINGCOMM_RANK"
 HOSTFILE = "RINGCOMM_HOSTFILE"
@@ -13,6 +49,157 @@ TOKEN = "RINGCOMM_TOKEN"
 TIMEOUT = "RINGCOMM_TIMEOUT"
 MLX_RANK = "MLX_RANK"
 MLX_HOSTFILE = "MLX_HOSTFILE"
+# Both launchers' variables are set, so a program written for either finds its rank.
+HOSTFILE_VARS = (HOSTFILE, MLX_HOSTFILE)
+# (rank variable, hostfile variable), in the order a rank looks for them.
+_RING_PAIRS = ((RANK, HOSTFILE), (MLX_RANK, MLX_HOSTFILE))
 
 # Seconds any single wait on a peer may last before it becomes an error.
 DEFAULT_TIMEOUT = 300.0
+
+
+class RankHostfileError(ValueError):
+    """The rank hostfile cannot be read or is not a list of lists of ``"ip:port"``."""
+
+
+# -- addresses ---------------------------------------------------------------------------------
+
+
+def format_address(host: str, port: int) -> str:
+    """Return ``"host:port"``, with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """Return (host, port) of ``"ip:port"`` or ``"[ipv6]:port"``; raise ValueError otherwise."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expecting 'ip:port' with a port in 1..65535, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def rank_addresses(ips: Sequence[str], ports: Sequence[int]) -> list[str]:
+    """Return one rank's ``"ip:port"`` list: ``len(ports)/len(ips)`` connections per ip."""
+    if not ips:
+        raise ValueError("expected at least one ip for the rank, got none")
+    if len(ports) % len(ips):
+        raise ValueError(f"expected a multiple of {len(ips)} ports, got {len(ports)}")
+    per_ip = len(ports) // len(ips)
+    return [format_address(ip, port)
+            for i, ip in enumerate(ips) for port in ports[i * per_ip:(i + 1) * per_ip]]
+
+
+# -- the rank hostfile -------------------------------------------------------------------------
+
+
+def dump_rank_hostfile(ranks: Sequence[Sequence[str]]) -> str:
+    """Return the JSON text of a rank hostfile."""
+    return json.dumps([list(r) for r in ranks])
+
+
+def read_rank_hostfile(path: str | os.PathLike[str]) -> list[list[str]]:
+    """Read and check a rank hostfile; a bare ``"ip:port"`` entry counts as a list of one."""
+    where = repr(os.fspath(path))
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise RankHostfileError(f"cannot read rank hostfile {where}: {e.strerror}") from e
+    except json.JSONDecodeError as e:
+        raise RankHostfileError(f"rank hostfile {where} is not valid JSON: {e}") from e
+    if not isinstance(data, list) or not data:
+        raise RankHostfileError(
+            f"rank hostfile {where}: expected a non-empty list of lists of 'ip:port', got {data!r}")
+    ranks = []
+    for i, entry in enumerate(data):
+        if isinstance(entry, str):
+            entry = [entry]
+        if not isinstance(entry, list) or not entry or not all(isinstance(a, str) for a in entry):
+            raise RankHostfileError(
+                f"rank hostfile {where}: entry {i} must be a list of 'ip:port' strings, "
+                f"got {entry!r}")
+        for text in entry:
+            try:
+                parse_address(text)
+            except ValueError as e:
+                raise RankHostfileError(f"rank hostfile {where}: entry {i}: {e}") from None
+        ranks.append(entry)
+    return ranks
+
+
+# -- what the launcher sets --------------------------------------------------------------------
+
+
+def launcher_vars(backend: str, token: str, rank: int | None = None,
+                  environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Return the variables a ringcomm launcher sets for a rank (the hostfile ones aside).
+
+    ``rank`` is None where another launcher (mpirun) numbers the ranks.
+    RINGCOMM_TIMEOUT passes through from the launcher's own environment.
+    """
+    env: dict[str, str] = {BACKEND: backend, TOKEN: token}
+    if rank is not None:
+        env[RANK] = env[MLX_RANK] = str(rank)
+    timeout_value = (os.environ if environ is None else environ).get(TIMEOUT)
+    if timeout_value is not None:
+        env[TIMEOUT] = timeout_value
+    return env
+
+
+# -- what a rank reads -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RingLaunch:
+    """What a ring launcher told this rank; ``missing`` names the variables it left out."""
+
+    rank: str | None
+    hostfile: str | None
+    missing: tuple[str, ...]
+
+    @property
+    def launched(self) -> bool:
+        """Return whether a launcher set any variable of the ring contract."""
+        return self.rank is not None or self.hostfile is not None
+
+
+def ring_launch(environ: Mapping[str, str]) -> RingLaunch:
+    """Return the ring launcher's variables, preferring RINGCOMM_* over MLX_*.
+
+    When no variable of either pair is set, every name of the RINGCOMM_* pair is missing.
+    """
+    for rank_var, file_var in _RING_PAIRS:
+        rank, path = environ.get(rank_var), environ.get(file_var)
+        if rank is not None or path is not None:
+            missing = tuple(v for v, val in ((rank_var, rank), (file_var, path)) if val is None)
+            return RingLaunch(rank, path, missing)
+    return RingLaunch(None, None, (RANK, HOSTFILE))
+
+
+def ring_launched_size(environ: Mapping[str, str]) -> tuple[str, int] | None:
+    """Return (hostfile variable, ranks) when a ring launcher started this process, else None.
+
+    A hostfile that cannot be read proves nothing here (None): the ring backend reports it.
+    """
+    for var in HOSTFILE_VARS:
+        path = environ.get(var)
+        if path:
+            try:
+                return var, len(read_rank_hostfile(path))
+            except RankHostfileError:
+                return None
+    return None
+
+
+def timeout(environ: Mapping[str, str]) -> float:
+    """Return RINGCOMM_TIMEOUT in seconds (default 300); raise ValueError when it is not > 0."""
+    raw = environ.get(TIMEOUT)
+    if not raw:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{TIMEOUT} must be a number of seconds, got {raw!r}") from None
+    if not value > 0:
+        raise ValueError(f"{TIMEOUT} must be positive, got {raw!r}")
+    return value

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import threading
 from collections.abc import Mapping
 
-from . import environment
+from . import backends, environment
+from .backends import BackendName
 from .backends.base import Backend
-from .backends.single import SingleBackend
+from .backends.mpi import detect as mpi_detect
 from .errors import InitError
-from .transport.net import parse_address
 
 __all__ = ["Group", "init", "is_available", "world"]
 
-_BACKENDS = ("any", "ring", "mpi")
 _lock = threading.Lock()
 _world: Group | None = None
 
@@ -58,116 +55,43 @@ class Group:
 def _timeout(timeout: float | None, environ: Mapping[str, str]) -> float:
     if timeout is not None:
         return float(timeout)
-    raw = environ.get(environment.TIMEOUT)
-    if not raw:
-        return environment.DEFAULT_TIMEOUT
     try:
-        value = float(raw)
-    except ValueError:
-        raise InitError(f"{environment.TIMEOUT} must be a number of seconds, got {raw!r}") from None
-    if value <= 0:
-        raise InitError(f"{environment.TIMEOUT} must be positive, got {raw!r}")
-    return value
+        return environment.timeout(environ)
+    except ValueError as e:
+        raise InitError(str(e)) from None
 
 
-def _ring_env(environ: Mapping[str, str]) -> tuple[str | None, str | None, list[str]]:
-    """Return (rank, hostfile, missing names), preferring RINGCOMM_* over MLX_*.
-
-    When no variable of either pair is set, every name of the RINGCOMM_* pair is missing.
-    """
-    for rank_var, file_var in ((environment.RANK, environment.HOSTFILE), (environment.MLX_RANK, environment.MLX_HOSTFILE)):
-        rank, path = environ.get(rank_var), environ.get(file_var)
-        if rank is not None or path is not None:
-            missing = [v for v, val in ((rank_var, rank), (file_var, path)) if val is None]
-            return rank, path, missing
-    return None, None, [environment.RANK, environment.HOSTFILE]
-
-
-def _ring_launched(environ: Mapping[str, str]) -> bool:
-    """Return whether a launcher set any variable of the ring contract."""
-    rank, path, _ = _ring_env(environ)
-    return rank is not None or path is not None
-
-
-def _read_rank_hostfile(path: str) -> list[list[str]]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except OSError as e:
-        raise InitError(f"cannot read hostfile {path!r}: {e.strerror}") from e
-    except json.JSONDecodeError as e:
-        raise InitError(f"hostfile {path!r} is not valid JSON: {e}") from e
-    if not isinstance(data, list) or not data:
-        raise InitError(f"hostfile {path!r}: expecting a non-empty list of lists of 'ip:port'")
-    for i, entry in enumerate(data):
-        if isinstance(entry, str):
-            entry = data[i] = [entry]
-        if not isinstance(entry, list) or not entry or not all(isinstance(a, str) for a in entry):
-            raise InitError(
-                f"hostfile {path!r}: entry {i} must be a list of 'ip:port' strings, got {entry!r}"
-            )
-        for text in entry:
-            try:
-                parse_address(text)
-            except ValueError as e:
-                raise InitError(f"hostfile {path!r}: entry {i}: {e}") from None
-    return data
-
-
-def _make_ring(environ: Mapping[str, str], timeout: float) -> Backend:
-    from .backends.ring import backend as ring
-
-    rank_s, path, missing = _ring_env(environ)
-    if missing:
-        raise InitError(f"ring backend: missing environment variable(s) {', '.join(missing)}")
-    assert rank_s is not None and path is not None
-    hosts = _read_rank_hostfile(path)
-    try:
-        rank = int(rank_s)
-    except ValueError:
-        raise InitError(f"rank must be an integer, got {rank_s!r}") from None
-    if not 0 <= rank < len(hosts):
-        raise InitError(f"rank {rank} is out of range for a hostfile of {len(hosts)} entries")
-    token = environ.get(environment.TOKEN)
-    if token:
-        key = token.encode()
-    else:  # a program started by another launcher: the hostfile is the shared secret
-        with open(path, "rb") as f:
-            key = hashlib.sha256(b"ringcomm-hostfile:" + f.read()).digest()
-    return ring.create(rank, hosts, key, timeout)
-
-
-def _mpi_size(environ: Mapping[str, str]) -> int | None:
-    from .backends.mpi import detect as mpi_env
-
-    return mpi_env.launched_size(environ)
-
-
-def _make_mpi(timeout: float) -> Backend:
-    from .backends.mpi import backend as mpi
-
-    return mpi.create(timeout)
+def _check_name(backend: str) -> None:
+    if backend != "any" and backend not in backends.names():
+        known = ", ".join(["any", *backends.names()])
+        raise ValueError(f"backend must be one of {known}, got {backend!r}")
 
 
 def _choose(backend: str, environ: Mapping[str, str]) -> str:
-    """Return 'ring', 'mpi' or 'single' for a requested backend and an environment."""
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(_BACKENDS)}, got {backend!r}")
+    """Return the registered backend to create for a requested name and an environment.
+
+    The order is the one docs/launching.md gives: a backend named by the
+    program, then by the launcher (RINGCOMM_BACKEND), then a ring launcher's
+    variables, then an MPI launcher's, else the group of one.
+    """
+    _check_name(backend)
     if backend != "any":
         return backend
     chosen = environ.get(environment.BACKEND)
     if chosen:
-        if chosen not in ("ring", "mpi"):
-            raise InitError(f"{environment.BACKEND} must be 'ring' or 'mpi', got {chosen!r}")
+        if chosen not in backends.names():
+            raise InitError(f"{environment.BACKEND} must be one of "
+                            f"{', '.join(backends.names())}, got {chosen!r}")
         return chosen
-    if _ring_launched(environ):
+    if environment.ring_launch(environ).launched:
         return "ring"
-    if (_mpi_size(environ) or 0) > 1:
+    if (mpi_detect.launched_size(environ) or 0) > 1:
         return "mpi"
     return "single"
 
 
-def init(strict: bool = False, backend: str = "any", *, timeout: float | None = None) -> Group:
+def init(strict: bool = False, backend: BackendName = "any", *,
+         timeout: float | None = None) -> Group:
     """Return the world group, creating it from the launcher's environment on the first call.
 
     Without launcher environment, return a group of size 1 (or, with
@@ -181,26 +105,22 @@ def init(strict: bool = False, backend: str = "any", *, timeout: float | None = 
         environ = os.environ
         name = _choose(backend, environ)
         seconds = _timeout(timeout, environ)
-        if name == "ring":
-            if not _ring_launched(environ) and environ.get(environment.BACKEND) is None:
-                if strict:
-                    raise InitError(
-                        f"ring backend: not started by a launcher; missing {environment.RANK} and "
-                        f"{environment.HOSTFILE} (run it with: ringcomm launch -n N script.py)"
-                    )
-                _world = Group(SingleBackend())
-            else:
-                _world = Group(_make_ring(environ, seconds))
-        elif name == "mpi":
-            _world = Group(_make_mpi(seconds))
-        else:
+        # init(backend="ring") outside any launch is a group of one, as in MLX.
+        if name == "ring" and not environment.ring_launch(environ).launched \
+                and environ.get(environment.BACKEND) is None:
             if strict:
                 raise InitError(
-                    f"no launcher environment: missing {environment.RANK} and {environment.HOSTFILE} "
-                    "(or MLX_RANK/MLX_HOSTFILE, or an MPI launcher's variables); "
-                    "run it with: ringcomm launch -n N script.py"
+                    f"ring backend: not started by a launcher; missing {environment.RANK} and "
+                    f"{environment.HOSTFILE} (run it with: ringcomm launch -n N script.py)"
                 )
-            _world = Group(SingleBackend())
+            name = "single"
+        elif name == "single" and strict:
+            raise InitError(
+                f"no launcher environment: missing {environment.RANK} and {environment.HOSTFILE} "
+                "(or MLX_RANK/MLX_HOSTFILE, or an MPI launcher's variables); "
+                "run it with: ringcomm launch -n N script.py"
+            )
+        _world = Group(backends.create(name, environ, seconds))
         return _world
 
 
@@ -210,14 +130,7 @@ def world() -> Group:
 
 
 def is_available(backend: str = "any") -> bool:
-    """Return whether `backend` can be used in this environment."""
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(_BACKENDS)}, got {backend!r}")
-    if backend in ("any", "ring"):
+    """Return whether `backend` can be used in this environment; False for an unknown name."""
+    if backend == "any":
         return True
-    try:
-        from .backends.mpi import backend as mpi
-
-        return mpi.is_available()
-    except ImportError:
-        return False
+    return backend in backends.names() and backends.available(backend)

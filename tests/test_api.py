@@ -60,12 +60,19 @@ def test_backend_choice(environ: dict, expected: str) -> None:
     assert group_mod._choose("any", environ) == expected
 
 
-def test_backend_names_are_checked() -> None:
-    with pytest.raises(ValueError, match="backend must be one of"):
+def test_backend_names_are_checked_and_unknown_ones_are_unavailable() -> None:
+    with pytest.raises(ValueError, match="backend must be one of any, ring, mpi, got 'nccl'"):
         group_mod._choose("nccl", {})
-    with pytest.raises(ValueError, match="backend must be one of"):
-        ringcomm.is_available("gloo")
+    assert ringcomm.is_available("gloo") is False and ringcomm.is_available("nccl") is False
     assert ringcomm.is_available() and ringcomm.is_available("ring")
+
+
+def test_the_backend_name_literal_lists_the_registry() -> None:
+    from typing import get_args
+
+    from ringcomm import backends
+
+    assert get_args(backends.BackendName) == ("any", *backends.names())
 
 
 def test_size_1_collectives_return_their_input() -> None:

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from collections.abc import Callable
 
+from .. import environment
 from ..errors import CommTimeoutError, ConnectError, PeerError
 
 __all__ = ["Address", "connect", "describe_errno", "listen", "parse_address", "recv_exact", "tune"]
@@ -36,15 +37,12 @@ class Address:
     port: int
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return environment.format_address(self.host, self.port)
 
 
 def parse_address(text: str) -> Address:
-    """Return the Address of 'ip:port' or '[ipv6]:port'."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expecting 'ip:port' with a port in 1..65535, got {text!r}")
-    return Address(host.strip("[]"), int(port))
+    """Return the Address of 'ip:port' or '[ipv6]:port'; raise ValueError otherwise."""
+    return Address(*environment.parse_address(text))
 
 
 def describe_errno(e: OSError) -> str:

@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -87,12 +88,12 @@ def _mpirun_hint() -> str:
     return f"start the job with the mpirun of the MPI that mpi4py loads{where}"
 
 
-def create(timeout: float) -> MPIBackend:
+def create(environ: Mapping[str, str], timeout: float) -> MPIBackend:
     """Return the backend of MPI's world, checking it against the launcher's environment."""
     MPI = _load()
     world = MPI.COMM_WORLD
     size = world.Get_size()
-    launched = mpi_env.launched_by(os.environ)
+    launched = mpi_env.launched_by(environ)
     if launched is not None and launched[1] > 1 and launched[1] != size:
         var, expected = launched
         library = MPI.Get_library_version().splitlines()[0].strip()
@@ -101,7 +102,7 @@ def create(timeout: float) -> MPIBackend:
             f"reports a world of {size}: mpi4py loads {library!r}, which is not the launcher's "
             f"MPI; {_mpirun_hint()}, or install a matching mpi4py: {_FIX}"
         )
-    ring = mpi_env.ring_launched_by(os.environ) if launched is None else None
+    ring = mpi_env.ring_launched_by(environ) if launched is None else None
     if ring is not None and ring[1] > 1 and size == 1:
         raise InitError(
             f"mpi backend: a ring launcher started {ring[1]} ranks ({ring[0]} lists {ring[1]}) "

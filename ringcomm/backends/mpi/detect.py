@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
+
+from ... import environment
 
 __all__ = ["launched_by", "launched_size", "ring_launched_by"]
 
@@ -41,14 +42,4 @@ def ring_launched_by(environ: Mapping[str, str]) -> tuple[str, int] | None:
     A program that asks for MPI inside a ring launch gets a world of 1 from MPI,
     which must not pass for the launch's world.
     """
-    for var in ("RINGCOMM_HOSTFILE", "MLX_HOSTFILE"):
-        path = environ.get(var)
-        if not path:
-            continue
-        try:
-            with open(path, encoding="utf-8") as f:
-                hosts = json.load(f)
-        except (OSError, ValueError):
-            return None  # the ring backend reports a bad hostfile; here it proves nothing
-        return (var, len(hosts)) if isinstance(hosts, list) else None
-    return None
+    return environment.ring_launched_size(environ)
