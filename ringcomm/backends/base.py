@@ -24,6 +24,14 @@ class ReduceOp(enum.Enum):
     MAX = "max"
     MIN = "min"
 
+    @property
+    def ufunc(self) -> np.ufunc:
+        """Return the NumPy ufunc that reduces two arrays elementwise by this op."""
+        return _UFUNCS[self]
+
+
+_UFUNCS = {ReduceOp.SUM: np.add, ReduceOp.MAX: np.maximum, ReduceOp.MIN: np.minimum}
+
 
 class Backend(ABC):
     """A process group's transport: one instance per group per process."""

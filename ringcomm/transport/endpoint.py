@@ -10,6 +10,7 @@ every blocked socket of this process is shut down so no thread waits on.
 from __future__ import annotations
 
 import atexit
+import enum
 import logging
 import socket
 import struct
@@ -22,15 +23,23 @@ from . import handshake
 from .handshake import Hello, Kind
 from .net import Address, connect, listen, tune
 
-__all__ = ["Endpoint"]
+__all__ = ["Endpoint", "Reason"]
 
 log = logging.getLogger("ringcomm")
 
 _ABORT_NOTE = struct.Struct("<BI")
-# How much a reason says, least first: a connection that closed under a rank is only an echo of
-# the failure that caused it; any other reason (a timeout, an exception) is a cause; a mismatch
-# is a cause every rank re-raises as MismatchError.
-ECHO, CAUSE, MISMATCH = 0, 1, 2
+
+
+class Reason(enum.IntEnum):
+    """How much an abort reason says, least first; a larger one replaces a smaller one."""
+
+    ECHO = 0
+    """A connection closed under a rank: only an echo of the failure that caused it."""
+    CAUSE = 1
+    """A timeout or an exception: the failure itself."""
+    MISMATCH = 2
+    """A cause that every rank re-raises as MismatchError."""
+
 # Time a rank that saw a peer vanish waits for that peer's reason to arrive.
 ABORT_GRACE = 1.0
 # Time a rank that saw a connection close waits for a notice before it sends its own: ranks
@@ -53,7 +62,7 @@ class Endpoint:
         self._filed: dict[tuple[int, int, int, int], socket.socket] = {}
         self._socks: list[socket.socket] = []
         self._aborted: str | None = None
-        self._abort_kind = ECHO
+        self._abort_kind = Reason.ECHO
         self._abort_remote = False
         self._p2p_out: dict[int, socket.socket] = {}
         self._p2p_in: dict[int, socket.socket] = {}
@@ -91,7 +100,7 @@ class Endpoint:
                 kind, n = _ABORT_NOTE.unpack(handshake.read_exact(s, _ABORT_NOTE.size))
                 reason = handshake.read_exact(s, n).decode("utf-8", "replace")
                 s.close()
-                self.abort(reason, min(kind, MISMATCH), notify=False, remote=True)
+                self.abort(reason, Reason(min(kind, Reason.MISMATCH)), notify=False, remote=True)
                 return
         except (handshake.HandshakeError, OSError, ValueError) as e:
             log.warning("ringcomm rank %d refused a connection from %s: %s", self.rank,
@@ -113,7 +122,7 @@ class Endpoint:
 
     def connect(self, dst: int, hello: Hello, deadline: float, lane: int = 0) -> socket.socket:
         """Return an authenticated connection to world rank `dst`, filed there under `hello`."""
-        self.check()
+        self.raise_if_aborted()
         targets = self.addrs[dst]
         addr = targets[lane % len(targets)]
         s = connect(addr, deadline, what=f"rank {dst}")
@@ -134,7 +143,7 @@ class Endpoint:
         key = (int(kind), src, group, lane)
         with self._cond:
             while key not in self._filed:
-                self.check()
+                self.raise_if_aborted()
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise CommTimeoutError(
@@ -173,11 +182,11 @@ class Endpoint:
         """Return why the job stopped, or None while it runs."""
         return self._aborted
 
-    def check(self) -> None:
+    def raise_if_aborted(self) -> None:
         """Raise if the job has been aborted by this rank or another."""
         reason = self._aborted
         if reason is not None:
-            if self._abort_kind == MISMATCH:
+            if self._abort_kind == Reason.MISMATCH:
                 raise MismatchError(reason)
             raise PeerAbortedError(reason)
 
@@ -187,8 +196,8 @@ class Endpoint:
             return self._cond.wait_for(lambda: self._aborted is not None, seconds)
 
     @property
-    def abort_kind(self) -> int:
-        """Return how much the recorded reason says: ECHO, CAUSE or MISMATCH."""
+    def abort_kind(self) -> Reason:
+        """Return how much the recorded reason says."""
         return self._abort_kind
 
     @property
@@ -199,14 +208,14 @@ class Endpoint:
     def wait_cause(self, seconds: float) -> bool:
         """Wait up to `seconds` for a failed peer's cause (not an echo); return whether it came."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._abort_kind >= CAUSE, seconds)
+            return self._cond.wait_for(lambda: self._abort_kind >= Reason.CAUSE, seconds)
 
     @property
     def aborted_by_peer(self) -> bool:
         """Return whether the abort came from another rank."""
         return self._abort_remote
 
-    def abort(self, reason: str, kind: int, *, notify: bool, remote: bool = False) -> None:
+    def abort(self, reason: str, kind: Reason, *, notify: bool, remote: bool = False) -> None:
         """Stop the job: wake every blocked thread and, with `notify`, tell every rank why.
 
         The first reason stays, unless it was an echo and a cause arrives from a peer.
@@ -215,7 +224,7 @@ class Endpoint:
             self.notify(reason, kind)
         with self._cond:
             first = self._aborted is None
-            if first or (remote and kind > self._abort_kind == ECHO):
+            if first or (remote and kind > self._abort_kind == Reason.ECHO):
                 self._aborted, self._abort_kind, self._abort_remote = reason, kind, remote
                 self._cond.notify_all()
             socks = list(self._socks) + list(self._filed.values())
@@ -228,7 +237,7 @@ class Endpoint:
         if notify:
             self.flush()
 
-    def notify(self, reason: str, kind: int) -> None:
+    def notify(self, reason: str, kind: Reason) -> None:
         """Start telling every other rank `reason`, once per process; return at once.
 
         A rank that sees a peer fail tells the others before it waits for that
@@ -274,7 +283,8 @@ class Endpoint:
         def hook(kind: type, value: BaseException, tb: object) -> None:
             try:
                 self.abort(f"rank {self.rank} stopped on an uncaught {kind.__name__}: {value}",
-                           MISMATCH if isinstance(value, MismatchError) else CAUSE, notify=True)
+                           Reason.MISMATCH if isinstance(value, MismatchError) else Reason.CAUSE,
+                           notify=True)
             finally:
                 previous(kind, value, tb)  # type: ignore[arg-type]
 

@@ -26,8 +26,9 @@ import numpy as np
 from ...arrays import dtype_code, dtype_from_code
 from ...errors import InitError, MismatchError
 from . import detect as mpi_env
-from .watchdog import Guard, Watchdog
+from .watchdog import CallDeadline, Watchdog
 from ..base import Backend, ReduceOp
+from ..signature import REDUCTIONS, Op, Signature
 
 __all__ = ["MPIBackend", "create", "is_available"]
 
@@ -37,7 +38,6 @@ _CHUNK_BYTES = 1 << 30
 _TAG_HEADER, _TAG_DATA = 7701, 7702
 _HEADER_LEN = 13  # [seq, dtype code, ndim, nbytes, shape hash, dims[0:8]]
 _MAX_DIMS = 8
-_REDUCE_NAMES = {ReduceOp.SUM: "all_sum", ReduceOp.MAX: "all_max", ReduceOp.MIN: "all_min"}
 
 _ops_lock = threading.Lock()
 _user_ops: dict[tuple[np.dtype, ReduceOp], Any] = {}
@@ -115,28 +115,22 @@ def create(environ: Mapping[str, str], timeout: float) -> MPIBackend:
 _watchdog: Watchdog | None = None
 
 
-def _describe(op: str, dtype: str, shape: tuple[int, ...], root: int) -> str:
-    if op in ("barrier", "split"):
-        return f"{op}()"
-    where = f", root={root}" if op == "broadcast" else ""
-    return f"{op}({dtype}, shape {shape}{where})"
-
-
 _static_sigs: dict[tuple[Any, ...], int] = {}
+_NO_DTYPE = np.dtype(np.uint8)  # the dtype of a call that carries no array (barrier, split)
 
 
-def _signature(seq: int, op: str, dtype: np.dtype | None, shape: tuple[int, ...], root: int) -> int:
+def _hash(sig: Signature) -> int:
     """Return a 62-bit hash of one call; equal calls on every rank give equal hashes."""
-    key = (op, dtype, shape, root)
+    key = (sig.op, sig.dtype, sig.shape, sig.arg)
     static = _static_sigs.get(key)
     if static is None:
-        text = f"{op}|{dtype}|{shape}|{root}".encode()
+        text = f"{int(sig.op)}|{sig.dtype}|{sig.shape}|{sig.arg}".encode()
         static = int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 2
         if len(_static_sigs) < 4096:
             _static_sigs[key] = static
     # An odd multiplier makes seq -> seq * K a bijection mod 2**62: calls that differ only
     # in their call number still differ.
-    return (static + seq * 0x9E3779B97F4A7C15) & ((1 << 62) - 1)
+    return (static + sig.seq * 0x9E3779B97F4A7C15) & ((1 << 62) - 1)
 
 
 def _user_op(MPI: Any, dt: np.dtype, op: ReduceOp) -> Any:
@@ -144,7 +138,7 @@ def _user_op(MPI: Any, dt: np.dtype, op: ReduceOp) -> Any:
     key = (dt, op)
     with _ops_lock:
         if key not in _user_ops:
-            ufunc = {ReduceOp.SUM: np.add, ReduceOp.MAX: np.maximum, ReduceOp.MIN: np.minimum}[op]
+            ufunc = op.ufunc
 
             def reduce(inbuf: Any, inoutbuf: Any, datatype: Any) -> None:
                 acc = np.frombuffer(inoutbuf, dtype=dt)
@@ -174,7 +168,7 @@ class MPIBackend(Backend):
         if _watchdog is None:
             _watchdog = Watchdog(lambda: MPI.COMM_WORLD.Abort(1))
         self._watchdog = _watchdog
-        self._guard = Guard(_watchdog, timeout, MPI.Exception)
+        self._deadline = CallDeadline(_watchdog, timeout, MPI.Exception)
         b = MPI
         self._types = {
             np.dtype(np.bool_): b.C_BOOL, np.dtype(np.int8): b.INT8_T,
@@ -198,39 +192,37 @@ class MPIBackend(Backend):
     def size(self) -> int:
         return self._size
 
-    def _call(self, op: str, a: np.ndarray | None = None, extra: str = "") -> Guard:
-        """Return the guard that bounds one operation by the deadline (one per backend)."""
+    def _call(self, op: str, a: np.ndarray | None = None, extra: str = "") -> CallDeadline:
+        """Return the deadline that bounds one operation (one per backend, reused)."""
         # The description stays unformatted until the watchdog needs it: this runs every call.
-        g = self._guard
-        g.what = (op, self._rank, self._size, self._timeout, a is not None and a.dtype,
+        d = self._deadline
+        d.what = (op, self._rank, self._size, self._timeout, a is not None and a.dtype,
                   a is not None and a.shape, extra)
-        return g
+        return d
 
-    def _agree(self, op: str, dt: np.dtype | None = None, shape: tuple[int, ...] = (),
-               root: int = -1) -> None:
+    def _agree(self, op: Op, dt: np.dtype | None = None, shape: tuple[int, ...] = (),
+               root: int = 0) -> None:
         """Raise MismatchError on every rank unless all ranks make the same call."""
         self._seq += 1
-        h = _signature(self._seq, op, dt, shape, root)
+        sig = Signature(op, self._seq, 0, _NO_DTYPE if dt is None else dt, tuple(shape), -1, root)
+        h = _hash(sig)
         self._sig[0], self._sig[1] = h, -h
         # After this Allreduce every rank has entered the call: it is also the barrier.
         self._comm.Allreduce(self._sig, self._agreed, op=self._MPI.MAX)
         if self._agreed[0] == -self._agreed[1]:
             return
-        calls = self._comm.allgather((self._seq, op, "" if dt is None else str(dt), shape, root))
-        by_call: dict[tuple[Any, ...], list[int]] = {}
+        calls: list[Signature] = self._comm.allgather(sig)
+        by_call: dict[Signature, list[int]] = {}
         for r, call in enumerate(calls):
             by_call.setdefault(call, []).append(r)
-        names = ("call number", "op", "dtype", "shape", "root")
-        differs = [n for i, n in enumerate(names) if len({c[i] for c in calls}) > 1]
-        if "op" in differs:  # another op's dtype, shape and root are not comparable
-            differs = ["op"]
+        differs = dict.fromkeys(d for c in calls if (d := calls[0].differs(c)) is not None)
         parts = "; ".join(
-            f"rank{'s' if len(rs) > 1 else ''} {', '.join(map(str, rs))}: {_describe(*c[1:])}"
+            f"rank{'s' if len(rs) > 1 else ''} {', '.join(map(str, rs))}: {c.describe()}"
             for c, rs in by_call.items()
         )
         raise MismatchError(
-            f"{op}: ranks of a group of {self._size} called different operations at collective "
-            f"#{self._seq}: {parts}; they differ in {', '.join(differs)}; every rank must call "
+            f"{op.label}: ranks of a group of {self._size} called different operations at "
+            f"collective #{self._seq}: {parts}; {'; '.join(differs)}; every rank must call "
             "the same collectives in the same order with the same dtype and shape"
         )
 
@@ -247,8 +239,8 @@ class MPIBackend(Backend):
         self.all_reduce_into(buf, buf, op)
 
     def all_reduce_into(self, src: np.ndarray, out: np.ndarray, op: ReduceOp) -> None:
-        name = _REDUCE_NAMES[op]
-        with self._call(name, src):
+        name = REDUCTIONS[op]
+        with self._call(name.label, src):
             self._agree(name, src.dtype, src.shape)
             if src.size == 0:
                 return
@@ -274,7 +266,7 @@ class MPIBackend(Backend):
 
     def all_gather(self, buf: np.ndarray, out: np.ndarray) -> None:
         with self._call("all_gather", buf):
-            self._agree("all_gather", buf.dtype, buf.shape)
+            self._agree(Op.ALL_GATHER, buf.dtype, buf.shape)
             raw, dst, n = _raw(buf), _raw(out), buf.nbytes
             BYTE = self._MPI.BYTE
             if n <= _CHUNK_BYTES:
@@ -292,9 +284,10 @@ class MPIBackend(Backend):
                     spaced.Free()
 
     def reduce_scatter(self, buf: np.ndarray, out: np.ndarray, op: ReduceOp) -> None:
-        name = "sum_scatter" if op is ReduceOp.SUM else f"reduce_scatter({op.value})"
-        with self._call(name, buf):
-            self._agree(name, buf.dtype, buf.shape)
+        if op is not ReduceOp.SUM:  # pragma: no cover - ops.py offers sum_scatter only
+            raise ValueError(f"mpi backend: reduce_scatter supports only SUM, got {op}")
+        with self._call("sum_scatter", buf):
+            self._agree(Op.SUM_SCATTER, buf.dtype, buf.shape)
             if buf.size == 0:
                 return
             raw, dst, m, item = _raw(buf), _raw(out), out.nbytes, buf.itemsize
@@ -316,7 +309,7 @@ class MPIBackend(Backend):
 
     def broadcast(self, buf: np.ndarray, root: int) -> None:
         with self._call("broadcast", buf, f", root={root}"):
-            self._agree("broadcast", buf.dtype, buf.shape, root)
+            self._agree(Op.BROADCAST, buf.dtype, buf.shape, root)
             raw = _raw(buf)
             for i in range(0, raw.nbytes, _CHUNK_BYTES):
                 part = raw[i:i + _CHUNK_BYTES]
@@ -324,17 +317,17 @@ class MPIBackend(Backend):
 
     def barrier(self) -> None:
         with self._call("barrier"):
-            self._agree("barrier")
+            self._agree(Op.BARRIER)
 
     def split(self, color: int, key: int) -> MPIBackend:
         with self._call("split"):
-            self._agree("split")
+            self._agree(Op.SPLIT)
             comm = self._comm.Split(color, key)
         return MPIBackend(self._MPI, comm, self._timeout)
 
     def _header(self, buf: np.ndarray, seq: int) -> np.ndarray:
         shape = buf.shape
-        h = _signature(0, "p2p", buf.dtype, shape, -1)
+        h = _hash(Signature(Op.SEND, 0, 0, buf.dtype, tuple(shape)))
         dims = list(shape[:_MAX_DIMS]) + [0] * (_MAX_DIMS - min(len(shape), _MAX_DIMS))
         return np.array([seq, dtype_code(buf.dtype), len(shape), buf.nbytes, h] + dims,
                         dtype=np.int64)
@@ -388,5 +381,7 @@ def _raw(a: np.ndarray) -> np.ndarray:
 def _header_text(h: np.ndarray) -> str:
     dt = dtype_from_code(int(h[1]))
     ndim = int(h[2])
-    shape = "(...)" if ndim > _MAX_DIMS else str(tuple(int(d) for d in h[5:5 + ndim]))
-    return f"an array of {dt if dt is not None else 'unknown dtype'}, shape {shape}"
+    if dt is None:
+        return "bytes that are not a ringcomm message"
+    dims = tuple(int(d) for d in h[5:5 + min(ndim, _MAX_DIMS)]) + (-1,) * max(0, ndim - _MAX_DIMS)
+    return Signature(Op.SEND, int(h[0]), 0, dt, dims).describe()

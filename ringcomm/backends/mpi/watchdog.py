@@ -15,7 +15,7 @@ from typing import Any
 
 from ...errors import PeerError
 
-__all__ = ["Guard", "Watchdog"]
+__all__ = ["CallDeadline", "Watchdog"]
 
 
 class Watchdog:
@@ -74,11 +74,11 @@ class Watchdog:
             self._abort()
 
 
-class Guard:
+class CallDeadline:
     """Arm the watchdog for one operation and turn MPI errors into PeerError.
 
     A class rather than a generator context manager: it runs on every call,
-    and calls on one backend never nest, so each backend reuses one guard.
+    and calls on one backend never nest, so each backend reuses one.
     """
 
     __slots__ = ("_watchdog", "_timeout", "_error", "what")

@@ -5,7 +5,7 @@ its right neighbour (which it opened) and one from its left neighbour (which
 that neighbour opened). Small messages take the latency path (every rank's
 data travels once around the ring, then every rank reduces all of it in rank
 order, so all ranks get the same bits); large ones the pipelined bandwidth
-path of _pipeline.py. send/recv go between any two ranks over connections
+path of pipeline.py. send/recv go between any two ranks over connections
 made on first use through each rank's listener.
 """
 
@@ -24,12 +24,12 @@ import numpy as np
 
 from ...errors import CommTimeoutError, MismatchError, PeerError, RingcommError
 from ...transport import header
-from ...transport.endpoint import ABORT_GRACE, CAUSE, ECHO, ECHO_PAUSE, MISMATCH, Endpoint
+from ...transport.endpoint import ABORT_GRACE, ECHO_PAUSE, Endpoint, Reason
 from ...transport.handshake import Hello, Kind
-from ...transport.header import Op, Signature
 from ...transport.net import exchange, parse_address, recv_exact, send_all
-from . import pipeline as _pipeline
+from . import pipeline
 from ..base import Backend, ReduceOp
+from ..signature import REDUCTIONS, Op, Signature
 
 __all__ = ["RingBackend", "create"]
 
@@ -44,8 +44,6 @@ SMALL_BYTES = 4 << 20
 # rank that has to answer.
 SPIN_SECONDS = 20e-6
 _WORLD_ID = 1
-_UFUNCS = {ReduceOp.SUM: np.add, ReduceOp.MAX: np.maximum, ReduceOp.MIN: np.minimum}
-_REDUCE_OPS = {ReduceOp.SUM: Op.ALL_SUM, ReduceOp.MAX: Op.ALL_MAX, ReduceOp.MIN: Op.ALL_MIN}
 
 
 def _child_id(parent: int, nth: int, color: int) -> int:
@@ -110,13 +108,13 @@ class RingBackend(Backend):
         return name if self._gid == _WORLD_ID else f"group rank {r}, world {name}"
 
     def _sig(self, op: Op, a: np.ndarray, arg: int = 0) -> Signature:
-        self._ep.check()
+        self._ep.raise_if_aborted()
         self._seq += 1
         return Signature(op, self._seq, self._gid, a.dtype, tuple(a.shape), self._rank, arg)
 
     def _checker(self, mine: Signature, src: int) -> Callable[[memoryview], None]:
         def check(raw: memoryview) -> None:
-            theirs = Signature.unpack(raw)
+            theirs = header.unpack(raw)
             if theirs is None:
                 raise PeerError(f"{mine.op.label}: {self._peer(src)} sent bytes that are not a "
                                 "ringcomm message (a different ringcomm version?)")
@@ -125,13 +123,13 @@ class RingBackend(Backend):
                 who = theirs.rank if 0 <= theirs.rank < self._size else src
                 raise MismatchError(
                     f"{mine.op.label} mismatch in the {self._label} group: rank {self._rank} "
-                    f"called {mine.call()} but rank {who} called {theirs.call()}: {what}; "
+                    f"called {mine.describe()} but rank {who} called {theirs.describe()}: {what}; "
                     "every rank must make the same calls in the same order with the same dtype "
                     "and shape"
                 )
         return check
 
-    def _announce(self, op: str, exc: BaseException) -> tuple[str, int]:
+    def _announce(self, op: str, exc: BaseException) -> tuple[str, Reason]:
         """Tell every rank why this one fails, before any socket closes; return (reason, kind).
 
         The notices go out first so that a neighbour learns who really failed
@@ -142,12 +140,12 @@ class RingBackend(Backend):
         ep = self._ep
         reason = f"rank {ep.rank} failed in {op}: {exc}"
         if isinstance(exc, MismatchError):
-            kind = MISMATCH
+            kind = Reason.MISMATCH
         elif isinstance(exc, PeerError) and not isinstance(exc, CommTimeoutError):
-            kind = ECHO  # a connection closed under us: the cause is elsewhere
+            kind = Reason.ECHO  # a connection closed under us: the cause is elsewhere
         else:
-            kind = CAUSE
-        if kind == ECHO and ep.aborted is None:
+            kind = Reason.CAUSE
+        if kind == Reason.ECHO and ep.aborted is None:
             ep.wait_reason(ECHO_PAUSE)
         if ep.aborted is None:
             ep.notify(reason, kind)  # at once: ranks further away must not wait in turn
@@ -158,13 +156,13 @@ class RingBackend(Backend):
         """Turn a failure into the error every rank raises, and tell the other ranks."""
         ep = self._ep
         reason, kind = self._announce(op, exc)
-        if kind == ECHO:
+        if kind == Reason.ECHO:
             ep.wait_cause(ABORT_GRACE)  # the failed peer, or the rank that saw it, says why
             # A peer's reason wins when it is a cause, or when it came before ours: an echo
             # that came after ours is only this rank's own failure seen from the other side.
-            if ep.aborted_by_peer and (ep.abort_kind >= CAUSE or not ep.announced):
+            if ep.aborted_by_peer and (ep.abort_kind >= Reason.CAUSE or not ep.announced):
                 try:
-                    ep.check()
+                    ep.raise_if_aborted()
                 except RingcommError as e:
                     raise type(e)(f"{op}: {e}") from exc
         ep.abort(reason, kind, notify=False)
@@ -196,7 +194,7 @@ class RingBackend(Backend):
         n = flat.nbytes
         slot = hs + n
         slots = self._buffer(p * slot).reshape(p, slot)
-        slots[r, :hs] = np.frombuffer(sig.pack(), dtype=np.uint8)
+        slots[r, :hs] = np.frombuffer(header.pack(sig), dtype=np.uint8)
         slots[r, hs:] = flat.view(np.uint8)
         right, left = self._right[0], self._left[0]
         op = sig.op.label
@@ -219,34 +217,34 @@ class RingBackend(Backend):
     def _run(self, src: np.ndarray, data: np.ndarray, blocks: list[tuple[int, int]], n_rs: int,
              n_ag: int, ufunc: Callable | None, sig: Signature) -> None:
         """Run the pipelined ring over all lanes in both directions, from `src` into `data`."""
-        plan = _pipeline.Plan(data, src, ufunc, sig, self._ep.timeout)
-        lanes = _pipeline.lanes(self._rank, self._size, self._right, self._left, blocks, n_rs,
-                                n_ag, self._peer, lambda frm: self._checker(sig, frm))
+        transfer = pipeline.Transfer(data, src, ufunc, sig, self._ep.timeout)
+        lanes = pipeline.lanes(self._rank, self._size, self._right, self._left, blocks, n_rs,
+                               n_ag, self._peer, lambda frm: self._checker(sig, frm))
         self._execute(sig.op.label, [(f, lane) for lane in lanes
-                                     for f in (_pipeline.run_sender, _pipeline.run_receiver)],
-                      plan, lanes)
+                                     for f in (pipeline.run_sender, pipeline.run_receiver)],
+                      transfer, lanes)
 
-    def _execute(self, op: str, tasks: list, plan: _pipeline.Plan,
-                 lanes: list[_pipeline.Lane]) -> None:
+    def _execute(self, op: str, tasks: list, transfer: pipeline.Transfer,
+                 lanes: list[pipeline.Lane]) -> None:
         errors: list[BaseException] = []
         lock = threading.Lock()
 
-        def guarded(fn: Callable, lane: _pipeline.Lane) -> None:
+        def run_lane(fn: Callable, lane: pipeline.Lane) -> None:
             try:
-                fn(lane, plan)
+                fn(lane, transfer)
             except BaseException as e:  # noqa: BLE001 - re-raised by the calling thread
                 with lock:
                     errors.append(e)
                     first = len(errors) == 1
-                plan.stop(lanes)
+                transfer.stop(lanes)
                 if first:  # one thread tells the peers, and only then closes connections
                     if isinstance(e, RingcommError):
                         self._announce(op, e)
                     self._wake()
 
         pool = self._pool_for(len(tasks))
-        futures: list[Future] = [pool.submit(guarded, fn, lane) for fn, lane in tasks[1:]]
-        guarded(*tasks[0])
+        futures: list[Future] = [pool.submit(run_lane, fn, lane) for fn, lane in tasks[1:]]
+        run_lane(*tasks[0])
         for f in futures:
             f.result()
         if errors:
@@ -262,7 +260,7 @@ class RingBackend(Backend):
 
     # -- collectives ---------------------------------------------------------------------------
 
-    def _guard(self, op: str, fn: Callable[[], None]) -> None:
+    def _run_or_fail(self, op: str, fn: Callable[[], object]) -> None:
         try:
             fn()
         except RingcommError as e:
@@ -272,35 +270,38 @@ class RingBackend(Backend):
         self.all_reduce_into(buf, buf, op)
 
     def all_reduce_into(self, src: np.ndarray, out: np.ndarray, op: ReduceOp) -> None:
-        sig = self._sig(_REDUCE_OPS[op], src)
+        sig = self._sig(REDUCTIONS[op], src)
         if self._size == 1 or src.size == 0:
             if out is not src:
                 np.copyto(out, src)
-            return self._empty(sig, src)
-        flat, dst, ufunc = src.reshape(-1), out.reshape(-1), _UFUNCS[op]
+            return self._check_call(sig, src)
+        flat, dst, ufunc = src.reshape(-1), out.reshape(-1), op.ufunc
         if self._small(flat.nbytes) or flat.size < 2 * self._lanes * self._size:
-            return self._guard(sig.op.label, lambda: self._reduce_small(flat, dst, ufunc, sig))
+            return self._run_or_fail(sig.op.label, lambda: self._reduce_small(flat, dst, ufunc, sig))
         # Every element of dst is written by a reduce-scatter or an all-gather step.
-        self._run(flat, dst, _pipeline.even(flat.size, self._size), self._size - 1, self._size - 1,
+        self._run(flat, dst, pipeline.even(flat.size, self._size), self._size - 1, self._size - 1,
                   ufunc, sig)
 
-    def _empty(self, sig: Signature, buf: np.ndarray) -> None:
-        """Still check, for an empty array, that every rank made the same call."""
+    def _check_call(self, sig: Signature, buf: np.ndarray) -> None:
+        """Check that every rank made the same call, where no data needs to move.
+
+        A zero-byte gather around the ring carries only the headers.
+        """
         if self._size > 1:
-            self._guard(sig.op.label, lambda: self._gather_small(buf.reshape(-1)[:0], sig))
+            self._run_or_fail(sig.op.label, lambda: self._gather_small(buf.reshape(-1)[:0], sig))
 
     def all_gather(self, buf: np.ndarray, out: np.ndarray, op: Op = Op.ALL_GATHER) -> None:
         sig = self._sig(op, buf)
         p, n = self._size, buf.size
         if p == 1 or n == 0:
             out.reshape(-1)[:n] = buf.reshape(-1)
-            return self._empty(sig, buf)
+            return self._check_call(sig, buf)
         flat = out.reshape(-1)
         if self._small(buf.nbytes):
             def small() -> None:
                 rows = self._gather_small(buf.reshape(-1), sig)
                 flat.view(np.uint8).reshape(p, -1)[...] = rows
-            return self._guard(sig.op.label, small)
+            return self._run_or_fail(sig.op.label, small)
         flat[self._rank * n:(self._rank + 1) * n] = buf.reshape(-1)
         self._run(flat, flat, [(i * n, (i + 1) * n) for i in range(p)], 0, p - 1, None, sig)
 
@@ -310,8 +311,8 @@ class RingBackend(Backend):
         flat = buf.reshape(-1)
         if p == 1 or m == 0:
             out.reshape(-1)[...] = flat[:m]
-            return self._empty(sig, buf)
-        ufunc = _UFUNCS[op]
+            return self._check_call(sig, buf)
+        ufunc = op.ufunc
         if self._small(flat.nbytes):
             def small() -> None:
                 rows = self._gather_small(flat, sig)
@@ -321,7 +322,7 @@ class RingBackend(Backend):
                 ufunc(mine[0], mine[1], out=dst)
                 for row in mine[2:]:
                     ufunc(dst, row, out=dst)
-            return self._guard(sig.op.label, small)
+            return self._run_or_fail(sig.op.label, small)
         # Reduce-scatter writes only the segments it reduces; the input stays as it was.
         work = np.empty_like(flat)
         self._run(flat, work, [(i * m, (i + 1) * m) for i in range(p)], p - 1, 0, ufunc, sig)
@@ -346,50 +347,50 @@ class RingBackend(Backend):
             last = (r + 1) % p == root
             hdr = bytearray(header.SIZE)
             if not last:
-                send_all(right, sig.pack(), peer=to, op=op)
+                send_all(right, header.pack(sig), peer=to, op=op)
             if r != root:
                 recv_exact(left, memoryview(hdr), peer=frm, op=op)
                 check(memoryview(hdr))
-            for a, b in _pipeline.chunks(0, raw.size, _pipeline.CHUNK_BYTES):
+            for a, b in pipeline.chunks(0, raw.size, pipeline.CHUNK_BYTES):
                 piece = memoryview(raw[a:b])
                 if r != root and b > a:
                     recv_exact(left, piece, peer=frm, op=op)
                 if not last and b > a:
                     send_all(right, piece, peer=to, op=op)
             if last:
-                send_all(right, sig.pack(), peer=to, op=op)
+                send_all(right, header.pack(sig), peer=to, op=op)
             if r == root:
                 recv_exact(left, memoryview(hdr), peer=frm, op=op)
                 check(memoryview(hdr))
 
-        self._guard(op, relay)
+        self._run_or_fail(op, relay)
 
     def barrier(self) -> None:
         token = np.zeros(1, dtype=np.uint8)
         sig = self._sig(Op.BARRIER, token)
         if self._size > 1:
-            self._guard("barrier", lambda: self._gather_small(token, sig))
+            self._run_or_fail("barrier", lambda: self._gather_small(token, sig))
 
     # -- point to point ----------------------------------------------------------------------
 
     def send(self, buf: np.ndarray, dst: int) -> None:
         ep, w = self._ep, self._world(dst)
-        ep.check()
+        ep.raise_if_aborted()
         with ep.p2p_lock:
             seq = ep.next_seq(("out", w))
         sig = Signature(Op.SEND, seq, self._gid, buf.dtype, tuple(buf.shape), self._rank)
 
         def go() -> None:
             s = ep.p2p_out(w)
-            send_all(s, sig.pack(), peer=self._peer(dst), op="send")
+            send_all(s, header.pack(sig), peer=self._peer(dst), op="send")
             if buf.nbytes:
                 send_all(s, memoryview(buf.reshape(-1).view(np.uint8)), peer=self._peer(dst),
                          op="send")
-        self._guard("send", go)
+        self._run_or_fail("send", go)
 
     def recv(self, out: np.ndarray, src: int) -> None:
         ep, w = self._ep, self._world(src)
-        ep.check()
+        ep.raise_if_aborted()
         with ep.p2p_lock:
             seq = ep.next_seq(("in", w))
         mine = Signature(Op.SEND, seq, self._gid, out.dtype, tuple(out.shape), self._rank)
@@ -398,7 +399,7 @@ class RingBackend(Backend):
             s = ep.p2p_in(w, f"recv from {self._peer(src)}")
             hdr = bytearray(header.SIZE)
             recv_exact(s, memoryview(hdr), peer=self._peer(src), op="recv")
-            theirs = Signature.unpack(hdr)
+            theirs = header.unpack(hdr)
             if theirs is None:
                 raise PeerError(f"recv: {self._peer(src)} sent bytes that are not a message")
             what = mine.differs(theirs)
@@ -406,12 +407,12 @@ class RingBackend(Backend):
                 raise MismatchError(
                     f"recv mismatch in the {self._label} group: rank {self._rank} expects "
                     f"{out.dtype} shape {tuple(out.shape)} from rank {src}, which sent "
-                    f"{theirs.call()} as message #{theirs.seq} (expected #{seq}): {what}"
+                    f"{theirs.describe()} as message #{theirs.seq} (expected #{seq}): {what}"
                 )
             if out.nbytes:
                 recv_exact(s, memoryview(out.reshape(-1).view(np.uint8)), peer=self._peer(src),
                            op="recv")
-        self._guard("recv", go)
+        self._run_or_fail("recv", go)
 
     # -- groups ------------------------------------------------------------------------------
 

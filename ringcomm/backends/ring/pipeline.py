@@ -25,9 +25,10 @@ import numpy as np
 from ...errors import CommTimeoutError
 from ...transport import header
 from ...transport.net import recv_exact, send_all
+from ..signature import Signature
 
 __all__ = [
-    "Lane", "Plan", "Step", "chunks", "even", "lanes", "steps", "run_sender", "run_receiver",
+    "Lane", "Transfer", "Step", "chunks", "even", "lanes", "steps", "run_sender", "run_receiver",
 ]
 
 CHUNK_BYTES = 1 << 20
@@ -43,13 +44,13 @@ class Step:
 
 
 @dataclass
-class Plan:
+class Transfer:
     """One collective's work for every lane."""
 
     data: np.ndarray  # 1-D typed view of the buffer the result goes to
     src: np.ndarray  # the input: the first reduction of each segment reads it (may be data)
     ufunc: Callable | None
-    sig: header.Signature
+    sig: Signature
     timeout: float
     stopped: bool = False  # set when any lane failed: waiting senders give up at once
 
@@ -129,14 +130,14 @@ def steps(rank: int, size: int, direction: int, seg: Callable[[int], tuple[int, 
     return out
 
 
-def run_sender(lane: Lane, plan: Plan) -> None:
+def run_sender(lane: Lane, transfer: Transfer) -> None:
     """Send the header, then every step's segment, each chunk once the receiver has it."""
-    data, op = plan.data, plan.sig.op.label
+    data, op = transfer.data, transfer.sig.op.label
     raw = data.view(np.uint8)
     isz = data.itemsize
     per = max(1, CHUNK_BYTES // isz)
-    src_raw = plan.src.view(np.uint8)
-    send_all(lane.send_sock, plan.sig.pack(), peer=lane.send_peer, op=op)
+    src_raw = transfer.src.view(np.uint8)
+    send_all(lane.send_sock, header.pack(transfer.sig), peer=lane.send_peer, op=op)
     need = 0
     for t, step in enumerate(lane.steps):
         pieces = chunks(*step.send, per)
@@ -147,21 +148,21 @@ def run_sender(lane: Lane, plan: Plan) -> None:
                 need += 1
                 if lane.done < need:
                     with lane.cond:
-                        lane.cond.wait_for(lambda n=need: lane.done >= n or plan.stopped,
-                                           plan.timeout)
-                    if plan.stopped:
+                        lane.cond.wait_for(lambda n=need: lane.done >= n or transfer.stopped,
+                                           transfer.timeout)
+                    if transfer.stopped:
                         return  # another thread failed and reports why
                     if lane.done < need:
                         raise CommTimeoutError(f"{op}: no progress from {lane.recv_peer} "
-                                               f"within {plan.timeout:g} s")
+                                               f"within {transfer.timeout:g} s")
             if b > a:
                 send_all(lane.send_sock, memoryview(out[a * isz:b * isz]), peer=lane.send_peer,
                          op=op)
 
 
-def run_receiver(lane: Lane, plan: Plan) -> None:
+def run_receiver(lane: Lane, transfer: Transfer) -> None:
     """Check the header, then receive every step's segment, reducing or storing it."""
-    data, op = plan.data, plan.sig.op.label
+    data, op = transfer.data, transfer.sig.op.label
     raw = data.view(np.uint8)
     isz = data.itemsize
     per = max(1, CHUNK_BYTES // isz)
@@ -178,7 +179,7 @@ def run_receiver(lane: Lane, plan: Plan) -> None:
                     recv_exact(lane.recv_sock, memoryview(part.view(np.uint8)),
                                peer=lane.recv_peer, op=op)
                     # Each segment is reduced once per rank: its other operand is the input.
-                    plan.ufunc(plan.src[a:b], part, out=data[a:b])  # type: ignore[misc]
+                    transfer.ufunc(transfer.src[a:b], part, out=data[a:b])  # type: ignore[misc]
                 else:
                     recv_exact(lane.recv_sock, memoryview(raw[a * isz:b * isz]),
                                peer=lane.recv_peer, op=op)
