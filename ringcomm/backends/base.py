@@ -1,10 +1,22 @@
-"""The interface every backend implements.
+"""The interface every backend implements, and the rules every caller keeps.
 
 `ops.py` hands a backend C-contiguous NumPy arrays only (bfloat16 included, as
 `ml_dtypes.bfloat16`), already validated for dtype support, and a backend
 writes results into the arrays it is given. Every method is collective over
 the backend's group except `send` and `recv`. Ranks are the backend's own
-(0..size-1); `world_rank(r)` maps one of them to the world rank for messages.
+(0..size-1).
+
+Concurrency: one call is in flight per group at a time. The caller's thread
+makes the call and it returns when this rank's part is done; ranks make the
+same calls in the same order, which the backend checks (`signature.py`) and
+turns into MismatchError when they do not. A backend may use threads of its
+own inside a call, never across calls.
+
+A new backend implements the abstract methods; `all_reduce`, `reduce_scatter`
+and `barrier` have defaults built from `all_reduce_into`, which a backend
+overrides when it has a cheaper way. It registers itself in
+`ringcomm/backends/__init__.py` with a module that has `create(environ,
+timeout)` and `is_available()`.
 """
 
 from __future__ import annotations
@@ -48,28 +60,32 @@ class Backend(ABC):
     def size(self) -> int:
         """Return the number of ranks in the group."""
 
-    @abstractmethod
     def all_reduce(self, buf: np.ndarray, op: ReduceOp) -> None:
         """Reduce `buf` elementwise over all ranks, in place; every rank gets the same bits."""
+        self.all_reduce_into(buf, buf, op)
 
+    @abstractmethod
     def all_reduce_into(self, src: np.ndarray, out: np.ndarray, op: ReduceOp) -> None:
         """Write the reduction of `src` over all ranks into `out`, leaving `src` as it was.
 
-        `out` has `src`'s shape and dtype and may be `src` itself. A backend that
-        can read its input from one buffer and write to another overrides this to
-        save the copy.
+        `out` has `src`'s shape and dtype and may be `src` itself; every rank gets
+        the same bits.
         """
-        if out is not src:
-            np.copyto(out, src)
-        self.all_reduce(out, op)
 
     @abstractmethod
     def all_gather(self, buf: np.ndarray, out: np.ndarray) -> None:
         """Fill `out` (shape (size*n, ...)) with every rank's `buf` (shape (n, ...)) in rank order."""
 
-    @abstractmethod
     def reduce_scatter(self, buf: np.ndarray, out: np.ndarray, op: ReduceOp) -> None:
-        """Reduce `buf` over ranks; rank r receives rows [r*m, (r+1)*m) in `out` (m = len(buf)//size)."""
+        """Reduce `buf` over ranks; rank r receives rows [r*m, (r+1)*m) in `out` (m = len(buf)//size).
+
+        The default reduces everything and keeps this rank's rows: correct, with
+        `size` times the traffic a reduce-scatter needs.
+        """
+        whole = np.empty_like(buf)
+        self.all_reduce_into(buf, whole, op)
+        m = out.size
+        out.reshape(-1)[...] = whole.reshape(-1)[self.rank * m:(self.rank + 1) * m]
 
     @abstractmethod
     def send(self, buf: np.ndarray, dst: int) -> None:
@@ -83,9 +99,10 @@ class Backend(ABC):
     def broadcast(self, buf: np.ndarray, root: int) -> None:
         """Overwrite `buf` on every rank with root's `buf`."""
 
-    @abstractmethod
     def barrier(self) -> None:
-        """Return once every rank of the group has entered the barrier."""
+        """Return once every rank of the group has entered the barrier (default: a 1-byte all_reduce)."""
+        token = np.zeros(1, dtype=np.uint8)
+        self.all_reduce_into(token, token, ReduceOp.MAX)
 
     @abstractmethod
     def split(self, color: int, key: int) -> Backend:

@@ -235,9 +235,6 @@ class MPIBackend(Backend):
             raise TypeError(f"mpi backend: no reduction for dtype {dt}")
         return self._MPI.UINT16_T, _user_op(self._MPI, dt, op)
 
-    def all_reduce(self, buf: np.ndarray, op: ReduceOp) -> None:
-        self.all_reduce_into(buf, buf, op)
-
     def all_reduce_into(self, src: np.ndarray, out: np.ndarray, op: ReduceOp) -> None:
         name = REDUCTIONS[op]
         with self._call(name.label, src):

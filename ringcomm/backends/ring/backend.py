@@ -266,9 +266,6 @@ class RingBackend(Backend):
         except RingcommError as e:
             self._fail(op, e)
 
-    def all_reduce(self, buf: np.ndarray, op: ReduceOp) -> None:
-        self.all_reduce_into(buf, buf, op)
-
     def all_reduce_into(self, src: np.ndarray, out: np.ndarray, op: ReduceOp) -> None:
         sig = self._sig(REDUCTIONS[op], src)
         if self._size == 1 or src.size == 0:
