@@ -64,7 +64,7 @@ def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         block = np.empty(nbytes, dtype=np.uint8)
     # Views collapse their base to `flat` (its own base is a memoryview), so `flat`
     # lives exactly as long as any array that sees the block.
-    flat = np.frombuffer(memoryview(block), dtype=dtype)
+    flat = np.frombuffer(block.data, dtype=dtype)
     ref = weakref.ref(flat, _returned)  # a fraction of weakref.finalize's cost
     _lent[id(ref)] = (ref, block)
     return flat.reshape(shape)

@@ -83,9 +83,11 @@ def _c_order(a: np.ndarray) -> np.ndarray:
     return a if a.flags.c_contiguous else np.array(a, order="C")
 
 
-def _need_bfloat16(kind: str) -> None:
+def _need_bfloat16(kind: str) -> np.dtype:
+    """Return NumPy's bfloat16 dtype, or raise saying how to get it."""
     if bfloat16 is None:
         raise TypeError(f"bfloat16 {kind} need ml_dtypes; pip install ml_dtypes")
+    return bfloat16
 
 
 def _from_torch(x: Any) -> Adapted:
@@ -97,8 +99,7 @@ def _from_torch(x: Any) -> Adapted:
     if device.type != "cpu":  # staged through host memory: one copy here, one back in wrap
         t = t.cpu()
     if dtype == torch.bfloat16:
-        _need_bfloat16("tensors")
-        a = t.view(torch.int16).numpy().view(bfloat16)
+        a = t.view(torch.int16).numpy().view(_need_bfloat16("tensors"))
     else:
         try:
             a = t.numpy()
@@ -121,8 +122,7 @@ def _from_mlx(x: Any) -> Adapted:
 
     dtype = x.dtype
     if dtype == mx.bfloat16:  # NumPy has no bfloat16: move the bits as uint16
-        _need_bfloat16("arrays")
-        a = np.array(x.view(mx.uint16)).view(bfloat16)
+        a = np.array(x.view(mx.uint16)).view(_need_bfloat16("arrays"))
     else:
         a = np.array(x)
 

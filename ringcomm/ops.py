@@ -6,7 +6,7 @@ input untouched.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -28,6 +28,9 @@ __all__ = [
     "sum_scatter",
 ]
 
+# The caller's array type: NumPy in, NumPy out; a torch tensor in, a tensor out.
+ArrayT = TypeVar("ArrayT")
+
 
 def _backend(group: Group | None) -> Backend:
     return (group if group is not None else world())._backend
@@ -42,7 +45,7 @@ def _check_rank(op: str, name: str, r: int, b: Backend, *, peer: bool) -> int:
     return r
 
 
-def _reduce(op: str, rop: ReduceOp, x: Any, group: Group | None) -> Any:
+def _reduce(op: str, rop: ReduceOp, x: ArrayT, group: Group | None) -> ArrayT:
     ad = adapt(x)
     check_dtype(ad.array.dtype, op)
     src = np.asarray(ad.array, order="C")
@@ -51,22 +54,22 @@ def _reduce(op: str, rop: ReduceOp, x: Any, group: Group | None) -> Any:
     return ad.wrap(out)
 
 
-def all_sum(x: Any, *, group: Group | None = None) -> Any:
+def all_sum(x: ArrayT, *, group: Group | None = None) -> ArrayT:
     """Return the elementwise sum of `x` over all ranks (logical or for bool)."""
     return _reduce("all_sum", ReduceOp.SUM, x, group)
 
 
-def all_max(x: Any, *, group: Group | None = None) -> Any:
+def all_max(x: ArrayT, *, group: Group | None = None) -> ArrayT:
     """Return the elementwise maximum of `x` over all ranks."""
     return _reduce("all_max", ReduceOp.MAX, x, group)
 
 
-def all_min(x: Any, *, group: Group | None = None) -> Any:
+def all_min(x: ArrayT, *, group: Group | None = None) -> ArrayT:
     """Return the elementwise minimum of `x` over all ranks."""
     return _reduce("all_min", ReduceOp.MIN, x, group)
 
 
-def all_gather(x: Any, *, group: Group | None = None) -> Any:
+def all_gather(x: ArrayT, *, group: Group | None = None) -> ArrayT:
     """Return every rank's `x` concatenated along axis 0 (a 0-d `x` counts as shape (1,))."""
     ad = adapt(x)
     check_dtype(ad.array.dtype, "all_gather")
@@ -77,7 +80,7 @@ def all_gather(x: Any, *, group: Group | None = None) -> Any:
     return ad.wrap(out)
 
 
-def sum_scatter(x: Any, *, group: Group | None = None) -> Any:
+def sum_scatter(x: ArrayT, *, group: Group | None = None) -> ArrayT:
     """Return rows [r*n/size, (r+1)*n/size) of the sum of `x` over ranks, on rank r."""
     ad = adapt(x)
     check_dtype(ad.array.dtype, "sum_scatter")
@@ -95,7 +98,7 @@ def sum_scatter(x: Any, *, group: Group | None = None) -> Any:
     return ad.wrap(out)
 
 
-def send(x: Any, dst: int, *, group: Group | None = None) -> Any:
+def send(x: ArrayT, dst: int, *, group: Group | None = None) -> ArrayT:
     """Send `x` to rank `dst` of the group (any rank but this one) and return `x`."""
     ad = adapt(x)
     check_dtype(ad.array.dtype, "send")
@@ -116,7 +119,7 @@ def recv(shape: Any, dtype: Any, src: int, *, group: Group | None = None) -> np.
     return out
 
 
-def recv_like(x: Any, src: int, *, group: Group | None = None) -> Any:
+def recv_like(x: ArrayT, src: int, *, group: Group | None = None) -> ArrayT:
     """Return an array like `x` (shape, dtype, array type) that rank `src` sent with `send`."""
     ad = adapt(x)
     check_dtype(ad.array.dtype, "recv_like")
@@ -127,7 +130,7 @@ def recv_like(x: Any, src: int, *, group: Group | None = None) -> Any:
     return ad.wrap(out)
 
 
-def broadcast(x: Any, root: int = 0, *, group: Group | None = None) -> Any:
+def broadcast(x: ArrayT, root: int = 0, *, group: Group | None = None) -> ArrayT:
     """Return root's `x` on every rank."""
     ad = adapt(x)
     check_dtype(ad.array.dtype, "broadcast")

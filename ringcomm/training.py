@@ -130,7 +130,7 @@ def tree_unflatten(items: Iterable[tuple[str, Any]]) -> Any:
         for part in parents:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):  # a bad key, not a bad type: ValueError
-                raise ValueError(  # noqa: TRY004
+                raise ValueError(
                     f"tree_unflatten: key {key!r} goes below the leaf at {part!r}"
                 )
             node = child

@@ -46,7 +46,8 @@ class Registration:
 
     def factory(self) -> Factory:
         """Import the backend's module and return its factory."""
-        return importlib.import_module(self.module).create  # type: ignore[no-any-return]
+        factory: Factory = importlib.import_module(self.module).create
+        return factory
 
     def is_available(self) -> bool:
         """Import the backend's module and ask whether it can be used here."""

@@ -9,8 +9,8 @@ import socket
 import struct
 import sys
 import time
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from .. import environment
 from ..errors import CommTimeoutError, ConnectError, PeerError

@@ -25,10 +25,10 @@ import numpy as np
 
 from ...arrays import dtype_code, dtype_from_code
 from ...errors import InitError, MismatchError
-from . import detect as mpi_env
-from .watchdog import CallDeadline, Watchdog
 from ..base import Backend, ReduceOp
 from ..signature import REDUCTIONS, Op, Signature
+from . import detect as mpi_env
+from .watchdog import CallDeadline, Watchdog
 
 __all__ = ["MPIBackend", "create", "is_available"]
 

@@ -27,9 +27,9 @@ from ...transport import header
 from ...transport.endpoint import ABORT_GRACE, ECHO_PAUSE, Endpoint, Reason
 from ...transport.handshake import Hello, Kind
 from ...transport.net import exchange, parse_address, recv_exact, send_all
-from . import pipeline
 from ..base import Backend, ReduceOp
 from ..signature import REDUCTIONS, Op, Signature
+from . import pipeline
 
 __all__ = ["RingBackend", "create"]
 
@@ -232,7 +232,7 @@ class RingBackend(Backend):
         def run_lane(fn: Callable, lane: pipeline.Lane) -> None:
             try:
                 fn(lane, transfer)
-            except BaseException as e:  # noqa: BLE001 - re-raised by the calling thread
+            except BaseException as e:
                 with lock:
                     errors.append(e)
                     first = len(errors) == 1
@@ -349,7 +349,7 @@ class RingBackend(Backend):
                 recv_exact(left, memoryview(hdr), peer=frm, op=op)
                 check(memoryview(hdr))
             for a, b in pipeline.chunks(0, raw.size, pipeline.CHUNK_BYTES):
-                piece = memoryview(raw[a:b])
+                piece = raw[a:b].data
                 if r != root and b > a:
                     recv_exact(left, piece, peer=frm, op=op)
                 if not last and b > a:
@@ -381,7 +381,7 @@ class RingBackend(Backend):
             s = ep.p2p_out(w)
             send_all(s, header.pack(sig), peer=self._peer(dst), op="send")
             if buf.nbytes:
-                send_all(s, memoryview(buf.reshape(-1).view(np.uint8)), peer=self._peer(dst),
+                send_all(s, buf.reshape(-1).view(np.uint8).data, peer=self._peer(dst),
                          op="send")
         self._run_or_fail("send", go)
 
@@ -407,7 +407,7 @@ class RingBackend(Backend):
                     f"{theirs.describe()} as message #{theirs.seq} (expected #{seq}): {what}"
                 )
             if out.nbytes:
-                recv_exact(s, memoryview(out.reshape(-1).view(np.uint8)), peer=self._peer(src),
+                recv_exact(s, out.reshape(-1).view(np.uint8).data, peer=self._peer(src),
                            op="recv")
         self._run_or_fail("recv", go)
 

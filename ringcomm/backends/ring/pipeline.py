@@ -147,16 +147,18 @@ def run_sender(lane: Lane, transfer: Transfer) -> None:
             if t > 0:
                 need += 1
                 if lane.done < need:
+                    def ready(n: int = need) -> bool:
+                        return lane.done >= n or transfer.stopped
+
                     with lane.cond:
-                        lane.cond.wait_for(lambda n=need: lane.done >= n or transfer.stopped,
-                                           transfer.timeout)
+                        lane.cond.wait_for(ready, transfer.timeout)
                     if transfer.stopped:
                         return  # another thread failed and reports why
                     if lane.done < need:
                         raise CommTimeoutError(f"{op}: no progress from {lane.recv_peer} "
                                                f"within {transfer.timeout:g} s")
             if b > a:
-                send_all(lane.send_sock, memoryview(out[a * isz:b * isz]), peer=lane.send_peer,
+                send_all(lane.send_sock, out[a * isz:b * isz].data, peer=lane.send_peer,
                          op=op)
 
 
@@ -176,12 +178,12 @@ def run_receiver(lane: Lane, transfer: Transfer) -> None:
             if b > a:
                 if step.reduce:
                     part = tmp[: b - a]
-                    recv_exact(lane.recv_sock, memoryview(part.view(np.uint8)),
+                    recv_exact(lane.recv_sock, part.view(np.uint8).data,
                                peer=lane.recv_peer, op=op)
                     # Each segment is reduced once per rank: its other operand is the input.
                     transfer.ufunc(transfer.src[a:b], part, out=data[a:b])  # type: ignore[misc]
                 else:
-                    recv_exact(lane.recv_sock, memoryview(raw[a * isz:b * isz]),
+                    recv_exact(lane.recv_sock, raw[a * isz:b * isz].data,
                                peer=lane.recv_peer, op=op)
             with lane.cond:
                 lane.done += 1
