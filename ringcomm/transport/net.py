@@ -125,30 +125,73 @@ def connect(addr: Address, deadline: float, *, what: str, retry: bool = True) ->
             delay = min(delay * 2, 0.5)
 
 
-def recv_exact(s: socket.socket, view: memoryview, *, peer: str, op: str) -> None:
+def recv_exact(s: socket.socket, view: memoryview, *, peer: str, op: str, timeout: float) -> None:
     """Fill `view` from `s`; raise PeerError on EOF or reset, CommTimeoutError on the deadline."""
-    recv_at_least(s, view, len(view), peer=peer, op=op, flags=socket.MSG_WAITALL)
+    recv_at_least(s, view, len(view), peer=peer, op=op, timeout=timeout, flags=socket.MSG_WAITALL)
+
+
+class _Deadline:
+    """The deadline of one wait that may take several system calls, measured from its start.
+
+    The kernel's SO_RCVTIMEO/SO_SNDTIMEO restarts with every system call, and a
+    call that made partial progress returns at its timeout with what it moved:
+    a loop of them could wait a multiple of the timeout. The first call runs
+    with the socket's own timeout (`timeout` seconds, set by `tune`); every
+    later one with what is left of `timeout` since `start`.
+    """
+
+    __slots__ = ("_s", "_end", "_timeout", "_changed")
+
+    def __init__(self, s: socket.socket, timeout: float, start: float) -> None:
+        self._s, self._timeout, self._changed = s, timeout, False
+        self._end = start + timeout
+
+    def next_call(self) -> bool:
+        """Set the kernel timeout to what is left; return False when nothing is left."""
+        left = self._end - time.monotonic()
+        if left <= 0:
+            return False
+        _set_timeouts(self._s, left)
+        self._changed = True
+        return True
+
+    def restore(self) -> None:
+        if self._changed:
+            try:
+                _set_timeouts(self._s, self._timeout)
+            except OSError:
+                pass  # the socket failed: the caller reports that
 
 
 def recv_at_least(s: socket.socket, view: memoryview, least: int, *, peer: str, op: str,
-                  flags: int = 0) -> int:
+                  timeout: float, flags: int = 0) -> int:
     """Receive at least `least` bytes into `view`, and whatever more of it has come; return the count.
 
     Without MSG_WAITALL in `flags`, one system call usually brings a whole small
     message, header and data, while a sender whose message is shorter than
-    `view` cannot make this wait.
+    `view` cannot make this wait. The wait ends `timeout` seconds after it began.
     """
     got, n = 0, len(view)
-    while got < least:
-        try:
-            k = s.recv_into(view[got:], n - got, flags)
-        except (TimeoutError, BlockingIOError) as e:
-            raise CommTimeoutError(f"{op}: {peer} sent nothing within the deadline") from e
-        except OSError as e:
-            raise PeerError(f"{op}: connection to {peer} failed: {describe_errno(e)}") from e
-        if k == 0:
-            raise PeerError(f"{op}: {peer} closed the connection (did it exit or crash?)")
-        got += k
+    start, deadline = time.monotonic(), None
+    try:
+        while got < least:
+            if got and deadline is None:
+                deadline = _Deadline(s, timeout, start)
+            if deadline is not None and not deadline.next_call():
+                raise CommTimeoutError(f"{op}: {peer} sent {got} of {least} bytes within "
+                                       f"{timeout:g} s")
+            try:
+                k = s.recv_into(view[got:], n - got, flags)
+            except (TimeoutError, BlockingIOError) as e:
+                raise CommTimeoutError(f"{op}: {peer} sent nothing within {timeout:g} s") from e
+            except OSError as e:
+                raise PeerError(f"{op}: connection to {peer} failed: {describe_errno(e)}") from e
+            if k == 0:
+                raise PeerError(f"{op}: {peer} closed the connection (did it exit or crash?)")
+            got += k
+    finally:
+        if deadline is not None:
+            deadline.restore()
     return got
 
 
@@ -218,18 +261,33 @@ def exchange(out: socket.socket, data: memoryview, inn: socket.socket, view: mem
                 break
             got += k
     if got < header:
-        got += recv_at_least(inn, view[got:], header - got, peer=peer_in, op=op)
+        got += recv_at_least(inn, view[got:], header - got, peer=peer_in, op=op,
+                             timeout=timeout)
     if not checked:
         check(view[:header])
     if got < m:
-        recv_exact(inn, view[got:], peer=peer_in, op=op)
+        recv_exact(inn, view[got:], peer=peer_in, op=op, timeout=timeout)
 
 
-def send_all(s: socket.socket, data: memoryview | bytes, *, peer: str, op: str) -> None:
-    """Send all of `data`; raise PeerError on a reset, CommTimeoutError on the deadline."""
+def send_all(s: socket.socket, data: memoryview | bytes, *, peer: str, op: str,
+             timeout: float) -> None:
+    """Send all of `data` within `timeout` seconds of the start; raise PeerError on a reset,
+    CommTimeoutError on the deadline."""
+    view = memoryview(data).cast("B")
+    sent, n = 0, len(view)
+    start, deadline = time.monotonic(), None
     try:
-        s.sendall(data)
-    except (TimeoutError, BlockingIOError) as e:
-        raise CommTimeoutError(f"{op}: {peer} took nothing within the deadline") from e
-    except OSError as e:
-        raise PeerError(f"{op}: connection to {peer} failed: {describe_errno(e)}") from e
+        while sent < n:
+            if sent and deadline is None:
+                deadline = _Deadline(s, timeout, start)
+            if deadline is not None and not deadline.next_call():
+                raise CommTimeoutError(f"{op}: {peer} took {sent} of {n} bytes within {timeout:g} s")
+            try:
+                sent += s.send(view[sent:])
+            except (TimeoutError, BlockingIOError) as e:
+                raise CommTimeoutError(f"{op}: {peer} took nothing within {timeout:g} s") from e
+            except OSError as e:
+                raise PeerError(f"{op}: connection to {peer} failed: {describe_errno(e)}") from e
+    finally:
+        if deadline is not None:
+            deadline.restore()

@@ -344,20 +344,20 @@ class RingBackend(Backend):
             last = (r + 1) % p == root
             hdr = bytearray(header.SIZE)
             if not last:
-                send_all(right, header.pack(sig), peer=to, op=op)
+                send_all(right, header.pack(sig), peer=to, op=op, timeout=self._ep.timeout)
             if r != root:
-                recv_exact(left, memoryview(hdr), peer=frm, op=op)
+                recv_exact(left, memoryview(hdr), peer=frm, op=op, timeout=self._ep.timeout)
                 check(memoryview(hdr))
             for a, b in pipeline.chunks(0, raw.size, pipeline.CHUNK_BYTES):
                 piece = raw[a:b].data
                 if r != root and b > a:
-                    recv_exact(left, piece, peer=frm, op=op)
+                    recv_exact(left, piece, peer=frm, op=op, timeout=self._ep.timeout)
                 if not last and b > a:
-                    send_all(right, piece, peer=to, op=op)
+                    send_all(right, piece, peer=to, op=op, timeout=self._ep.timeout)
             if last:
-                send_all(right, header.pack(sig), peer=to, op=op)
+                send_all(right, header.pack(sig), peer=to, op=op, timeout=self._ep.timeout)
             if r == root:
-                recv_exact(left, memoryview(hdr), peer=frm, op=op)
+                recv_exact(left, memoryview(hdr), peer=frm, op=op, timeout=self._ep.timeout)
                 check(memoryview(hdr))
 
         self._run_or_fail(op, relay)
@@ -379,10 +379,10 @@ class RingBackend(Backend):
 
         def go() -> None:
             s = ep.p2p_out(w)
-            send_all(s, header.pack(sig), peer=self._peer(dst), op="send")
+            send_all(s, header.pack(sig), peer=self._peer(dst), op="send", timeout=self._ep.timeout)
             if buf.nbytes:
                 send_all(s, buf.reshape(-1).view(np.uint8).data, peer=self._peer(dst),
-                         op="send")
+                         op="send", timeout=self._ep.timeout)
         self._run_or_fail("send", go)
 
     def recv(self, out: np.ndarray, src: int) -> None:
@@ -395,7 +395,7 @@ class RingBackend(Backend):
         def go() -> None:
             s = ep.p2p_in(w, f"recv from {self._peer(src)}")
             hdr = bytearray(header.SIZE)
-            recv_exact(s, memoryview(hdr), peer=self._peer(src), op="recv")
+            recv_exact(s, memoryview(hdr), peer=self._peer(src), op="recv", timeout=self._ep.timeout)
             theirs = header.unpack(hdr)
             if theirs is None:
                 raise PeerError(f"recv: {self._peer(src)} sent bytes that are not a message")
@@ -408,7 +408,7 @@ class RingBackend(Backend):
                 )
             if out.nbytes:
                 recv_exact(s, out.reshape(-1).view(np.uint8).data, peer=self._peer(src),
-                           op="recv")
+                           op="recv", timeout=self._ep.timeout)
         self._run_or_fail("recv", go)
 
     # -- groups ------------------------------------------------------------------------------

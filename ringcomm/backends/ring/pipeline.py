@@ -137,7 +137,7 @@ def run_sender(lane: Lane, transfer: Transfer) -> None:
     isz = data.itemsize
     per = max(1, CHUNK_BYTES // isz)
     src_raw = transfer.src.view(np.uint8)
-    send_all(lane.send_sock, header.pack(transfer.sig), peer=lane.send_peer, op=op)
+    send_all(lane.send_sock, header.pack(transfer.sig), peer=lane.send_peer, op=op, timeout=transfer.timeout)
     need = 0
     for t, step in enumerate(lane.steps):
         pieces = chunks(*step.send, per)
@@ -159,7 +159,7 @@ def run_sender(lane: Lane, transfer: Transfer) -> None:
                                                f"within {transfer.timeout:g} s")
             if b > a:
                 send_all(lane.send_sock, out[a * isz:b * isz].data, peer=lane.send_peer,
-                         op=op)
+                         op=op, timeout=transfer.timeout)
 
 
 def run_receiver(lane: Lane, transfer: Transfer) -> None:
@@ -169,7 +169,7 @@ def run_receiver(lane: Lane, transfer: Transfer) -> None:
     isz = data.itemsize
     per = max(1, CHUNK_BYTES // isz)
     hdr = bytearray(header.SIZE)
-    recv_exact(lane.recv_sock, memoryview(hdr), peer=lane.recv_peer, op=op)
+    recv_exact(lane.recv_sock, memoryview(hdr), peer=lane.recv_peer, op=op, timeout=transfer.timeout)
     lane.check(memoryview(hdr))
     longest = max((s.recv[1] - s.recv[0] for s in lane.steps if s.reduce), default=0)
     tmp = np.empty(min(per, longest), dtype=data.dtype)  # the lane's one chunk buffer
@@ -179,12 +179,12 @@ def run_receiver(lane: Lane, transfer: Transfer) -> None:
                 if step.reduce:
                     part = tmp[: b - a]
                     recv_exact(lane.recv_sock, part.view(np.uint8).data,
-                               peer=lane.recv_peer, op=op)
+                               peer=lane.recv_peer, op=op, timeout=transfer.timeout)
                     # Each segment is reduced once per rank: its other operand is the input.
                     transfer.ufunc(transfer.src[a:b], part, out=data[a:b])  # type: ignore[misc]
                 else:
                     recv_exact(lane.recv_sock, raw[a * isz:b * isz].data,
-                               peer=lane.recv_peer, op=op)
+                               peer=lane.recv_peer, op=op, timeout=transfer.timeout)
             with lane.cond:
                 lane.done += 1
                 lane.cond.notify()
