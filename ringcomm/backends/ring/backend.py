@@ -332,33 +332,37 @@ class RingBackend(Backend):
             return
         raw = buf.reshape(-1).view(np.uint8)
         op = sig.op.label
+        if self._small(raw.nbytes):
+            # Every rank's slot, header included, passes every other rank: each rank checks
+            # every call itself, so ranks that disagree (on the root too) all raise at once.
+            def small() -> None:
+                rows = self._gather_small(raw, sig)
+                if r != root:
+                    raw[...] = rows[root]
+            return self._run_or_fail(op, small)
         left, right = self._left[0], self._right[0]
         to, frm = self._peer((r + 1) % p), self._peer((r - 1) % p)
+        timeout = self._ep.timeout
 
         def relay() -> None:
-            # Every rank checks its left neighbour's call. The last rank of the chain sends its
-            # header to the root only once it has all the data, so the root, which needs nobody
-            # else's data, still returns only when the whole chain agreed and finished: a rank
-            # that disagrees makes every rank raise in this call, not in a later one.
-            check = self._checker(sig, (r - 1) % p)
+            # First every rank checks every call (the headers alone go around the ring), so a
+            # rank sends or waits for data only once all agree on the root. The last rank of
+            # the chain then sends its header to the root once it has all the data, so the
+            # root, which needs nobody else's data, returns only when the chain finished.
+            self._gather_small(raw[:0], sig)
             last = (r + 1) % p == root
-            hdr = bytearray(header.SIZE)
-            if not last:
-                send_all(right, header.pack(sig), peer=to, op=op, timeout=self._ep.timeout)
-            if r != root:
-                recv_exact(left, memoryview(hdr), peer=frm, op=op, timeout=self._ep.timeout)
-                check(memoryview(hdr))
             for a, b in pipeline.chunks(0, raw.size, pipeline.CHUNK_BYTES):
                 piece = raw[a:b].data
                 if r != root and b > a:
-                    recv_exact(left, piece, peer=frm, op=op, timeout=self._ep.timeout)
+                    recv_exact(left, piece, peer=frm, op=op, timeout=timeout)
                 if not last and b > a:
-                    send_all(right, piece, peer=to, op=op, timeout=self._ep.timeout)
+                    send_all(right, piece, peer=to, op=op, timeout=timeout)
             if last:
-                send_all(right, header.pack(sig), peer=to, op=op, timeout=self._ep.timeout)
+                send_all(right, header.pack(sig), peer=to, op=op, timeout=timeout)
             if r == root:
-                recv_exact(left, memoryview(hdr), peer=frm, op=op, timeout=self._ep.timeout)
-                check(memoryview(hdr))
+                hdr = bytearray(header.SIZE)
+                recv_exact(left, memoryview(hdr), peer=frm, op=op, timeout=timeout)
+                self._checker(sig, (r - 1) % p)(memoryview(hdr))
 
         self._run_or_fail(op, relay)
 
