@@ -28,6 +28,7 @@ __all__ = [
     "MLX_HOSTFILE",
     "MLX_RANK",
     "RANK",
+    "STALL_SECONDS",
     "TIMEOUT",
     "TOKEN",
     "RankHostfileError",
@@ -39,6 +40,7 @@ __all__ = [
     "rank_addresses",
     "read_rank_hostfile",
     "ring_launch",
+    "stall_seconds",
     "timeout",
 ]
 
@@ -47,6 +49,7 @@ HOSTFILE = "RINGCOMM_HOSTFILE"
 BACKEND = "RINGCOMM_BACKEND"
 TOKEN = "RINGCOMM_TOKEN"
 TIMEOUT = "RINGCOMM_TIMEOUT"
+STALL_SECONDS = "RINGCOMM_STALL_SECONDS"
 MLX_RANK = "MLX_RANK"
 MLX_HOSTFILE = "MLX_HOSTFILE"
 # Both launchers' variables are set, so a program written for either finds its rank.
@@ -56,6 +59,8 @@ _RING_PAIRS = ((RANK, HOSTFILE), (MLX_RANK, MLX_HOSTFILE))
 
 # Seconds any single wait on a peer may last before it becomes an error.
 DEFAULT_TIMEOUT = 300.0
+# Seconds a call may wait before every waiting rank reports what it waits for.
+DEFAULT_STALL_SECONDS = 60.0
 
 
 class RankHostfileError(ValueError):
@@ -191,15 +196,24 @@ def ring_launched_size(environ: Mapping[str, str]) -> tuple[str, int] | None:
     return None
 
 
-def timeout(environ: Mapping[str, str]) -> float:
-    """Return RINGCOMM_TIMEOUT in seconds (default 300); raise ValueError when it is not > 0."""
-    raw = environ.get(TIMEOUT)
+def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name)
     if not raw:
-        return DEFAULT_TIMEOUT
+        return default
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError(f"{TIMEOUT} must be a number of seconds, got {raw!r}") from None
+        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
     if not value > 0:
-        raise ValueError(f"{TIMEOUT} must be positive, got {raw!r}")
+        raise ValueError(f"{name} must be positive, got {raw!r}")
     return value
+
+
+def timeout(environ: Mapping[str, str]) -> float:
+    """Return RINGCOMM_TIMEOUT in seconds (default 300); raise ValueError when it is not > 0."""
+    return _seconds(environ, TIMEOUT, DEFAULT_TIMEOUT)
+
+
+def stall_seconds(environ: Mapping[str, str]) -> float:
+    """Return RINGCOMM_STALL_SECONDS (default 60); raise ValueError when it is not > 0."""
+    return _seconds(environ, STALL_SECONDS, DEFAULT_STALL_SECONDS)

@@ -18,10 +18,12 @@ import sys
 import threading
 import time
 
+from .. import environment
 from ..errors import CommTimeoutError, MismatchError, PeerAbortedError, RingcommError
 from . import handshake
 from .handshake import Hello, Kind
 from .net import Address, connect, listen, tune
+from .watch import Watch, reply
 
 __all__ = ["Endpoint", "Reason"]
 
@@ -53,7 +55,8 @@ NOTIFY_SECONDS = 2.0
 class Endpoint:
     """Listeners, connection registry and abort state of one process."""
 
-    def __init__(self, rank: int, addrs: list[list[Address]], key: bytes, timeout: float) -> None:
+    def __init__(self, rank: int, addrs: list[list[Address]], key: bytes, timeout: float,
+                 stall: float = environment.DEFAULT_STALL_SECONDS) -> None:
         self.rank = rank
         self.addrs = addrs
         self.key = key
@@ -69,8 +72,11 @@ class Endpoint:
         self.p2p_lock = threading.Lock()
         self._seqs: dict[tuple[str, int], int] = {}
         self._notified = False
-        self._notifying: list[threading.Thread] = []
+        self._notifying: dict[int, threading.Thread] = {}
         self._notify_deadline = 0.0
+        self.watch = Watch(rank, addrs, key, timeout,
+                           lambda reason: self.abort(reason, Reason.MISMATCH, notify=True),
+                           self._counts, stall)
         atexit.register(self.flush)  # notices started just before a normal exit still go out
         self._listeners = [listen(a) for a in addrs[rank]] if len(addrs) > 1 else []
         for ls in self._listeners:
@@ -96,6 +102,10 @@ class Endpoint:
         s.settimeout(min(self.timeout, 10.0))
         try:
             hello = handshake.server(s, self.key)
+            if hello.kind == Kind.QUERY:
+                with s:
+                    reply(s, self.watch.status(hello.src))
+                return
             if hello.kind == Kind.ABORT:
                 kind, n = _ABORT_NOTE.unpack(handshake.read_exact(s, _ABORT_NOTE.size))
                 reason = handshake.read_exact(s, n).decode("utf-8", "replace")
@@ -169,6 +179,10 @@ class Endpoint:
             deadline = time.monotonic() + self.timeout
             s = self._p2p_in[src] = self.take(Kind.P2P, src, 0, 0, deadline, what)
         return s
+
+    def _counts(self, peer: int) -> tuple[int, int]:
+        """Return (messages this process started to send to `peer`, receives it started from it)."""
+        return self._seqs.get(("out", peer), 0), self._seqs.get(("in", peer), 0)
 
     def next_seq(self, key: tuple[str, int]) -> int:
         """Return the next message number on a point-to-point connection (hold p2p_lock)."""
@@ -264,17 +278,23 @@ class Endpoint:
             except (OSError, RingcommError):
                 pass  # that rank is gone or going; the launcher ends it
 
-        self._notifying = [threading.Thread(target=tell, args=(r,), daemon=True,
-                                            name="ringcomm-abort")
-                           for r in range(len(self.addrs)) if r != self.rank]
-        for t in self._notifying:
+        self._notifying = {r: threading.Thread(target=tell, args=(r,), daemon=True,
+                                               name="ringcomm-abort")
+                           for r in range(len(self.addrs)) if r != self.rank}
+        for t in self._notifying.values():
             t.start()
         self._notify_deadline = deadline
 
     def flush(self) -> None:
-        """Wait (at most NOTIFY_SECONDS) until every abort notice has gone out."""
-        for t in self._notifying:
-            t.join(max(0.0, self._notify_deadline - time.monotonic()) + 0.1)
+        """Wait (at most NOTIFY_SECONDS) until every abort notice has gone out.
+
+        A rank that did not answer the watch's status queries is frozen or cut
+        off: its notice is still sent, but not waited for.
+        """
+        silent = self.watch.silent()
+        for r, t in self._notifying.items():
+            if r not in silent:
+                t.join(max(0.0, self._notify_deadline - time.monotonic()) + 0.1)
 
     def install_excepthook(self) -> None:
         """Tell every rank when this process dies of an uncaught exception."""
@@ -292,6 +312,7 @@ class Endpoint:
 
     def close(self) -> None:
         """Close listeners and connections."""
+        self.watch.close()
         for ls in self._listeners:
             ls.close()
         with self._cond:

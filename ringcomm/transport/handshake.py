@@ -38,6 +38,7 @@ class Kind(enum.IntEnum):
     RING = 1  # a ring link of a group; lane is the link's index
     P2P = 2  # send/recv from the connector to the listener
     ABORT = 3  # one message: the reason a rank stopped
+    QUERY = 4  # one question, one answer: what the listener's process is doing
 
 
 @dataclass(frozen=True)

@@ -43,10 +43,14 @@ def create(environ: Mapping[str, str], timeout: float) -> RingBackend:
         raise InitError(f"rank must be an integer, got {found.rank!r}") from None
     if not 0 <= rank < len(hosts):
         raise InitError(f"rank {rank} is out of range for a hostfile of {len(hosts)} entries")
+    try:
+        stall = environment.stall_seconds(environ)
+    except ValueError as e:
+        raise InitError(str(e)) from None
     token = environ.get(environment.TOKEN)
     if token:
         key = token.encode()
     else:  # a program started by another launcher: the hostfile is the shared secret
         with open(found.hostfile, "rb") as f:
             key = hashlib.sha256(b"ringcomm-hostfile:" + f.read()).digest()
-    return backend.create(rank, hosts, key, timeout)
+    return backend.create(rank, hosts, key, timeout, stall)

@@ -11,6 +11,7 @@ made on first use through each rank's listener.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import socket
@@ -22,11 +23,13 @@ from typing import NoReturn
 
 import numpy as np
 
+from ... import environment
 from ...errors import CommTimeoutError, MismatchError, PeerError, RingcommError
 from ...transport import header
 from ...transport.endpoint import ABORT_GRACE, ECHO_PAUSE, Endpoint, Reason
 from ...transport.handshake import Hello, Kind
 from ...transport.net import exchange, parse_address, recv_exact, send_all
+from ...transport.watch import GroupInfo
 from ..base import Backend, ReduceOp
 from ..signature import REDUCTIONS, Op, Signature
 from . import pipeline
@@ -44,6 +47,21 @@ SMALL_BYTES = 4 << 20
 # rank that has to answer.
 SPIN_SECONDS = 20e-6
 _WORLD_ID = 1
+
+
+def _tracked(method: Callable[..., None]) -> Callable[..., None]:
+    """Record in the process's watch that a call of this group ended, however it ended.
+
+    The watch answers peers' status queries from this record, so a call that
+    returned must not look like one still waiting.
+    """
+    @functools.wraps(method)
+    def call(self: RingBackend, *args: object) -> None:
+        try:
+            method(self, *args)
+        finally:
+            self._ep.watch.leave()
+    return call
 
 
 def _child_id(parent: int, nth: int, color: int) -> int:
@@ -79,6 +97,7 @@ class RingBackend(Backend):
         self._left: list = []
         self._lanes = min(len(ep.addrs[w]) for w in members)
         self._spin = SPIN_SECONDS if self._size <= _cores() else 0.0
+        ep.watch.groups[gid] = GroupInfo(label, tuple(members))
         if self._size > 1:
             right, left = self._world((self._rank + 1) % self._size), self._world(
                 (self._rank - 1) % self._size)
@@ -110,6 +129,7 @@ class RingBackend(Backend):
     def _sig(self, op: Op, a: np.ndarray, arg: int = 0) -> Signature:
         self._ep.raise_if_aborted()
         self._seq += 1
+        self._ep.watch.enter(op.label, self._gid, self._seq)
         return Signature(op, self._seq, self._gid, a.dtype, tuple(a.shape), self._rank, arg)
 
     def _checker(self, mine: Signature, src: int) -> Callable[[memoryview], None]:
@@ -155,6 +175,13 @@ class RingBackend(Backend):
     def _fail(self, op: str, exc: BaseException) -> NoReturn:
         """Turn a failure into the error every rank raises, and tell the other ranks."""
         ep = self._ep
+        if ep.aborted is not None and ep.abort_kind == Reason.MISMATCH \
+                and not isinstance(exc, MismatchError):
+            # This rank's watch found a deadlock and closed the connections under this call.
+            raise MismatchError(f"{op}: {ep.aborted}") from exc
+        blame = ep.watch.blame() if isinstance(exc, CommTimeoutError) else None
+        if blame is not None:
+            exc = CommTimeoutError(f"{exc}; {blame}")
         reason, kind = self._announce(op, exc)
         if kind == Reason.ECHO:
             ep.wait_cause(ABORT_GRACE)  # the failed peer, or the rank that saw it, says why
@@ -232,7 +259,7 @@ class RingBackend(Backend):
         def run_lane(fn: Callable, lane: pipeline.Lane) -> None:
             try:
                 fn(lane, transfer)
-            except BaseException as e:
+            except BaseException as e:  # re-raised by the calling thread
                 with lock:
                     errors.append(e)
                     first = len(errors) == 1
@@ -266,6 +293,7 @@ class RingBackend(Backend):
         except RingcommError as e:
             self._fail(op, e)
 
+    @_tracked
     def all_reduce_into(self, src: np.ndarray, out: np.ndarray, op: ReduceOp) -> None:
         sig = self._sig(REDUCTIONS[op], src)
         if self._size == 1 or src.size == 0:
@@ -287,6 +315,7 @@ class RingBackend(Backend):
         if self._size > 1:
             self._run_or_fail(sig.op.label, lambda: self._gather_small(buf.reshape(-1)[:0], sig))
 
+    @_tracked
     def all_gather(self, buf: np.ndarray, out: np.ndarray, op: Op = Op.ALL_GATHER) -> None:
         sig = self._sig(op, buf)
         p, n = self._size, buf.size
@@ -302,6 +331,7 @@ class RingBackend(Backend):
         flat[self._rank * n:(self._rank + 1) * n] = buf.reshape(-1)
         self._run(flat, flat, [(i * n, (i + 1) * n) for i in range(p)], 0, p - 1, None, sig)
 
+    @_tracked
     def reduce_scatter(self, buf: np.ndarray, out: np.ndarray, op: ReduceOp) -> None:
         sig = self._sig(Op.SUM_SCATTER, buf)
         p, m = self._size, out.size
@@ -325,6 +355,7 @@ class RingBackend(Backend):
         self._run(flat, work, [(i * m, (i + 1) * m) for i in range(p)], p - 1, 0, ufunc, sig)
         out.reshape(-1)[...] = work[self._rank * m:(self._rank + 1) * m]
 
+    @_tracked
     def broadcast(self, buf: np.ndarray, root: int) -> None:
         sig = self._sig(Op.BROADCAST, buf, root)
         p, r = self._size, self._rank
@@ -366,6 +397,7 @@ class RingBackend(Backend):
 
         self._run_or_fail(op, relay)
 
+    @_tracked
     def barrier(self) -> None:
         token = np.zeros(1, dtype=np.uint8)
         sig = self._sig(Op.BARRIER, token)
@@ -374,11 +406,13 @@ class RingBackend(Backend):
 
     # -- point to point ----------------------------------------------------------------------
 
+    @_tracked
     def send(self, buf: np.ndarray, dst: int) -> None:
         ep, w = self._ep, self._world(dst)
         ep.raise_if_aborted()
         with ep.p2p_lock:
             seq = ep.next_seq(("out", w))
+        ep.watch.enter("send", self._gid, seq, w)
         sig = Signature(Op.SEND, seq, self._gid, buf.dtype, tuple(buf.shape), self._rank)
 
         def go() -> None:
@@ -389,11 +423,13 @@ class RingBackend(Backend):
                          op="send", timeout=self._ep.timeout)
         self._run_or_fail("send", go)
 
+    @_tracked
     def recv(self, out: np.ndarray, src: int) -> None:
         ep, w = self._ep, self._world(src)
         ep.raise_if_aborted()
         with ep.p2p_lock:
             seq = ep.next_seq(("in", w))
+        ep.watch.enter("recv", self._gid, seq, w)
         mine = Signature(Op.SEND, seq, self._gid, out.dtype, tuple(out.shape), self._rank)
 
         def go() -> None:
@@ -436,9 +472,10 @@ class RingBackend(Backend):
             self._ep.close()
 
 
-def create(rank: int, hosts: list[list[str]], key: bytes, timeout: float) -> RingBackend:
+def create(rank: int, hosts: list[list[str]], key: bytes, timeout: float,
+           stall: float = environment.DEFAULT_STALL_SECONDS) -> RingBackend:
     """Return the world group of this process from the launcher's hostfile entries."""
     addrs = [[parse_address(a) for a in entry] for entry in hosts]
-    ep = Endpoint(rank, addrs, key, timeout)
+    ep = Endpoint(rank, addrs, key, timeout, stall)
     ep.install_excepthook()
     return RingBackend(ep, list(range(len(addrs))), _WORLD_ID, "world", time.monotonic() + timeout)
