@@ -50,6 +50,14 @@ ABORT_GRACE = 1.0
 ECHO_PAUSE = 0.1
 # Time to deliver abort notices to every other rank.
 NOTIFY_SECONDS = 2.0
+# Connections in their handshake at once, per process: each takes a thread. Beyond it, further
+# connections wait in the listen backlog. A ringcomm connector sends its first bytes at once and
+# finishes in milliseconds, so a silent stranger holds a place for FIRST_BYTES_SECONDS at most.
+MAX_HANDSHAKES = 32
+FIRST_BYTES_SECONDS = 1.0
+HANDSHAKE_SECONDS = 5.0
+# Refused connections are logged once, then summed up at most this often.
+REFUSED_LOG_SECONDS = 10.0
 
 
 class Endpoint:
@@ -74,6 +82,9 @@ class Endpoint:
         self._notified = False
         self._notifying: dict[int, threading.Thread] = {}
         self._notify_deadline = 0.0
+        self._handshakes = threading.BoundedSemaphore(MAX_HANDSHAKES)
+        self._refusals = 0
+        self._refused_logged = -REFUSED_LOG_SECONDS
         self.watch = Watch(rank, addrs, key, timeout,
                            lambda reason: self.abort(reason, Reason.MISMATCH, notify=True),
                            self._counts, stall)
@@ -91,17 +102,37 @@ class Endpoint:
 
     def _accept_loop(self, ls: socket.socket) -> None:
         while True:
+            self._handshakes.acquire()
             try:
                 s, addr = ls.accept()
             except OSError:
+                self._handshakes.release()
                 return  # listener closed
-            threading.Thread(target=self._admit, args=(s, addr), daemon=True,
+            threading.Thread(target=self._admit_one, args=(s, addr), daemon=True,
                              name="ringcomm-admit").start()
 
-    def _admit(self, s: socket.socket, addr: tuple) -> None:
-        s.settimeout(min(self.timeout, 10.0))
+    def _admit_one(self, s: socket.socket, addr: tuple) -> None:
         try:
-            hello = handshake.server(s, self.key)
+            self._admit(s, addr)
+        finally:
+            self._handshakes.release()
+
+    def _refused(self, addr: tuple, error: Exception) -> None:
+        """Log a refused connection: the first at once, then a count per REFUSED_LOG_SECONDS."""
+        now = time.monotonic()
+        with self._cond:
+            self._refusals += 1
+            if now < self._refused_logged + REFUSED_LOG_SECONDS:
+                return
+            count, self._refusals, self._refused_logged = self._refusals, 0, now
+        more = f" ({count} refused since the last report)" if count > 1 else ""
+        log.warning("ringcomm rank %d refused a connection from %s: %s%s", self.rank, addr[0],
+                    error, more)
+
+    def _admit(self, s: socket.socket, addr: tuple) -> None:
+        s.settimeout(min(self.timeout, HANDSHAKE_SECONDS))
+        try:
+            hello = handshake.server(s, self.key, first_bytes=min(self.timeout, FIRST_BYTES_SECONDS))
             if hello.kind == Kind.QUERY:
                 with s:
                     reply(s, self.watch.status(hello.src))
@@ -113,9 +144,8 @@ class Endpoint:
                 self.abort(reason, Reason(min(kind, Reason.MISMATCH)), notify=False, remote=True)
                 return
         except (handshake.HandshakeError, OSError, ValueError) as e:
-            log.warning("ringcomm rank %d refused a connection from %s: %s", self.rank,
-                        addr[0], e)
             s.close()
+            self._refused(addr, e)
             return
         tune(s, self.timeout)
         key = (int(hello.kind), hello.src, hello.group, hello.lane)

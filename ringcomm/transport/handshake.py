@@ -91,9 +91,21 @@ def client(s: socket.socket, key: bytes, hello: Hello) -> None:
         raise HandshakeError("the listener refused the connection")
 
 
-def server(s: socket.socket, key: bytes) -> Hello:
-    """Check a connector's proof of the token and return its hello; raise HandshakeError."""
-    magic = read_exact(s, len(MAGIC))
+def server(s: socket.socket, key: bytes, first_bytes: float | None = None) -> Hello:
+    """Check a connector's proof of the token and return its hello; raise HandshakeError.
+
+    With `first_bytes`, the magic must arrive within that many seconds (a ringcomm
+    connector sends it at once); the rest within the socket's own timeout.
+    """
+    if first_bytes is not None:
+        rest = s.gettimeout()
+        s.settimeout(first_bytes)
+        try:
+            magic = read_exact(s, len(MAGIC))
+        finally:
+            s.settimeout(rest)
+    else:
+        magic = read_exact(s, len(MAGIC))
     if magic != MAGIC:
         raise HandshakeError(f"not a ringcomm connection (first bytes {magic!r})")
     nonce_c = read_exact(s, _NONCE)
