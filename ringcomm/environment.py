@@ -16,6 +16,7 @@ Standard library only: the launcher side imports it without NumPy.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,17 +26,20 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "HOSTFILE",
     "HOSTFILE_VARS",
+    "LOG_LEVEL",
     "MLX_HOSTFILE",
     "MLX_RANK",
     "RANK",
     "STALL_SECONDS",
     "TIMEOUT",
     "TOKEN",
+    "TRACE",
     "RankHostfileError",
     "RingLaunch",
     "dump_rank_hostfile",
     "format_address",
     "launcher_vars",
+    "log_level",
     "parse_address",
     "rank_addresses",
     "read_rank_hostfile",
@@ -50,6 +54,8 @@ BACKEND = "RINGCOMM_BACKEND"
 TOKEN = "RINGCOMM_TOKEN"
 TIMEOUT = "RINGCOMM_TIMEOUT"
 STALL_SECONDS = "RINGCOMM_STALL_SECONDS"
+LOG_LEVEL = "RINGCOMM_LOG_LEVEL"
+TRACE = "RINGCOMM_TRACE"
 MLX_RANK = "MLX_RANK"
 MLX_HOSTFILE = "MLX_HOSTFILE"
 # Both launchers' variables are set, so a program written for either finds its rank.
@@ -139,15 +145,19 @@ def launcher_vars(backend: str, token: str, rank: int | None = None,
                   environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Return the variables a ringcomm launcher sets for a rank (the hostfile ones aside).
 
-    ``rank`` is None where another launcher (mpirun) numbers the ranks.
-    RINGCOMM_TIMEOUT passes through from the launcher's own environment.
+    ``rank`` is None where another launcher (mpirun) numbers the ranks. The
+    rank-side settings (RINGCOMM_TIMEOUT, RINGCOMM_STALL_SECONDS,
+    RINGCOMM_LOG_LEVEL, RINGCOMM_TRACE) pass through from the launcher's own
+    environment.
     """
     env: dict[str, str] = {BACKEND: backend, TOKEN: token}
     if rank is not None:
         env[RANK] = env[MLX_RANK] = str(rank)
-    timeout_value = (os.environ if environ is None else environ).get(TIMEOUT)
-    if timeout_value is not None:
-        env[TIMEOUT] = timeout_value
+    source = os.environ if environ is None else environ
+    for name in (TIMEOUT, STALL_SECONDS, LOG_LEVEL, TRACE):
+        value = source.get(name)
+        if value is not None:
+            env[name] = value
     return env
 
 
@@ -207,6 +217,19 @@ def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
     if not value > 0:
         raise ValueError(f"{name} must be positive, got {raw!r}")
     return value
+
+
+def log_level(environ: Mapping[str, str]) -> int | None:
+    """Return the logging level RINGCOMM_LOG_LEVEL names (DEBUG, INFO, ... or a number), or None."""
+    raw = environ.get(LOG_LEVEL, "").strip()
+    if not raw:
+        return None
+    if raw.isdigit():
+        return int(raw)
+    level = logging.getLevelName(raw.upper())
+    if not isinstance(level, int):
+        raise ValueError(f"{LOG_LEVEL} must be DEBUG, INFO, WARNING, ERROR or a number, got {raw!r}")
+    return level
 
 
 def timeout(environ: Mapping[str, str]) -> float:

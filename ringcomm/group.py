@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Mapping
@@ -61,6 +62,23 @@ def _timeout(timeout: float | None, environ: Mapping[str, str]) -> float:
         raise InitError(str(e)) from None
 
 
+def _configure_logging(environ: Mapping[str, str]) -> None:
+    """Show the `ringcomm` logger's messages at RINGCOMM_LOG_LEVEL on stderr, once."""
+    try:
+        level = environment.log_level(environ)
+    except ValueError as e:
+        raise InitError(str(e)) from None
+    if level is None:
+        return
+    log = logging.getLogger("ringcomm")
+    log.setLevel(level)
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        rank = environ.get(environment.RANK) or environ.get(environment.MLX_RANK) or "?"
+        handler.setFormatter(logging.Formatter(f"ringcomm[rank {rank}] %(levelname)s: %(message)s"))
+        log.addHandler(handler)
+
+
 def _check_name(backend: str) -> None:
     if backend != "any" and backend not in backends.names():
         known = ", ".join(["any", *backends.names()])
@@ -105,6 +123,7 @@ def init(strict: bool = False, backend: BackendName = "any", *,
         environ = os.environ
         name = _choose(backend, environ)
         seconds = _timeout(timeout, environ)
+        _configure_logging(environ)
         # init(backend="ring") outside any launch is a group of one, as in MLX.
         if name == "ring" and not environment.ring_launch(environ).launched \
                 and environ.get(environment.BACKEND) is None:

@@ -17,6 +17,7 @@ import struct
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from .. import environment
 from ..errors import CommTimeoutError, MismatchError, PeerAbortedError, RingcommError
@@ -24,6 +25,9 @@ from . import handshake
 from .handshake import Hello, Kind
 from .net import Address, connect, listen, tune
 from .watch import Watch, reply
+
+if TYPE_CHECKING:
+    from ..trace import Tracer
 
 __all__ = ["Endpoint", "Reason"]
 
@@ -85,6 +89,7 @@ class Endpoint:
         self._handshakes = threading.BoundedSemaphore(MAX_HANDSHAKES)
         self._refusals = 0
         self._refused_logged = -REFUSED_LOG_SECONDS
+        self.tracer: Tracer | None = None  # set by the backend when RINGCOMM_TRACE is on
         self.watch = Watch(rank, addrs, key, timeout,
                            lambda reason: self.abort(reason, Reason.MISMATCH, notify=True),
                            self._counts, stall)
@@ -159,6 +164,8 @@ class Endpoint:
             self._filed[key] = s
             self._socks.append(s)
             self._cond.notify_all()
+        log.debug("rank %d accepted rank %d's %s connection from %s", self.rank, hello.src,
+                  hello.kind.name, addr[0])
 
     def connect(self, dst: int, hello: Hello, deadline: float, lane: int = 0) -> socket.socket:
         """Return an authenticated connection to world rank `dst`, filed there under `hello`."""
@@ -175,6 +182,7 @@ class Endpoint:
         tune(s, self.timeout)
         with self._cond:
             self._socks.append(s)
+        log.debug("rank %d connected to rank %d at %s (%s)", self.rank, dst, addr, hello.kind.name)
         return s
 
     def take(self, kind: Kind, src: int, group: int, lane: int, deadline: float,

@@ -98,12 +98,12 @@ def server(s: socket.socket, key: bytes, first_bytes: float | None = None) -> He
     connector sends it at once); the rest within the socket's own timeout.
     """
     if first_bytes is not None:
-        rest = s.gettimeout()
+        later = s.gettimeout()
         s.settimeout(first_bytes)
         try:
             magic = read_exact(s, len(MAGIC))
         finally:
-            s.settimeout(rest)
+            s.settimeout(later)
     else:
         magic = read_exact(s, len(MAGIC))
     if magic != MAGIC:

@@ -8,6 +8,7 @@ algorithms live in `backend.py` and `pipeline.py`.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from .backend import RingBackend
 
 __all__ = ["create", "is_available"]
+
+log = logging.getLogger("ringcomm")
 
 
 def is_available() -> bool:
@@ -53,4 +56,11 @@ def create(environ: Mapping[str, str], timeout: float) -> RingBackend:
     else:  # a program started by another launcher: the hostfile is the shared secret
         with open(found.hostfile, "rb") as f:
             key = hashlib.sha256(b"ringcomm-hostfile:" + f.read()).digest()
+        if rank == 0:
+            log.warning(
+                "ringcomm: %s is not set, so connections are authenticated with a key derived "
+                "from the hostfile, which any user of these hosts can rebuild from the listening "
+                "ports (ss -tln). Give every rank a secret token, e.g. mlx.launch --env "
+                "%s=<secret> (ringcomm launch sets one itself). Traffic is not encrypted either "
+                "way.", environment.TOKEN, environment.TOKEN)
     return backend.create(rank, hosts, key, timeout, stall)

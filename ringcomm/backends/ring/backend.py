@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import socket
 import threading
@@ -23,7 +24,7 @@ from typing import NoReturn
 
 import numpy as np
 
-from ... import environment
+from ... import environment, trace
 from ...errors import CommTimeoutError, MismatchError, PeerError, RingcommError
 from ...transport import header
 from ...transport.endpoint import ABORT_GRACE, ECHO_PAUSE, Endpoint, Reason
@@ -35,6 +36,8 @@ from ..signature import REDUCTIONS, Op, Signature
 from . import pipeline
 
 __all__ = ["RingBackend", "create"]
+
+log = logging.getLogger("ringcomm")
 
 # Messages take the latency path while each rank's traffic, (size-1) times the message, is at
 # most this many bytes. Measured at p=2 on 2 cores, one run: at 128 KiB 93 us against 778 us for
@@ -57,10 +60,31 @@ def _tracked(method: Callable[..., None]) -> Callable[..., None]:
     """
     @functools.wraps(method)
     def call(self: RingBackend, *args: object) -> None:
+        tracer = self._ep.tracer
+        if tracer is None:
+            try:
+                method(self, *args)
+            finally:
+                self._ep.watch.leave()
+            return
+        self._arrived = 0.0
+        start = time.perf_counter()
+        error = None
         try:
             method(self, *args)
+        except BaseException as e:
+            error = type(e).__name__
+            raise
         finally:
             self._ep.watch.leave()
+            end = time.perf_counter()
+            a = self._ep.watch.activity
+            arrived = self._arrived or start
+            buf = args[0] if args and isinstance(args[0], np.ndarray) else None
+            tracer.span(a.op, start, end, {
+                "group": self._label, "call": a.seq, "bytes": 0 if buf is None else buf.nbytes,
+                "path": self._path, "wait_us": round((arrived - start) * 1e6, 1),
+                "transfer_us": round((end - arrived) * 1e6, 1), "error": error})
     return call
 
 
@@ -98,6 +122,9 @@ class RingBackend(Backend):
         self._lanes = min(len(ep.addrs[w]) for w in members)
         self._spin = SPIN_SECONDS if self._size <= _cores() else 0.0
         ep.watch.groups[gid] = GroupInfo(label, tuple(members))
+        self._path = "local"  # the path the current call takes: for the trace and the log
+        self._debug = log.isEnabledFor(logging.DEBUG)
+        self._arrived = 0.0  # when the current call first had a peer's header (traced calls)
         if self._size > 1:
             right, left = self._world((self._rank + 1) % self._size), self._world(
                 (self._rank - 1) % self._size)
@@ -130,10 +157,13 @@ class RingBackend(Backend):
         self._ep.raise_if_aborted()
         self._seq += 1
         self._ep.watch.enter(op.label, self._gid, self._seq)
+        self._path = "local"
         return Signature(op, self._seq, self._gid, a.dtype, tuple(a.shape), self._rank, arg)
 
     def _checker(self, mine: Signature, src: int) -> Callable[[memoryview], None]:
         def check(raw: memoryview) -> None:
+            if not self._arrived:
+                self._arrived = time.perf_counter()
             theirs = header.unpack(raw)
             if theirs is None:
                 raise PeerError(f"{mine.op.label}: {self._peer(src)} sent bytes that are not a "
@@ -195,6 +225,13 @@ class RingBackend(Backend):
         ep.abort(reason, kind, notify=False)
         raise exc
 
+    def _took(self, path: str, sig: Signature) -> None:
+        """Note the path the current call takes (for the trace), and log it at DEBUG."""
+        self._path = path
+        if self._debug:
+            log.debug("%s [call #%d] of the %s group: %s path", sig.op.label, sig.seq, self._label,
+                      path)
+
     def _pool_for(self, n: int) -> ThreadPoolExecutor:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="ringcomm-lane")
@@ -217,6 +254,7 @@ class RingBackend(Backend):
         Each slot is a header followed by the data, so one send and usually one
         receive per step carry both, and a forwarded header still names its origin.
         """
+        self._took("latency", sig)
         p, r, hs = self._size, self._rank, header.SIZE
         n = flat.nbytes
         slot = hs + n
@@ -244,6 +282,7 @@ class RingBackend(Backend):
     def _run(self, src: np.ndarray, data: np.ndarray, blocks: list[tuple[int, int]], n_rs: int,
              n_ag: int, ufunc: Callable | None, sig: Signature) -> None:
         """Run the pipelined ring over all lanes in both directions, from `src` into `data`."""
+        self._took("pipeline", sig)
         transfer = pipeline.Transfer(data, src, ufunc, sig, self._ep.timeout)
         lanes = pipeline.lanes(self._rank, self._size, self._right, self._left, blocks, n_rs,
                                n_ag, self._peer, lambda frm: self._checker(sig, frm))
@@ -381,6 +420,7 @@ class RingBackend(Backend):
             # the chain then sends its header to the root once it has all the data, so the
             # root, which needs nobody else's data, returns only when the chain finished.
             self._gather_small(raw[:0], sig)
+            self._took("relay", sig)
             last = (r + 1) % p == root
             for a, b in pipeline.chunks(0, raw.size, pipeline.CHUNK_BYTES):
                 piece = raw[a:b].data
@@ -413,6 +453,7 @@ class RingBackend(Backend):
         with ep.p2p_lock:
             seq = ep.next_seq(("out", w))
         ep.watch.enter("send", self._gid, seq, w)
+        self._path = "p2p"
         sig = Signature(Op.SEND, seq, self._gid, buf.dtype, tuple(buf.shape), self._rank)
 
         def go() -> None:
@@ -430,6 +471,7 @@ class RingBackend(Backend):
         with ep.p2p_lock:
             seq = ep.next_seq(("in", w))
         ep.watch.enter("recv", self._gid, seq, w)
+        self._path = "p2p"
         mine = Signature(Op.SEND, seq, self._gid, out.dtype, tuple(out.shape), self._rank)
 
         def go() -> None:
@@ -477,5 +519,6 @@ def create(rank: int, hosts: list[list[str]], key: bytes, timeout: float,
     """Return the world group of this process from the launcher's hostfile entries."""
     addrs = [[parse_address(a) for a in entry] for entry in hosts]
     ep = Endpoint(rank, addrs, key, timeout, stall)
+    ep.tracer = trace.open_tracer(os.environ, rank)
     ep.install_excepthook()
     return RingBackend(ep, list(range(len(addrs))), _WORLD_ID, "world", time.monotonic() + timeout)
