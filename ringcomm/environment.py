@@ -30,19 +30,24 @@ __all__ = [
     "MLX_HOSTFILE",
     "MLX_RANK",
     "RANK",
+    "RDZV_PORT",
+    "RESTART",
     "STALL_SECONDS",
     "TIMEOUT",
     "TOKEN",
     "TRACE",
     "RankHostfileError",
+    "Rendezvous",
     "RingLaunch",
     "dump_rank_hostfile",
+    "expand_nodelist",
     "format_address",
     "launcher_vars",
     "log_level",
     "parse_address",
     "rank_addresses",
     "read_rank_hostfile",
+    "rendezvous",
     "ring_launch",
     "stall_seconds",
     "timeout",
@@ -55,6 +60,8 @@ TOKEN = "RINGCOMM_TOKEN"
 TIMEOUT = "RINGCOMM_TIMEOUT"
 STALL_SECONDS = "RINGCOMM_STALL_SECONDS"
 LOG_LEVEL = "RINGCOMM_LOG_LEVEL"
+RDZV_PORT = "RINGCOMM_RDZV_PORT"
+RESTART = "RINGCOMM_RESTART"
 TRACE = "RINGCOMM_TRACE"
 MLX_RANK = "MLX_RANK"
 MLX_HOSTFILE = "MLX_HOSTFILE"
@@ -189,6 +196,144 @@ def ring_launch(environ: Mapping[str, str]) -> RingLaunch:
             missing = tuple(v for v, val in ((rank_var, rank), (file_var, path)) if val is None)
             return RingLaunch(rank, path, missing)
     return RingLaunch(None, None, (RANK, HOSTFILE))
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """A job started by an engine that gives each rank only its number, the size and a meeting place.
+
+    The ranks meet at rank 0 (`host`:`port`), which hands out the rank hostfile.
+    """
+
+    source: str  # "torch" (torchrun, Kubernetes operators) or "slurm"
+    rank: int
+    size: int
+    host: str
+    port: int
+    local_rank: int | None
+    job: str  # the engine's id of this job, from which the key is derived without a token
+    port_origin: str  # how the port was chosen, for error messages
+
+    def describe(self) -> str:
+        return f"{self.source} rendezvous at {format_address(self.host, self.port)}"
+
+
+def _int(environ: Mapping[str, str], name: str) -> int:
+    raw = environ.get(name, "")
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _rdzv_port(environ: Mapping[str, str], derived: int, how: str) -> tuple[int, str]:
+    raw = environ.get(RDZV_PORT)
+    if raw:
+        port = _int(environ, RDZV_PORT)
+        if not 0 < port < 65536:
+            raise ValueError(f"{RDZV_PORT} must be a port in 1..65535, got {raw!r}")
+        return port, RDZV_PORT
+    return derived, how
+
+
+# torchrun's agent (and torch.distributed's store) listens on MASTER_PORT itself, so the ring
+# meets one port above it unless told otherwise.
+TORCH_PORT_OFFSET = 1
+# A Slurm step's rendezvous port is derived from the job and step ids into this range.
+SLURM_PORT_BASE, SLURM_PORT_SPAN = 29600, 20000
+
+
+def rendezvous(environ: Mapping[str, str]) -> Rendezvous | None:
+    """Return the rendezvous an engine's variables describe (torch's, else a Slurm step's), or None.
+
+    Raises ValueError when the variables are there but malformed.
+    """
+    if all(k in environ for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")):
+        rank, size, port = (_int(environ, k) for k in ("RANK", "WORLD_SIZE", "MASTER_PORT"))
+        if not 0 < port < 65536 - TORCH_PORT_OFFSET:
+            raise ValueError(f"MASTER_PORT must be a port in 1..{65535 - TORCH_PORT_OFFSET}, "
+                             f"got {environ['MASTER_PORT']!r}")
+        rdzv, how = _rdzv_port(environ, port + TORCH_PORT_OFFSET,
+                               f"MASTER_PORT+{TORCH_PORT_OFFSET}")
+        local = environ.get("LOCAL_RANK")
+        job = environ.get("TORCHELASTIC_RUN_ID") or (
+            f"{environ['MASTER_ADDR']}:{port}:{size}")
+        info = Rendezvous("torch", rank, size, environ["MASTER_ADDR"], rdzv,
+                          int(local) if local and local.isdigit() else None, job, how)
+    elif "SLURM_PROCID" in environ and "SLURM_STEP_NUM_TASKS" in environ \
+            and ("SLURM_STEP_NODELIST" in environ or "SLURM_JOB_NODELIST" in environ):
+        # SLURM_STEP_NUM_TASKS is set only inside a job step (srun), not for a batch script.
+        rank, size = _int(environ, "SLURM_PROCID"), _int(environ, "SLURM_STEP_NUM_TASKS")
+        nodes = expand_nodelist(environ.get("SLURM_STEP_NODELIST")
+                                or environ["SLURM_JOB_NODELIST"])
+        job_id, step = environ.get("SLURM_JOB_ID", "0"), environ.get("SLURM_STEP_ID", "0")
+        mix = (int(job_id) if job_id.isdigit() else 0) * 31 + (int(step) if step.isdigit() else 0)
+        rdzv, how = _rdzv_port(environ, SLURM_PORT_BASE + mix % SLURM_PORT_SPAN,
+                               "derived from SLURM_JOB_ID and SLURM_STEP_ID")
+        local = environ.get("SLURM_LOCALID")
+        info = Rendezvous("slurm", rank, size, nodes[0], rdzv,
+                          int(local) if local and local.isdigit() else None,
+                          f"slurm:{job_id}.{step}", how)
+    else:
+        return None
+    if info.size < 1 or not 0 <= info.rank < info.size:
+        raise ValueError(f"{info.source} rendezvous: rank {info.rank} is out of range for a job "
+                         f"of {info.size} ranks")
+    return info
+
+
+def expand_nodelist(text: str) -> list[str]:
+    """Return the host names of a Slurm node list, e.g. ``node[01-03,07],gpu-a[1-2]``.
+
+    Ranges keep their zero padding; a name may hold several bracket groups
+    (``rack[1-2]-node[1-2]``). Raises ValueError on a malformed list.
+    """
+    names: list[str] = []
+    for item in _split_top(text.strip(), text):
+        names += _expand_item(item, text)
+    if not names:
+        raise ValueError(f"empty Slurm node list {text!r}")
+    return names
+
+
+def _split_top(text: str, whole: str) -> list[str]:
+    """Split at commas outside brackets."""
+    items, depth, start = [], 0, 0
+    for i, c in enumerate(text):
+        if c == "[":
+            depth += 1
+        elif c == "]":
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"unbalanced ']' in Slurm node list {whole!r}")
+        elif c == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    if depth:
+        raise ValueError(f"unbalanced '[' in Slurm node list {whole!r}")
+    items.append(text[start:])
+    return [i for i in (x.strip() for x in items) if i]
+
+
+def _expand_item(item: str, whole: str) -> list[str]:
+    open_at = item.find("[")
+    if open_at < 0:
+        return [item]
+    close_at = item.index("]", open_at)
+    head, body, tail = item[:open_at], item[open_at + 1:close_at], item[close_at + 1:]
+    values: list[str] = []
+    for part in body.split(","):
+        lo, sep, hi = part.partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise ValueError(f"bad range {part!r} in Slurm node list {whole!r}")
+        if not sep:
+            values.append(lo)
+            continue
+        if int(hi) < int(lo):
+            raise ValueError(f"range {part!r} runs backwards in Slurm node list {whole!r}")
+        width = len(lo)
+        values += [str(v).zfill(width) for v in range(int(lo), int(hi) + 1)]
+    return [head + v + rest for v in values for rest in _expand_item(tail, whole)]
 
 
 def ring_launched_size(environ: Mapping[str, str]) -> tuple[str, int] | None:

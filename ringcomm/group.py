@@ -90,7 +90,9 @@ def _choose(backend: str, environ: Mapping[str, str]) -> str:
 
     The order is the one docs/launching.md gives: a backend named by the
     program, then by the launcher (RINGCOMM_BACKEND), then a ring launcher's
-    variables, then an MPI launcher's, else the group of one.
+    variables (ringcomm's, MLX's), then an MPI launcher's, then an engine's
+    that the ring meets through (torch's MASTER_ADDR/RANK/WORLD_SIZE, a
+    Slurm step), else the group of one.
     """
     _check_name(backend)
     if backend != "any":
@@ -103,9 +105,18 @@ def _choose(backend: str, environ: Mapping[str, str]) -> str:
         return chosen
     if environment.ring_launch(environ).launched:
         return "ring"
-    if (mpi_detect.launched_size(environ) or 0) > 1:
+    if (mpi_detect.launched_size(environ, slurm=False) or 0) > 1:
         return "mpi"
+    if _rendezvous(environ) is not None:
+        return "ring"
     return "single"
+
+
+def _rendezvous(environ: Mapping[str, str]) -> environment.Rendezvous | None:
+    try:
+        return environment.rendezvous(environ)
+    except ValueError as e:
+        raise InitError(str(e)) from None
 
 
 def init(strict: bool = False, backend: BackendName = "any", *,
@@ -126,7 +137,7 @@ def init(strict: bool = False, backend: BackendName = "any", *,
         _configure_logging(environ)
         # init(backend="ring") outside any launch is a group of one, as in MLX.
         if name == "ring" and not environment.ring_launch(environ).launched \
-                and environ.get(environment.BACKEND) is None:
+                and environ.get(environment.BACKEND) is None and _rendezvous(environ) is None:
             if strict:
                 raise InitError(
                     f"ring backend: not started by a launcher; missing {environment.RANK} and "

@@ -68,7 +68,8 @@ class Endpoint:
     """Listeners, connection registry and abort state of one process."""
 
     def __init__(self, rank: int, addrs: list[list[Address]], key: bytes, timeout: float,
-                 stall: float = environment.DEFAULT_STALL_SECONDS) -> None:
+                 stall: float = environment.DEFAULT_STALL_SECONDS,
+                 listeners: list[socket.socket] | None = None) -> None:
         self.rank = rank
         self.addrs = addrs
         self.key = key
@@ -94,7 +95,13 @@ class Endpoint:
                            lambda reason: self.abort(reason, Reason.MISMATCH, notify=True),
                            self._counts, stall)
         atexit.register(self.flush)  # notices started just before a normal exit still go out
-        self._listeners = [listen(a) for a in addrs[rank]] if len(addrs) > 1 else []
+        if listeners is not None and len(addrs) == 1:
+            for ls in listeners:
+                ls.close()
+            listeners = []
+        self._listeners = listeners if listeners is not None else (
+            [listen(a) for a in addrs[rank]] if len(addrs) > 1 else [])
+        self.host_names: list[str] | None = None  # which ranks share a host, where known
         for ls in self._listeners:
             threading.Thread(target=self._accept_loop, args=(ls,), daemon=True,
                              name="ringcomm-listen").start()

@@ -39,6 +39,7 @@ class Kind(enum.IntEnum):
     P2P = 2  # send/recv from the connector to the listener
     ABORT = 3  # one message: the reason a rank stopped
     QUERY = 4  # one question, one answer: what the listener's process is doing
+    RDZV = 5  # a rank's report to rank 0's rendezvous, and the rank table back
 
 
 @dataclass(frozen=True)

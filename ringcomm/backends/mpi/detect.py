@@ -21,18 +21,22 @@ _SIZE_VARS = (
 )
 
 
-def launched_by(environ: Mapping[str, str]) -> tuple[str, int] | None:
-    """Return (variable, world size) of the first MPI launcher variable set, or None."""
-    for var in _SIZE_VARS:
+def launched_by(environ: Mapping[str, str], *, slurm: bool = True) -> tuple[str, int] | None:
+    """Return (variable, world size) of the first MPI launcher variable set, or None.
+
+    Without `slurm`, a Slurm step alone does not count: init() meets its ranks
+    through the ring's rendezvous, and only MPI's own variables choose MPI.
+    """
+    for var in _SIZE_VARS if slurm else _SIZE_VARS[:-1]:
         raw = environ.get(var, "").strip()
         if raw.isdigit():
             return var, int(raw)
     return None
 
 
-def launched_size(environ: Mapping[str, str]) -> int | None:
+def launched_size(environ: Mapping[str, str], *, slurm: bool = True) -> int | None:
     """Return the world size an MPI launcher announced, or None when none did."""
-    found = launched_by(environ)
+    found = launched_by(environ, slurm=slurm)
     return found[1] if found else None
 
 

@@ -515,10 +515,17 @@ class RingBackend(Backend):
 
 
 def create(rank: int, hosts: list[list[str]], key: bytes, timeout: float,
-           stall: float = environment.DEFAULT_STALL_SECONDS) -> RingBackend:
-    """Return the world group of this process from the launcher's hostfile entries."""
+           stall: float = environment.DEFAULT_STALL_SECONDS,
+           listeners: list[socket.socket] | None = None,
+           host_names: list[str] | None = None) -> RingBackend:
+    """Return the world group of this process from its rank hostfile entries.
+
+    `listeners` are this rank's already bound listeners (after a rendezvous);
+    `host_names` says which ranks share a host, where the rendezvous learnt it.
+    """
     addrs = [[parse_address(a) for a in entry] for entry in hosts]
-    ep = Endpoint(rank, addrs, key, timeout, stall)
+    ep = Endpoint(rank, addrs, key, timeout, stall, listeners)
+    ep.host_names = host_names
     ep.tracer = trace.open_tracer(os.environ, rank)
     ep.install_excepthook()
     return RingBackend(ep, list(range(len(addrs))), _WORLD_ID, "world", time.monotonic() + timeout)
