@@ -1,5 +1,6 @@
 """Train a PyTorch MLP on scikit-learn's digits, data-parallel over every rank.
 
+    pip install -e ".[examples,torch]"   # torch's CPU build: see pyproject.toml
     python examples/train_torch.py
     ringcomm launch -n 4 examples/train_torch.py
 
@@ -15,8 +16,16 @@ import argparse
 import time
 
 import numpy as np
-import torch
 from sklearn.datasets import load_digits
+
+try:
+    import torch
+except ImportError:
+    raise SystemExit(
+        "train_torch.py needs PyTorch: pip install -e \".[examples,torch]\" (on a machine "
+        "without a GPU the CPU build is far smaller: pip install torch --index-url "
+        "https://download.pytorch.org/whl/cpu)"
+    ) from None
 
 import ringcomm
 

@@ -31,7 +31,17 @@ from .ops import (
 )
 from .training import average_gradients, tree_flatten, tree_map, tree_unflatten
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ringcomm")
+    except PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "0+unknown"
+
+
+__version__ = _version()
 
 __all__ = [
     "Group", "init", "is_available",

@@ -130,6 +130,16 @@ def init(strict: bool = False, backend: BackendName = "any", *,
     global _world
     with _lock:
         if _world is not None:
+            _check_name(backend)
+            # init(backend="ring") without a launch is the group of one, as on a first call.
+            alike = backend in ("any", _world.backend) or (backend, _world.backend) == (
+                "ring", "single")
+            if not alike:
+                raise InitError(
+                    f"init(backend={backend!r}): this process already runs the "
+                    f"{_world.backend!r} backend (a world of {_world.size()}); a process has "
+                    "one world: call init()" + (f" or init(backend={_world.backend!r})"
+                                                if _world.backend in backends.names() else ""))
             return _world
         environ = os.environ
         name = _choose(backend, environ)

@@ -1,7 +1,8 @@
 """The collective operations: check arguments, adapt arrays, call the group's backend.
 
 Every function returns a new array in the caller's array type and leaves its
-input untouched.
+input untouched. `stream=` is accepted and ignored, as a program written for
+MLX passes it.
 """
 
 from __future__ import annotations
@@ -54,22 +55,22 @@ def _reduce(op: str, rop: ReduceOp, x: ArrayT, group: Group | None) -> ArrayT:
     return ad.wrap(out)
 
 
-def all_sum(x: ArrayT, *, group: Group | None = None) -> ArrayT:
+def all_sum(x: ArrayT, *, group: Group | None = None, stream: object = None) -> ArrayT:
     """Return the elementwise sum of `x` over all ranks (logical or for bool)."""
     return _reduce("all_sum", ReduceOp.SUM, x, group)
 
 
-def all_max(x: ArrayT, *, group: Group | None = None) -> ArrayT:
+def all_max(x: ArrayT, *, group: Group | None = None, stream: object = None) -> ArrayT:
     """Return the elementwise maximum of `x` over all ranks."""
     return _reduce("all_max", ReduceOp.MAX, x, group)
 
 
-def all_min(x: ArrayT, *, group: Group | None = None) -> ArrayT:
+def all_min(x: ArrayT, *, group: Group | None = None, stream: object = None) -> ArrayT:
     """Return the elementwise minimum of `x` over all ranks."""
     return _reduce("all_min", ReduceOp.MIN, x, group)
 
 
-def all_gather(x: ArrayT, *, group: Group | None = None) -> ArrayT:
+def all_gather(x: ArrayT, *, group: Group | None = None, stream: object = None) -> ArrayT:
     """Return every rank's `x` concatenated along axis 0 (a 0-d `x` counts as shape (1,))."""
     ad = adapt(x)
     check_dtype(ad.array.dtype, "all_gather")
@@ -80,7 +81,7 @@ def all_gather(x: ArrayT, *, group: Group | None = None) -> ArrayT:
     return ad.wrap(out)
 
 
-def sum_scatter(x: ArrayT, *, group: Group | None = None) -> ArrayT:
+def sum_scatter(x: ArrayT, *, group: Group | None = None, stream: object = None) -> ArrayT:
     """Return rows [r*n/size, (r+1)*n/size) of the sum of `x` over ranks, on rank r."""
     ad = adapt(x)
     check_dtype(ad.array.dtype, "sum_scatter")
@@ -98,7 +99,7 @@ def sum_scatter(x: ArrayT, *, group: Group | None = None) -> ArrayT:
     return ad.wrap(out)
 
 
-def send(x: ArrayT, dst: int, *, group: Group | None = None) -> ArrayT:
+def send(x: ArrayT, dst: int, *, group: Group | None = None, stream: object = None) -> ArrayT:
     """Send `x` to rank `dst` of the group (any rank but this one) and return `x`."""
     ad = adapt(x)
     check_dtype(ad.array.dtype, "send")
@@ -107,7 +108,8 @@ def send(x: ArrayT, dst: int, *, group: Group | None = None) -> ArrayT:
     return x
 
 
-def recv(shape: Any, dtype: Any, src: int, *, group: Group | None = None) -> np.ndarray:
+def recv(shape: Any, dtype: Any, src: int, *, group: Group | None = None,
+         stream: object = None) -> np.ndarray:
     """Return an array of `shape` and `dtype` that rank `src` sent with `send`."""
     dt = np.dtype(dtype)
     check_dtype(dt, "recv")
@@ -119,7 +121,7 @@ def recv(shape: Any, dtype: Any, src: int, *, group: Group | None = None) -> np.
     return out
 
 
-def recv_like(x: ArrayT, src: int, *, group: Group | None = None) -> ArrayT:
+def recv_like(x: ArrayT, src: int, *, group: Group | None = None, stream: object = None) -> ArrayT:
     """Return an array like `x` (shape, dtype, array type) that rank `src` sent with `send`."""
     ad = adapt(x)
     check_dtype(ad.array.dtype, "recv_like")
@@ -130,7 +132,8 @@ def recv_like(x: ArrayT, src: int, *, group: Group | None = None) -> ArrayT:
     return ad.wrap(out)
 
 
-def broadcast(x: ArrayT, root: int = 0, *, group: Group | None = None) -> ArrayT:
+def broadcast(x: ArrayT, root: int = 0, *, group: Group | None = None,
+              stream: object = None) -> ArrayT:
     """Return root's `x` on every rank."""
     ad = adapt(x)
     check_dtype(ad.array.dtype, "broadcast")
@@ -141,6 +144,6 @@ def broadcast(x: ArrayT, root: int = 0, *, group: Group | None = None) -> ArrayT
     return ad.wrap(buf)
 
 
-def barrier(*, group: Group | None = None) -> None:
+def barrier(*, group: Group | None = None, stream: object = None) -> None:
     """Return once every rank of the group has called `barrier`."""
     _backend(group).barrier()
