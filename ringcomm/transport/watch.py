@@ -7,9 +7,10 @@ a short authenticated QUERY connection that each rank's listener answers
 without involving its calling thread. From the answers it:
 
 - finds point-to-point deadlocks that no header can show, because the two
-  sides never exchange a message: a rank in ``recv`` from a peer that is in a
-  collective that needs this rank, without having sent the message; two ranks
-  that each wait in ``recv`` for the other. These abort the job with a
+  sides never exchange a message: a rank in ``recv`` (or a blocked ``send``)
+  whose peer is in a collective that needs this rank, without having sent
+  (received) the message; two ranks that each wait in ``recv`` for the other,
+  or that are each blocked sending to the other. These abort the job with a
   MismatchError on every rank.
 - writes a stall report when a call has waited longer than
   RINGCOMM_STALL_SECONDS (default 60): the op, call number, group, the ranks
@@ -238,6 +239,11 @@ class Watch:
                 and self._counts(peer)[0] < st.seq:
             return (f"recv against recv: {mine}, and rank {peer} waits in recv from rank {me} "
                     f"[message #{st.seq}]: each waits for the other; one of them must send first")
+        if a.op == "send" and st.busy and st.op == "send" and st.peer == me \
+                and self._counts(peer)[1] < st.seq:
+            # Neither reads, so neither send can finish once the socket buffers are full.
+            return (f"send against send: {mine}, and rank {peer} is blocked sending to rank {me} "
+                    f"[message #{st.seq}]: neither receives; one of them must recv first")
         return None
 
     def _query_all(self, ranks: list[int]) -> dict[int, Status | None]:
