@@ -35,7 +35,11 @@ class Op(enum.IntEnum):
 
     @property
     def label(self) -> str:
-        return self.name.lower()
+        """Return the op's name as the API spells it (all_sum)."""
+        return _LABELS[self]
+
+
+_LABELS = {op: op.name.lower() for op in Op}
 
 
 # The op each reduction is called as.

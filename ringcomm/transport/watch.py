@@ -29,7 +29,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from .handshake import Hello, Kind, client, read_exact
 from .net import Address, connect
@@ -37,6 +38,7 @@ from .net import Address, connect
 __all__ = ["Activity", "GroupInfo", "Status", "Watch"]
 
 log = logging.getLogger("ringcomm")
+_now = time.monotonic
 
 # The calling thread's record is read this often.
 TICK = 0.2
@@ -47,19 +49,15 @@ QUERY_SECONDS = 2.0
 _REPLY_LIMIT = 1 << 16
 
 
-@dataclass(frozen=True)
-class Activity:
-    """One call of this process, as its calling thread records it."""
+class Activity(NamedTuple):
+    """One call of this process, as its calling thread records it (a tuple: it is made per call)."""
 
     op: str
     group: int
     seq: int  # the call number in its group; for send/recv the message number on the pair
-    peer: int = -1  # the world rank of a send/recv's other side
-    started: float = field(default_factory=time.monotonic)
-    busy: bool = True
-
-    def done(self) -> Activity:
-        return Activity(self.op, self.group, self.seq, self.peer, time.monotonic(), False)
+    peer: int  # the world rank of a send/recv's other side, else -1
+    started: float  # time.monotonic() when the call began, or when it ended if not busy
+    busy: bool
 
 
 @dataclass(frozen=True)
@@ -108,7 +106,7 @@ class Watch:
         self._abort = abort  # abort(reason): a deadlock found; every rank raises MismatchError
         self._counts = counts  # counts(peer) -> (messages sent to it, received from it)
         self._stall = stall
-        self.activity = Activity("start", 0, 0, busy=False)
+        self.activity = Activity("start", 0, 0, -1, time.monotonic(), False)
         self.groups: dict[int, GroupInfo] = {}
         self.done: dict[int, int] = {}
         self._silent: dict[int, float] = {}  # world rank -> when it first did not answer
@@ -121,14 +119,14 @@ class Watch:
     # -- the calling thread's record ---------------------------------------------------------
 
     def enter(self, op: str, group: int, seq: int, peer: int = -1) -> None:
-        self.activity = Activity(op, group, seq, peer)
+        self.activity = Activity(op, group, seq, peer, _now(), True)
 
     def leave(self) -> None:
         a = self.activity
         if a.busy:
-            if a.op not in ("send", "recv"):
+            if a.peer < 0:
                 self.done[a.group] = a.seq
-            self.activity = a.done()
+            self.activity = Activity(a.op, a.group, a.seq, a.peer, _now(), False)
 
     # -- answering ---------------------------------------------------------------------------
 

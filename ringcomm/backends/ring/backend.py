@@ -30,7 +30,7 @@ from ...transport import header
 from ...transport.endpoint import ABORT_GRACE, ECHO_PAUSE, Endpoint, Reason
 from ...transport.handshake import Hello, Kind
 from ...transport.net import exchange, parse_address, recv_exact, send_all
-from ...transport.watch import GroupInfo
+from ...transport.watch import Activity, GroupInfo
 from ..base import Backend, ReduceOp
 from ..signature import REDUCTIONS, Op, Signature
 from . import pipeline
@@ -60,12 +60,12 @@ def _tracked(method: Callable[..., None]) -> Callable[..., None]:
     """
     @functools.wraps(method)
     def call(self: RingBackend, *args: object) -> None:
-        tracer = self._ep.tracer
+        tracer = self._tracer
         if tracer is None:
             try:
                 method(self, *args)
             finally:
-                self._ep.watch.leave()
+                self._watch.leave()
             return
         self._arrived = 0.0
         start = time.perf_counter()
@@ -121,6 +121,8 @@ class RingBackend(Backend):
         self._left: list = []
         self._lanes = min(len(ep.addrs[w]) for w in members)
         self._spin = SPIN_SECONDS if self._size <= _cores() else 0.0
+        self._watch = ep.watch
+        self._tracer = ep.tracer
         ep.watch.groups[gid] = GroupInfo(label, tuple(members))
         self._path = "local"  # the path the current call takes: for the trace and the log
         self._debug = log.isEnabledFor(logging.DEBUG)
@@ -156,7 +158,7 @@ class RingBackend(Backend):
     def _sig(self, op: Op, a: np.ndarray, arg: int = 0) -> Signature:
         self._ep.raise_if_aborted()
         self._seq += 1
-        self._ep.watch.enter(op.label, self._gid, self._seq)
+        self._watch.activity = Activity(op.label, self._gid, self._seq, -1, time.monotonic(), True)
         self._path = "local"
         return Signature(op, self._seq, self._gid, a.dtype, tuple(a.shape), self._rank, arg)
 
