@@ -93,7 +93,7 @@ class Endpoint:
         self.tracer: Tracer | None = None  # set by the backend when RINGCOMM_TRACE is on
         self.watch = Watch(rank, addrs, key, timeout,
                            lambda reason: self.abort(reason, Reason.MISMATCH, notify=True),
-                           self._counts, stall)
+                           self._counts, self._sent_to, stall)
         atexit.register(self.flush)  # notices started just before a normal exit still go out
         if listeners is not None and len(addrs) == 1:
             for ls in listeners:
@@ -228,6 +228,10 @@ class Endpoint:
     def _counts(self, peer: int) -> tuple[int, int]:
         """Return (messages this process started to send to `peer`, receives it started from it)."""
         return self._seqs.get(("out", peer), 0), self._seqs.get(("in", peer), 0)
+
+    def _sent_to(self) -> dict[int, int]:
+        """Return {world rank: messages this process started to send there}."""
+        return {r: n for (way, r), n in list(self._seqs.items()) if way == "out"}
 
     def next_seq(self, key: tuple[str, int]) -> int:
         """Return the next message number on a point-to-point connection (hold p2p_lock)."""

@@ -82,6 +82,7 @@ class Status:
     done: dict[int, int]  # group id -> the last call number it finished there
     sent: int  # messages it sent to the asker
     received: int  # messages it received from the asker
+    sent_to: dict[int, int]  # world rank -> messages it sent there
 
     def describe(self, groups: dict[int, GroupInfo]) -> str:
         if not self.busy:
@@ -98,13 +99,14 @@ class Watch:
 
     def __init__(self, rank: int, addrs: list[list[Address]], key: bytes, timeout: float,
                  abort: Callable[[str], None], counts: Callable[[int], tuple[int, int]],
-                 stall: float) -> None:
+                 sent_to: Callable[[], dict[int, int]], stall: float) -> None:
         self.rank = rank
         self._addrs = addrs
         self._key = key
         self._timeout = timeout
         self._abort = abort  # abort(reason): a deadlock found; every rank raises MismatchError
         self._counts = counts  # counts(peer) -> (messages sent to it, received from it)
+        self._sent_to = sent_to  # sent_to() -> {peer: messages sent to it}
         self._stall = stall
         self.activity = Activity("start", 0, 0, -1, time.monotonic(), False)
         self.groups: dict[int, GroupInfo] = {}
@@ -138,7 +140,7 @@ class Watch:
             "rank": self.rank, "op": a.op, "group": a.group, "seq": a.seq, "peer": a.peer,
             "busy": a.busy, "seconds": round(time.monotonic() - a.started, 3),
             "done": {str(g): s for g, s in self.done.items()}, "sent": sent,
-            "received": received,
+            "received": received, "sent_to": {str(r): n for r, n in self._sent_to().items()},
         }).encode()
 
     # -- asking ------------------------------------------------------------------------------
@@ -160,7 +162,7 @@ class Watch:
         return Status(int(raw["rank"]), str(raw["op"]), int(raw["group"]), int(raw["seq"]),
                       int(raw["peer"]), bool(raw["busy"]), float(raw["seconds"]),
                       {int(g): int(v) for g, v in raw["done"].items()}, int(raw["sent"]),
-                      int(raw["received"]))
+                      int(raw["received"]), {int(r): int(v) for r, v in raw["sent_to"].items()})
 
     def silent(self) -> dict[int, float]:
         """Return the world ranks that did not answer their last query, and since when."""
@@ -233,16 +235,43 @@ class Watch:
             return (f"{st.op} against {a.op}: {mine}, but rank {peer} called {st.op} [call #{st.seq}] "
                     f"of the {label} group, which needs rank {me}; every rank must make the same "
                     "calls in the same order")
-        if a.op == "recv" and st.busy and st.op == "recv" and st.peer == me \
-                and self._counts(peer)[0] < st.seq:
-            return (f"recv against recv: {mine}, and rank {peer} waits in recv from rank {me} "
-                    f"[message #{st.seq}]: each waits for the other; one of them must send first")
+        if a.op == "recv" and st.busy and st.op == "recv":
+            return self._recv_cycle(a, st, mine)
         if a.op == "send" and st.busy and st.op == "send" and st.peer == me \
                 and self._counts(peer)[1] < st.seq:
             # Neither reads, so neither send can finish once the socket buffers are full.
             return (f"send against send: {mine}, and rank {peer} is blocked sending to rank {me} "
                     f"[message #{st.seq}]: neither receives; one of them must recv first")
         return None
+
+    def _recv_cycle(self, a: Activity, st: Status, mine: str) -> str | None:
+        """Follow who waits in recv for whom from the peer on; a cycle back here is a deadlock.
+
+        Each rank of the chain waits for a message that the next has not sent, and
+        the next is itself waiting in recv, so nobody can send.
+        """
+        me = self.rank
+        chain = [(a.peer, st)]
+        while True:
+            rank, cur = chain[-1]
+            nxt = cur.peer
+            if nxt == me:
+                if self._counts(rank)[0] >= cur.seq:
+                    return None  # this rank did send it: it is on its way
+                break
+            if nxt == rank or nxt in (r for r, _ in chain) or len(chain) >= len(self._addrs):
+                return None  # a cycle that does not pass here: its own members report it
+            st2 = self.query(nxt, min(QUERY_SECONDS, self._timeout / 4))
+            if st2 is None or not st2.busy or st2.op != "recv" or st2.sent_to.get(rank, 0) >= cur.seq:
+                return None
+            chain.append((nxt, st2))
+        if len(chain) == 1:
+            return (f"recv against recv: {mine}, and rank {a.peer} waits in recv from rank {me} "
+                    f"[message #{st.seq}]: each waits for the other; one of them must send first")
+        links = ", ".join(f"rank {r} waits in recv from rank {c.peer} [message #{c.seq}]"
+                          for r, c in chain)
+        return (f"recv cycle: {mine}, {links}: each waits for the next; one of them must send "
+                "first")
 
     def _query_all(self, ranks: list[int]) -> dict[int, Status | None]:
         out: dict[int, Status | None] = {}

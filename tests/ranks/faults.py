@@ -5,7 +5,7 @@ argv[1] is the fault:
   collective, or two receives waiting on each other (rank 1 is the odd one);
 - send_send: two ranks each send 64 MiB to the other before receiving;
 - blocked_send: rank 0 sends 64 MiB to rank 1, which sleeps (argv[2] seconds) before its recv;
-- frozen: rank 1 stops itself (SIGSTOP) before the second all_sum;
+- frozen: rank 1 stops itself (SIGSTOP) before the second all_sum, for argv[2] seconds;
 - kill: rank `victim` exits at op number `at` of a random sequence drawn from
   `seed` (argv[2]); every rank draws the same sequence;
 - strangers: rank 0 opens 200 silent connections to rank 1, then the job runs
@@ -20,6 +20,7 @@ import os
 import random
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -101,7 +102,8 @@ try:
     elif fault == "frozen":
         ringcomm.all_sum(x)
         t0 = time.monotonic()
-        if R == 1:
+        if R == 1:  # frozen for argv[2] seconds: a child sends SIGCONT, then exits
+            subprocess.Popen(["sh", "-c", f"sleep {float(sys.argv[2])}; kill -CONT {os.getpid()}"])
             os.kill(os.getpid(), signal.SIGSTOP)
         ringcomm.all_sum(x)
     elif fault == "kill":

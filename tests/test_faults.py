@@ -1,0 +1,142 @@
+"""Injected faults on the ring: every rank raises the right error, in time, and nothing survives.
+
+The ranks run tests/ranks/faults.py without the launcher (so that the
+launcher's stopping of the others cannot hide what each rank does alone),
+except where the launcher's own report is the subject.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+import sys
+
+import pytest
+from _jobs import ROOT, Job, env, run, run_direct
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _outcome(job: Job, rank: int) -> tuple[str, float, str]:
+    """Return (error type or 'ok', seconds, message) from a rank's report line."""
+    lines = [ln for ln in job.stdout.splitlines() if ln.startswith(f"rank {rank}: ")]
+    assert len(lines) == 1, (rank, job.stdout, job.stderr[-2000:])
+    m = re.match(r"rank \d+: (\w+) after ([\d.]+)s:? ?(.*)", lines[0])
+    assert m, lines[0]
+    return m.group(1), float(m.group(2)), m.group(3)
+
+
+@pytest.mark.parametrize("fault, odd_one, words", [
+    ("recv_vs_sum", 1, ["all_sum against recv", "rank 1 called recv from rank 0",
+                        "rank 0 called all_sum"]),
+    ("skip_then_p2p", 1, ["all_sum against recv", "rank 1 called recv from rank 0"]),
+    ("send_vs_sum", 1, ["all_sum against send", "rank 1 called send to rank 0"]),
+    ("recv_recv", None, ["recv cycle", "waits in recv from", "must send first"]),
+])
+def test_a_send_or_recv_against_another_call_is_a_mismatch_on_every_rank(
+        fault: str, odd_one: int | None, words: list[str]) -> None:
+    ranks = run_direct(3, "faults.py", fault, timeout=60, RINGCOMM_TIMEOUT="30")
+    for r, job in enumerate(ranks):
+        kind, seconds, message = _outcome(job, r)
+        assert kind == "MismatchError", (r, kind, message)
+        assert seconds < 5, (r, seconds, message)
+        for w in words:
+            assert w in message, (r, w, message)
+        assert job.returncode == 1
+
+
+def test_two_ranks_blocked_sending_to_each_other_is_a_mismatch_on_both() -> None:
+    ranks = run_direct(2, "faults.py", "send_send", timeout=60, RINGCOMM_TIMEOUT="30")
+    for r, job in enumerate(ranks):
+        kind, seconds, message = _outcome(job, r)
+        assert kind == "MismatchError" and seconds < 5, (r, kind, seconds, message)
+        assert "send against send" in message and "neither receives" in message, message
+
+
+def test_a_blocked_send_ends_within_the_timeout_plus_one_second() -> None:
+    ranks = run_direct(2, "faults.py", "blocked_send", "8", timeout=60, RINGCOMM_TIMEOUT="3")
+    kind, seconds, message = _outcome(ranks[0], 0)
+    assert kind == "CommTimeoutError", message
+    assert 3 <= seconds < 4, (seconds, message)
+    assert "rank 1" in message and "within 3 s" in message, message
+    # The receiver learns why when it finally calls recv.
+    kind, _, message = _outcome(ranks[1], 1)
+    assert kind == "PeerAbortedError" and "rank 0 failed in send" in message, message
+
+
+def test_a_frozen_rank_is_named_by_the_survivors_and_by_a_stall_line() -> None:
+    ranks = run_direct(3, "faults.py", "frozen", "9", timeout=60, RINGCOMM_TIMEOUT="6",
+                       RINGCOMM_STALL_SECONDS="1")
+    # Woken after the others gave up, the frozen rank finds them gone and raises at once.
+    kind, seconds, message = _outcome(ranks[1], 1)
+    assert kind in ("PeerError", "PeerAbortedError") and seconds < 12, (kind, seconds, message)
+    for r in (0, 2):
+        kind, seconds, message = _outcome(ranks[r], r)
+        assert kind == "CommTimeoutError", (r, message)
+        assert 6 <= seconds < 7, (r, seconds, message)
+        assert re.search(r"no answer to status queries from rank 1 \(127\.0\.0\.1:\d+\)", message), \
+            message
+        stall = [ln for ln in ranks[r].stderr.splitlines() if "has waited" in ln]
+        assert stall, ranks[r].stderr[-2000:]
+        assert f"rank {r} has waited 1 s in all_sum [call #3] of the world group" in stall[0]
+        assert "not arrived: rank 1 (127.0.0.1:" in stall[0] and "not answering" in stall[0]
+
+
+@pytest.mark.parametrize("seed", [random.randrange(1 << 30) for _ in range(2)])
+def test_a_rank_killed_at_a_random_op_is_named_by_every_survivor(seed: int) -> None:
+    print(f"seed {seed}")  # shown on failure: rerun with this seed
+    ranks = run_direct(3, "faults.py", "kill", str(seed), timeout=90, RINGCOMM_TIMEOUT="30")
+    victims = [r for r, job in enumerate(ranks) if job.returncode == 3]
+    assert len(victims) == 1, [j.returncode for j in ranks]
+    victim = victims[0]
+    for r, job in enumerate(ranks):
+        if r == victim:
+            continue
+        kind, seconds, message = _outcome(job, r)
+        assert kind in ("PeerError", "PeerAbortedError"), (seed, r, kind, message)
+        assert f"rank {victim}" in message, (seed, r, message)
+        assert seconds < 60, (seed, r, seconds)
+
+
+def test_two_hundred_silent_strangers_cost_a_bounded_number_of_threads() -> None:
+    job = run(3, "faults.py", "strangers", timeout=90)
+    assert job.returncode == 0, job.stderr[-2000:]
+    threads = {int(m.group(1)): int(m.group(2))
+               for m in re.finditer(r"rank (\d+): ok .*threads (\d+)", job.stdout)}
+    assert sorted(threads) == [0, 1, 2], job.stdout
+    # The calling thread, the listener, the watch, and at most 32 handshakes.
+    assert threads[1] <= 3 + 32, threads
+    refusals = [ln for ln in job.stderr.splitlines() if "refused a connection" in ln]
+    assert 1 <= len(refusals) <= 2, refusals
+
+
+def test_trace_writes_one_span_per_call_that_merge_joins(tmp_path) -> None:
+    script = tmp_path / "traced.py"
+    script.write_text(
+        "import numpy as np, ringcomm\n"
+        "w = ringcomm.init()\n"
+        "ringcomm.all_sum(np.ones(4)); ringcomm.all_sum(np.ones(1 << 21, np.float32))\n"
+        "ringcomm.broadcast(np.ones(3), root=1); ringcomm.barrier()\n"
+        "if w.rank() == 0: ringcomm.send(np.ones(2), 1)\n"
+        "if w.rank() == 1: ringcomm.recv((2,), np.float64, 0)\n")
+    out = tmp_path / "trace"
+    proc = subprocess.run([sys.executable, "-m", "ringcomm", "launch", "-n", "2", str(script)],
+                          env=env(RINGCOMM_TRACE=str(out)), capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    from ringcomm import trace
+
+    for r, last in ((0, "send"), (1, "recv")):
+        events = [e for e in trace.read_events(out / f"rank{r}.json") if e.get("ph") == "X"]
+        names = [e["name"] for e in events]
+        assert names == ["all_sum", "all_sum", "broadcast", "barrier", last], names
+        paths = [e["args"]["path"] for e in events]
+        assert paths == ["latency", "pipeline", "latency", "latency", "p2p"], paths
+        assert events[1]["args"]["bytes"] == 8 << 20
+        assert all(e["dur"] >= 0 and e["args"]["wait_us"] >= 0 for e in events)
+    n = trace.merge(sorted(out.glob("rank*.json")), out / "trace.json")
+    merged = json.loads((out / "trace.json").read_text())
+    assert len(merged["traceEvents"]) == n == 12  # 5 spans and a name per rank
+    assert {e["pid"] for e in merged["traceEvents"]} == {0, 1}
