@@ -1,6 +1,7 @@
 """Fused `average_gradients` against one `all_sum` per array, on a realistic gradient tree.
 
     ringcomm launch -n 2 benchmarks/average_gradients.py [--arrays 100] [--largest 4m,64k]
+        [--buckets 32m,8m,2m]
 
 Each tree holds `--arrays` float32 gradients whose sizes grow geometrically
 from 1 KiB to the largest size: the long tail of small biases and norms plus
@@ -10,7 +11,8 @@ small arrays) and bounded by (bytes/bandwidth + arrays*latency) /
 (bytes/bandwidth) when bandwidth dominates. Both methods produce the same
 averages (checked); rank 0 prints the median of each iteration's slowest
 rank, the number of all_sum calls, the algorithm bandwidth (tree bytes /
-time) and the speed-up of the fused call.
+time) and the speed-up of the fused call. `--buckets` times the fused call
+with each `all_reduce_size`, interleaved with the rest, to choose the default.
 """
 
 from __future__ import annotations
@@ -72,32 +74,42 @@ def timed(fns: list[Callable[[], object]], iters: int) -> list[float]:
     return [float(t) for t in np.median(worst, axis=0)]
 
 
+def _bytes(text: str) -> int:
+    unit = {"k": 1 << 10, "m": 1 << 20}.get(text[-1].lower(), 1)
+    return int(float(text.rstrip("kKmM")) * unit)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arrays", type=int, default=100)
     p.add_argument("--largest", default="4m,64k", help="largest array of each tree, k/m suffix")
     p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--buckets", default="", help="also time these all_reduce_size values, "
+                   "k/m suffix (default: only the library's default)")
     args = p.parse_args()
+    buckets = [_bytes(b) for b in args.buckets.split(",") if b]
     world = ringcomm.init()
     for largest in args.largest.split(","):
-        unit = {"k": 1 << 10, "m": 1 << 20}.get(largest[-1].lower(), 1)
-        nbytes = int(float(largest.rstrip("kKmM")) * unit)
+        nbytes = _bytes(largest)
         grads = gradient_tree(args.arrays, largest=nbytes)
         total = sum(g.nbytes for g in grads)
         for a, b in zip(ringcomm.average_gradients(grads), per_array_loop(grads)):
             np.testing.assert_allclose(a, b, rtol=1e-6)
         methods = [lambda g=grads: ringcomm.average_gradients(g), lambda g=grads: per_array_loop(g)]
-        fused_calls, loop_calls = (count_calls(m) for m in methods)
-        fused, loop = timed(methods, args.iters)
+        names = ["average_gradients", "all_sum per array"]
+        for b in buckets:
+            methods.append(lambda g=grads, b=b: ringcomm.average_gradients(g, all_reduce_size=b))
+            names.append(f"bucket {b / 2**20:g} MiB")
+        calls = [count_calls(m) for m in methods]
+        times = timed(methods, args.iters)
         if world.rank() == 0:
             print(f"tree: {len(grads)} float32 arrays, 1 KiB to {nbytes / 1024:.0f} KiB, "
                   f"{total / 2**20:.2f} MiB; {world.size()} ranks ({world.backend}); "
                   f"median of {args.iters}")
             print(f"{'method':>20} {'all_sums':>9} {'time_ms':>9} {'algbw_GB/s':>11}")
-            for name, t, calls in (("average_gradients", fused, fused_calls),
-                                   ("all_sum per array", loop, loop_calls)):
-                print(f"{name:>20} {calls:9d} {t * 1e3:9.2f} {total / t / 1e9:11.3f}")
-            print(f"speed-up of the fused call: {loop / fused:.2f}x", flush=True)
+            for name, t, n in zip(names, times, calls):
+                print(f"{name:>20} {n:9d} {t * 1e3:9.2f} {total / t / 1e9:11.3f}")
+            print(f"speed-up of the fused call: {times[1] / times[0]:.2f}x", flush=True)
 
 
 if __name__ == "__main__":
