@@ -102,3 +102,31 @@ def test_plot_writes_a_png_of_the_run(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"wrote {out}" in r.stderr
+
+
+def _benchmark_module(name: str):  # type: ignore[no-untyped-def]
+    import importlib
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    for path in (root, root / "peers"):
+        if str(path) not in sys.path:
+            sys.path.insert(0, str(path))
+    return importlib.import_module(name)
+
+
+def test_a_peer_line_and_a_bench_json_row_read_back_as_what_was_measured() -> None:
+    common = _benchmark_module("_common")
+    peers = _benchmark_module("run")
+    compare = _benchmark_module("compare")
+    line = common.line("gloo", 2, 1 << 20, 0.0025)
+    (row,) = peers.parse(f"noise\n{line}\n")
+    assert row == peers.Result("gloo", 2, 1 << 20, 2500.0, 0.419, 0.419)
+    assert row.line() == line
+    rows = compare.parse_bench_json('# header\n{"size_B": 4, "time_us": 3.5}\n')
+    assert rows == [{"size_B": 4, "time_us": 3.5}]
+
+
+def test_the_link_shaping_bucket_holds_half_a_millisecond_and_at_least_one_tso_segment() -> None:
+    multihost = _benchmark_module("multihost")
+    assert multihost.tbf_argv("10gbit")[-5:] == ["10gbit", "burst", "625000", "latency", "50ms"]
+    assert multihost.tbf_argv("1gbit")[10] == str(64 << 10)
