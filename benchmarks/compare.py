@@ -1,89 +1,169 @@
 """all_sum side by side: ringcomm's ring against MLX's ring, OpenMPI and gloo, in one run.
 
-    python benchmarks/compare.py [-n 2] [--peers ../shared/peers/run.sh] [--rounds 1]
+    python benchmarks/compare.py [-n 2] [--rounds 1] [--peers mlx,mpi,gloo] [--plot cmp.png]
 
-Runs the peers' benchmark script (one line per size: `<peer> p=<n> bytes=<b>
-median_us=<t> algbw_GBps=<a> busbw_GBps=<b>`), then `ringcomm bench` on the
-same sizes, alternating for --rounds rounds, and prints one Markdown table of
-float32 all_sum medians with busbw, plus ringcomm's ratios against each peer.
+Works from a clone: the peers' benchmarks are in benchmarks/peers/ and install
+MLX, OpenMPI (mpi4py) and torch into their own virtual environment on first
+use (see benchmarks/peers/peerenv.py). Each round runs every peer, then
+`ringcomm bench --json` on the same sizes; the table holds the median over
+rounds of each one's float32 all_sum time (rank 0's median, µs) and busbw
+(GB/s), plus ringcomm's ratio against each peer: busbw ratio, except at 4 B
+where it is the latency ratio (peer time / ringcomm time). Above 1 means
+ringcomm is faster. The transport each one used is printed above the table.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
+import importlib.util
+import json
+import os
 import statistics
-import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
+
+import peerenv
+import run as peers
+
 SIZES = [4, 4096, 65536, 1 << 20, 16 << 20, 64 << 20]
-_PEER = re.compile(r"^(\w+) p=(\d+) bytes=(\d+) median_us=([\d.]+) algbw_GBps=([\d.]+) "
-                   r"busbw_GBps=([\d.]+)")
+Sample = tuple[float, float]  # (time_us, busbw_GBps)
 
 
-def run_peers(script: Path, n: int) -> dict[tuple[str, int], tuple[float, float]]:
-    """Return {(peer, bytes): (median_us, busbw)} from the peers' script."""
-    out = subprocess.run(["bash", str(script), "-n", str(n)], capture_output=True, text=True,
-                         timeout=1800)
-    rows = {}
-    for line in out.stdout.splitlines():
-        m = _PEER.match(line)
-        if m:
-            rows[(m[1], int(m[3]))] = (float(m[4]), float(m[6]))
-    if not rows:
-        sys.exit(f"the peers' script printed no results:\n{out.stderr[-2000:]}")
+def ringcomm_transport(backend: str, where: str = "loopback") -> str:
+    """Return what carries ringcomm's bytes for `backend` in this tree."""
+    if backend != "ring":
+        return f"{backend} backend"
+    if importlib.util.find_spec("ringcomm.transport.shm") is not None:
+        return "ring backend (TCP, or shared memory within a host)"
+    return f"TCP over {where} (ring backend)"
+
+
+def parse_bench_json(text: str) -> list[dict]:
+    """Return the rows of `ringcomm bench --json` output (one JSON object per line)."""
+    rows = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            rows.append(json.loads(line))
     return rows
 
 
-def run_ringcomm(n: int) -> dict[int, tuple[float, float]]:
-    """Return {bytes: (median_us, busbw)} from `ringcomm bench`."""
-    cmd = [sys.executable, "-m", "ringcomm", "bench", "-n", str(n),
-           "--sizes", ",".join(map(str, SIZES))]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    rows = {}
-    for line in out.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 6 and parts[0].isdigit():
-            rows[int(parts[0])] = (float(parts[3]), float(parts[5]))
-    if not rows:
-        sys.exit(f"ringcomm bench printed no results:\n{out.stdout}\n{out.stderr[-2000:]}")
-    return rows
+def run_ringcomm(n: int, sizes: list[int], timeout: float = 1800) -> tuple[list[dict], str]:
+    """Return ringcomm bench's all_sum rows at `n` local ranks, and why it failed (else "")."""
+    cmd = [sys.executable, "-m", "ringcomm", "bench", "-n", str(n), "--json",
+           "--sizes", ",".join(map(str, sizes))]
+    (code, out, err), = peers.run_together([cmd], dict(os.environ), timeout)
+    rows = parse_bench_json(out)
+    if code != 0 or not rows:
+        return rows, f"ringcomm bench exited {code}: {err.strip()[-500:]}"
+    return rows, ""
 
 
-def main() -> None:
-    here = Path(__file__).resolve().parent
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-n", type=int, default=2)
-    ap.add_argument("--peers", type=Path, default=here.parent.parent / "shared/peers/run.sh")
-    ap.add_argument("--rounds", type=int, default=1, help="alternate peers and ringcomm this often")
-    args = ap.parse_args()
-    samples: dict[tuple[str, int], list[tuple[float, float]]] = defaultdict(list)
-    for _ in range(args.rounds):
-        for key, val in run_peers(args.peers, args.n).items():
-            samples[key].append(val)
-        for size, val in run_ringcomm(args.n).items():
-            samples[("ringcomm", size)].append(val)
-    med = {k: (statistics.median(t for t, _ in v), statistics.median(b for _, b in v))
-           for k, v in samples.items()}
-    peers = sorted({p for p, _ in med if p != "ringcomm"})
-    head = ["bytes", "ringcomm us", "ringcomm busbw"]
-    for p in peers:
-        head += [f"{p} us", f"{p} busbw", f"ringcomm/{p}"]
-    print(f"float32 all_sum, p={args.n}, median of {args.rounds} round(s); busbw in GB/s; "
-          "ratio = ringcomm busbw / peer busbw (latency ratio = peer us / ringcomm us at 4 B)")
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    for size in SIZES:
-        rt, rb = med.get(("ringcomm", size), (float("nan"), float("nan")))
+def table(n: int, rounds: int, sizes: list[int], med: dict[tuple[str, int], Sample],
+          names: list[str]) -> str:
+    """Return the Markdown table of medians and ratios."""
+    nan = (float("nan"), float("nan"))
+    head = ["size_B", "ringcomm time_us", "ringcomm busbw_GBps"]
+    for p in names:
+        head += [f"{p} time_us", f"{p} busbw_GBps", f"ringcomm/{p}"]
+    lines = [f"float32 all_sum, p={n}, median of {rounds} round(s); time_us = rank 0's median; "
+             "busbw in GB/s (1e9 B/s); ratio = ringcomm busbw / peer busbw "
+             "(at 4 B: peer time / ringcomm time); > 1 means ringcomm is faster",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for size in sizes:
+        rt, rb = med.get(("ringcomm", size), nan)
         row = [str(size), f"{rt:.1f}", f"{rb:.3f}"]
-        for p in peers:
-            pt, pb = med.get((p, size), (float("nan"), float("nan")))
+        for p in names:
+            pt, pb = med.get((p, size), nan)
             ratio = pt / rt if size <= 4 else (rb / pb if pb else float("inf"))
             row += [f"{pt:.1f}", f"{pb:.3f}", f"{ratio:.2f}x"]
-        print("| " + " | ".join(row) + " |")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def medians(samples: dict[tuple[str, int], list[Sample]]) -> dict[tuple[str, int], Sample]:
+    return {k: (statistics.median(t for t, _ in v), statistics.median(b for _, b in v))
+            for k, v in samples.items()}
+
+
+def plot_medians(path: str, title: str, med: dict[tuple[str, int], Sample]) -> None:
+    """Draw one line per compared run with ringcomm bench's plot."""
+    from ringcomm.bench import plot
+
+    series: dict[str, list[dict]] = defaultdict(list)
+    for (name, size), (t, b) in sorted(med.items()):
+        series[name].append({"size_B": size, "time_us": t, "busbw_GBps": b})
+    plot(series, path, title)
+
+
+def _peer_list(text: str) -> list[str]:
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [p for p in names if p not in peers.PEERS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown peer {bad[0]!r}; try some of "
+                                         f"{','.join(peers.PEERS)}")
+    return names
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=_positive, default=2, help="ranks on this machine (default 2)")
+    ap.add_argument("--rounds", type=_positive, default=1,
+                    help="alternate peers and ringcomm this often (default 1)")
+    ap.add_argument("--peers", type=_peer_list, default=list(peers.PEERS),
+                    help=f"comma-separated peers (default {','.join(peers.PEERS)})")
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)),
+                    help="comma-separated sizes in bytes (default 4 B to 64 MiB)")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per peer and round")
+    ap.add_argument("--plot", metavar="FILE.png", help="also draw busbw and time against size")
+    args = ap.parse_args()
+    try:
+        sizes = [int(s) for s in args.sizes.split(",")]
+    except ValueError:
+        ap.error(f"--sizes takes bytes as whole numbers, e.g. 4,4096,1048576; got {args.sizes!r}")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        ap.error("--plot needs matplotlib, which is not installed; try: pip install matplotlib")
+
+    root = peerenv.ensure()
+    samples: dict[tuple[str, int], list[Sample]] = defaultdict(list)
+    transports: dict[str, str] = {}
+    failures: list[str] = []
+    for rnd in range(args.rounds):
+        for name in args.peers:
+            job = peers.local_job(name, args.n, sizes, root)
+            transports[name] = job.transport
+            print(f"round {rnd + 1}/{args.rounds}: {name}", file=sys.stderr, flush=True)
+            rows, error = peers.run_job(job, args.timeout)
+            for r in rows:
+                samples[(name, r.size_B)].append((r.time_us, r.busbw_GBps))
+            if error:
+                failures.append(f"{name} (round {rnd + 1}): {error}")
+        print(f"round {rnd + 1}/{args.rounds}: ringcomm", file=sys.stderr, flush=True)
+        rows, error = run_ringcomm(args.n, sizes, args.timeout)
+        for r in rows:
+            samples[("ringcomm", r["size_B"])].append((r["time_us"], r["busbw_GBps"]))
+            transports["ringcomm"] = ringcomm_transport(r["backend"])
+        if error:
+            failures.append(f"ringcomm (round {rnd + 1}): {error}")
+    med = medians(samples)
+    print("transports: " + "; ".join(f"{k}: {v}" for k, v in transports.items()))
+    print(table(args.n, args.rounds, sizes, med, args.peers))
+    for f in failures:
+        print(f"failed: {f}")
+    if args.plot:
+        plot_medians(args.plot, f"float32 all_sum, p={args.n}, this machine", med)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,0 +1,270 @@
+"""all_sum between two test hosts on a shaped link: ringcomm and every peer, beside raw TCP.
+
+    sudo python benchmarks/multihost.py [--rate 10gbit] [--sizes ...] [--peers mlx,mpi,gloo]
+
+Builds two hosts on this machine (network namespaces on a bridge, each with its
+own sshd; tests/multihost/netns.py), limits what each host sends to `--rate`
+with a token bucket (`tc qdisc replace dev eth0 root tbf rate R burst B latency
+L` inside the host), measures one raw TCP stream from host 1 to host 2
+(benchmarks/tcp_stream.py), then runs one rank per host of:
+
+- ringcomm: `ringcomm launch --hosts ip1,ip2 -n 1 -m ringcomm.bench --json` (ssh)
+- mlx: `mlx.launch --hosts ip1,ip2 -n 1 --backend ring` (ssh)
+- mpi: `mpirun --hostfile` over the test ssh, ob1 with the TCP BTL only
+- gloo: one `torchrun --nnodes 2` per host through `ip netns exec`, rendezvous on host 1
+
+and prints one Markdown table: time_us and busbw_GBps per size for each, and
+each one's busbw as a share of the raw stream. At p=2 an all_sum sends
+size_B/2 each way twice, so busbw = algbw is the rate each direction carries
+and the raw stream is its ceiling. Traffic goes only between the hosts' own
+addresses (and to the bridge address, where mpirun's daemons report back).
+Every process started here is ended and the hosts are removed on exit,
+Ctrl-C and SIGTERM included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from types import FrameType
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE / "peers"))
+sys.path.insert(0, str(REPO / "tests" / "multihost"))
+sys.path.insert(0, str(HERE))
+
+import netns  # noqa: E402
+import peerenv  # noqa: E402
+import run as peers  # noqa: E402
+from compare import parse_bench_json, ringcomm_transport  # noqa: E402
+
+SIZES = [4, 4096, 65536, 1 << 20, 16 << 20, 64 << 20]
+_RATE = re.compile(r"^(\d+(?:\.\d+)?)(k|m|g)bit$")
+
+
+def rate_bits(text: str) -> float:
+    """Return bits per second of a tc rate such as '1gbit' or '500mbit'."""
+    m = _RATE.match(text.strip().lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate; try 1gbit, 10gbit or 500mbit")
+    return float(m[1]) * {"k": 1e3, "m": 1e6, "g": 1e9}[m[2]]
+
+
+def tbf_argv(rate: str) -> list[str]:
+    """Return the tc command that shapes a host's eth0 to `rate`.
+
+    The bucket holds 0.5 ms at the rate, at least 64 KiB (one TSO segment
+    from veth). A raw stream reached the rate with buckets from 64 KiB to
+    4 MiB alike (0.120 GB/s at 1gbit, 1.19 GB/s at 10gbit); a smaller bucket
+    lets less of a short message through faster than the rate.
+    """
+    burst = max(64 << 10, int(rate_bits(rate) / 8 * 0.0005))
+    return ["tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", rate,
+            "burst", str(burst), "latency", "50ms"]
+
+
+def shape(cluster: netns.Cluster, rate: str) -> None:
+    for host in cluster.hosts:
+        res = cluster.netns_exec(host, tbf_argv(rate))
+        if res.returncode != 0:
+            raise RuntimeError(f"shaping {host.netns} failed: {res.stderr.strip()}")
+
+
+def stream(cluster: netns.Cluster, python: str, seconds: float) -> tuple[float | None, str]:
+    """Return the raw TCP stream's GB/s from host 1 to host 2, and why it failed (else "")."""
+    a, b = cluster.hosts[:2]
+    port = peers.free_port()
+    script = str(HERE / "tcp_stream.py")
+    recv = ["ip", "netns", "exec", b.netns, python, script, "recv", b.ip, str(port)]
+    send = ["ip", "netns", "exec", a.netns, python, script, "send", b.ip, str(port),
+            "--seconds", str(seconds)]
+    (rc, out, err), (sc, _, serr) = peers.run_together([recv, send], dict(os.environ),
+                                                       seconds + 60)
+    if rc != 0 or sc != 0:
+        return None, f"raw stream failed: {err.strip()[-200:]} {serr.strip()[-200:]}"
+    return float(json.loads(out)["GBps"]), ""
+
+
+def ringcomm_job(cluster: netns.Cluster, sizes: list[int]) -> peers.Job:
+    env = cluster.env()
+    env["PYTHONPATH"] = str(REPO)
+    env.pop("RINGCOMM_TIMEOUT", None)
+    argv = [sys.executable, "-m", "ringcomm", "launch", "--hosts", ",".join(cluster.ips[:2]),
+            "-n", "1", "--no-stdin", "--env", f"PYTHONPATH={REPO}", "-m", "ringcomm.bench",
+            "--json", "--sizes", ",".join(map(str, sizes))]
+    return peers.Job("ringcomm", ringcomm_transport("ring", "the shaped link"), [argv], env)
+
+
+def peer_job(peer: str, cluster: netns.Cluster, sizes: list[int], root: Path,
+             workdir: Path) -> peers.Job:
+    """Return `peer`'s benchmark with one rank on each of the first two hosts."""
+    bin_dir = peerenv.bin_dir(root)
+    python = str(bin_dir / "python")
+    script = str(HERE / "peers" / f"bench_{peer}.py")
+    args = [str(s) for s in sizes]
+    env = cluster.env(peers.base_env(root))
+    ips = cluster.ips[:2]
+    subnet = ips[0].rsplit(".", 1)[0] + ".0/24"
+    if peer == "mlx":
+        argv = [str(bin_dir / "mlx.launch"), "--hosts", ",".join(ips), "-n", "1",
+                "--backend", "ring", "-p", str(peers.free_port()), "--python", python,
+                "--", script, *args]
+        return peers.Job(peer, "TCP over the shaped link (MLX ring backend)", [argv], env)
+    if peer == "mpi":
+        hostfile = workdir / "openmpi.hosts"
+        hostfile.write_text("".join(f"{ip} slots=1\n" for ip in ips))
+        argv = [str(bin_dir / "mpirun"), "--hostfile", str(hostfile), "-n", "2",
+                "--map-by", "node", "--bind-to", "none",
+                "--prtemca", "plm_rsh_agent", str(cluster.bin_dir / "ssh"),
+                "--prtemca", "oob_tcp_if_include", subnet,
+                "--mca", "oob_tcp_if_include", subnet,
+                # The test hosts share this machine's hostname, so OpenMPI takes both ranks
+                # for one node; its hierarchical collectives (han) then crash in
+                # Allreduce. Excluding han leaves the flat tuned algorithms.
+                "--mca", "coll", "^han",
+                "--mca", "pml", "ob1", "--mca", "btl", "self,tcp",
+                "--mca", "btl_tcp_if_include", subnet,
+                "-x", "PATH", "-x", "OMPI_ALLOW_RUN_AS_ROOT", "-x",
+                "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", python, script, *args]
+        return peers.Job(peer, "TCP over the shaped link (OpenMPI ob1, btl tcp)", [argv], env)
+    if peer == "gloo":
+        port = str(peers.free_port())
+        env["GLOO_SOCKET_IFNAME"] = "eth0"
+        argvs = [["ip", "netns", "exec", host.netns, str(bin_dir / "torchrun"), "--nnodes", "2",
+                  "--node-rank", str(i), "--nproc-per-node", "1", "--master-addr", ips[0],
+                  "--master-port", port, script, *args]
+                 for i, host in enumerate(cluster.hosts[:2])]
+        return peers.Job(peer, "TCP over the shaped link (gloo)", argvs, env)
+    raise ValueError(f"unknown peer {peer!r}")
+
+
+def run_ringcomm(job: peers.Job, timeout: float) -> tuple[list[peers.Result], str]:
+    (code, out, err), = peers.run_together(job.argvs, job.env, timeout)
+    rows = [peers.Result("ringcomm", r["ranks"], r["size_B"], r["time_us"], r["algbw_GBps"],
+                         r["busbw_GBps"]) for r in parse_bench_json(out)]
+    if code != 0 or not rows:
+        tail = " | ".join(err.strip().splitlines()[-3:])
+        return rows, f"exit code {code}; {tail}"
+    return rows, ""
+
+
+def table(rate: str, sizes: list[int], names: list[str],
+          rows: dict[str, dict[int, peers.Result]], link: float | None) -> str:
+    head = ["size_B"]
+    for n in names:
+        head += [f"{n} time_us", f"{n} busbw_GBps"] + (["of stream"] if link else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for size in sizes:
+        cells = [str(size)]
+        for n in names:
+            r = rows.get(n, {}).get(size)
+            if r is None:
+                cells += ["n/a", "n/a"] + (["n/a"] if link else [])
+            else:
+                cells += [f"{r.time_us:.1f}", f"{r.busbw_GBps:.3f}"]
+                cells += [f"{r.busbw_GBps / link:.0%}"] if link else []
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rate", default="10gbit", help="tc rate of each host's link (default 10gbit)")
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)),
+                    help="comma-separated bytes (default 4 B to 64 MiB)")
+    ap.add_argument("--peers", default=",".join(peers.PEERS),
+                    help=f"comma-separated peers (default {','.join(peers.PEERS)})")
+    ap.add_argument("--stream-seconds", type=float, default=3.0)
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per benchmark")
+    args = ap.parse_args()
+    try:
+        rate_bits(args.rate)
+        sizes = [int(s) for s in args.sizes.split(",")]
+    except (argparse.ArgumentTypeError, ValueError) as e:
+        ap.error(f"{e}; --rate takes e.g. 1gbit, --sizes whole bytes like 4,65536")
+    names = [p for p in args.peers.split(",") if p]
+    if any(p not in peers.PEERS for p in names):
+        ap.error(f"--peers takes some of {','.join(peers.PEERS)}, got {args.peers!r}")
+    reason = netns.skip_reason()
+    if reason is not None:
+        print(f"multihost: cannot build test hosts here: {reason}", file=sys.stderr)
+        return 2
+    if shutil.which("tc") is None:
+        print("multihost: tc is missing; try: apt-get install iproute2", file=sys.stderr)
+        return 2
+
+    root = peerenv.ensure()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    workdir = Path(tempfile.mkdtemp(prefix="ringcomm-multihost-"))
+    cluster = None
+    link: float | None = None
+    rows: dict[str, dict[int, peers.Result]] = {}
+    transports: dict[str, str] = {}
+    notes: list[str] = []
+    try:
+        cluster = netns.build(workdir / "hosts", count=2)
+        shape(cluster, args.rate)
+        print(f"hosts {', '.join(cluster.ips)} up, each link shaped to {args.rate}",
+              file=sys.stderr, flush=True)
+        link, error = stream(cluster, str(peerenv.bin_dir(root) / "python"),
+                             args.stream_seconds)
+        if error:
+            notes.append(error)
+        jobs = [ringcomm_job(cluster, sizes)]
+        jobs += [peer_job(p, cluster, sizes, root, workdir) for p in names]
+        for job in jobs:
+            print(f"running {job.peer}", file=sys.stderr, flush=True)
+            transports[job.peer] = job.transport
+            if job.peer == "ringcomm":
+                got, error = run_ringcomm(job, args.timeout)
+            else:
+                got, error = peers.run_job(job, args.timeout)
+            rows[job.peer] = {r.size_B: r for r in got}
+            if error:
+                notes.append(f"{job.peer} did not finish: {error}")
+            strays = cluster.wait_no_strays(10.0)
+            if strays:
+                notes.append(f"after {job.peer}, processes left on the hosts: {strays}")
+    except KeyboardInterrupt:
+        print("multihost: interrupted; ending every process and removing the hosts",
+              file=sys.stderr, flush=True)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if cluster is not None:
+            left = netns.teardown(cluster)
+            if left:
+                print(f"multihost: could not remove {left}", file=sys.stderr)
+        shutil.rmtree(workdir, ignore_errors=True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    names = ["ringcomm", *names]
+    ranks = {r.ranks for got in rows.values() for r in got.values()} or {2}
+    print(f"float32 all_sum, 2 hosts x 1 rank (p={statistics.mode(ranks)}), each host's "
+          f"egress shaped to {args.rate} (tbf); time_us = rank 0's median; busbw in GB/s "
+          "(1e9 B/s); 'of stream' = busbw / raw TCP stream")
+    print(f"raw TCP stream host 1 -> host 2: {link:.3f} GB/s" if link else
+          "raw TCP stream: not measured")
+    print("transports: " + "; ".join(f"{k}: {v}" for k, v in transports.items()))
+    print(table(args.rate, sizes, names, rows, link))
+    for note in notes:
+        print(f"note: {note}")
+    return 1 if notes else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
