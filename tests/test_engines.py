@@ -41,12 +41,13 @@ def _free_port() -> int:
 @pytest.mark.timeout(300)
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                     reason="torchrun is not installed (pip install torch)")
-def test_torchrun_runs_the_conformance_suite_on_three_ranks() -> None:
+def test_torchrun_runs_the_conformance_suite_on_three_ranks(tmp_path) -> None:
     marker = f"--job-marker={uuid.uuid4().hex}"
     argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "3",
             "--master-port", str(_free_port()), str(RANKS / "conformance.py"), "ring", marker]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=280,
-                          env=env(RINGCOMM_TOKEN="torchrun-test"), stdin=subprocess.DEVNULL)
+                          env=env(RINGCOMM_TOKEN="torchrun-test", TMPDIR=str(tmp_path)),
+                          stdin=subprocess.DEVNULL)  # torchrun's own files go to tmp_path
     assert proc.returncode == 0, proc.stderr[-3000:]
     # torchrun passes the ranks' output through unbuffered, so lines may run together.
     passed = re.findall(r"rank (\d)/3: (\d+) cases passed", proc.stdout)
