@@ -18,12 +18,12 @@ commands:
 
 'ringcomm COMMAND -h' shows a command's options."""
 
-# command -> (module, description); each module has main(argv) -> int
+# command -> (module, function); each function takes argv and returns the exit code
 _COMMANDS = {
-    "launch": "ringcomm.launch.cli",
-    "check": "ringcomm.hosts.preflight",
-    "config": "ringcomm.hosts.discovery",
-    "bench": "ringcomm.bench",
+    "launch": ("ringcomm.launch.cli", "main"),
+    "check": ("ringcomm.hosts.cli", "check_main"),
+    "config": ("ringcomm.hosts.cli", "config_main"),
+    "bench": ("ringcomm.bench", "main"),
 }
 
 
@@ -42,11 +42,12 @@ def main(argv: list[str] | None = None) -> int:
             print("ringcomm (not installed)")
         return 0
     name, rest = args[0], args[1:]
-    module_name = _COMMANDS.get(name)
-    if module_name is None:
+    entry = _COMMANDS.get(name)
+    if entry is None:
         print(f"ringcomm: unknown command {name!r}; expected one of "
               f"{', '.join(_COMMANDS)}\n\n{_USAGE}", file=sys.stderr)
         return 2
+    module_name, function = entry
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if name == "launch":
         return int(module.main(rest, prog="ringcomm launch"))
-    return int(module.main(rest))
+    return int(getattr(module, function)(rest))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ringcomm.hosts import preflight as check
+from ringcomm.hosts.cli import check_main
 from ringcomm.hosts.hostfile import HostEntry
 
 pytestmark = pytest.mark.timeout(60)
@@ -84,12 +85,12 @@ def test_format_report_table_matrix_and_problems() -> None:
 
 
 def test_cli_exit_codes(tmp_path: Path, capsys) -> None:
-    assert check.main(["--cwd", REPO]) == 0
+    assert check_main(["--cwd", REPO]) == 0
     assert "no problem(s)" in capsys.readouterr().out
     bad = tmp_path / "hosts.json"
     bad.write_text('[{"ips": ["10.0.0.1"]}]')
     with pytest.raises(SystemExit) as e:
-        check.main(["--hostfile", str(bad)])
+        check_main(["--hostfile", str(bad)])
     assert e.value.code == 2
     assert "missing key 'ssh'" in capsys.readouterr().err
 

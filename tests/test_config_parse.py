@@ -8,8 +8,8 @@ import pytest
 
 from ringcomm.hosts import discovery as config
 from ringcomm.hosts import netinfo as _netinfo
-from ringcomm.hosts.report import Link
 from ringcomm.hosts.hostfile import parse_hostfile
+from ringcomm.hosts.report import Link
 
 # `ip -j addr show` on a Linux host with a loopback, an ethernet with IPv4 and IPv6,
 # a bridge, and a veth without any IPv4.

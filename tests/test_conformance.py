@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from _jobs import run
 
 

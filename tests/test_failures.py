@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from _jobs import available_gib, run, run_direct
 
 pytestmark = pytest.mark.timeout(120)

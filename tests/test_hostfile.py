@@ -6,17 +6,16 @@ import json
 
 import pytest
 
+from ringcomm import environment
 from ringcomm.hosts.hostfile import (
     HostEntry,
     Hostfile,
     HostfileError,
     dump_hostfile,
     load_hostfile,
-    load_rank_hostfile,
     parse_env_assignment,
     parse_hostfile,
     write_hostfile,
-    write_rank_hostfile,
 )
 
 
@@ -79,11 +78,11 @@ def test_write_round_trip(tmp_path):
 
 def test_rank_hostfile_round_trip_and_validation(tmp_path):
     ranks = [["127.0.0.1:5000", "127.0.0.1:5001"], ["127.0.0.1:5002", "127.0.0.1:5003"]]
-    write_rank_hostfile(ranks, tmp_path / "r.json")
-    assert load_rank_hostfile(tmp_path / "r.json") == ranks
+    (tmp_path / "r.json").write_text(environment.dump_rank_hostfile(ranks))
+    assert environment.read_rank_hostfile(tmp_path / "r.json") == ranks
     _write(tmp_path, [["127.0.0.1"]], "bad.json")
-    with pytest.raises(HostfileError, match="entry 0: expected a list of 'ip:port'"):
-        load_rank_hostfile(tmp_path / "bad.json")
+    with pytest.raises(environment.RankHostfileError, match="entry 0: expecting 'ip:port'"):
+        environment.read_rank_hostfile(tmp_path / "bad.json")
 
 
 def test_parse_env_assignment():

@@ -6,7 +6,6 @@ from __future__ import annotations
 import sys
 
 import pytest
-
 from _jobs import run
 
 pytest.importorskip("mlx.core", reason='mlx is not installed: pip install "mlx[cpu]"')

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from _jobs import available_gib
 
 from ringcomm.backends.mpi import backend as mpi

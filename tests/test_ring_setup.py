@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from _jobs import env
 
 pytestmark = pytest.mark.timeout(60)

@@ -12,7 +12,6 @@ neighbour pair is an error). The result is MLX's hostfile JSON
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -21,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from . import netinfo, reach, ssh
+from .hostfile import HostEntry, Hostfile, dump_hostfile, parse_hostfile
 from .report import Link, reach_hint
-from .hostfile import BACKENDS, HostfileError, load_hostfile, parse_env_assignment, parse_hostfile
 
 __all__ = [
     "ConfigError",
@@ -31,7 +30,6 @@ __all__ = [
     "choose_address",
     "configure",
     "hostfile_json",
-    "main",
     "to_dot",
 ]
 
@@ -192,10 +190,10 @@ def configure(hosts: Sequence[str], *, interface: str | None = None,
 def hostfile_json(addrs: Sequence[HostAddress], backend: str = "ring",
                   envs: Sequence[tuple[str, str]] = ()) -> str:
     """Return MLX's hostfile JSON for ``addrs``, with every key MLX's tools expect."""
-    obj = {"backend": backend, "envs": [f"{k}={v}" for k, v in envs],
-           "hosts": [{"ssh": a.ssh, "ips": [a.ip]} for a in addrs]}
-    parse_hostfile(obj)  # what is written must load again
-    return json.dumps(obj, indent=2) + "\n"
+    hostfile = Hostfile(tuple(HostEntry(a.ssh, (a.ip,)) for a in addrs), backend, tuple(envs))
+    text = dump_hostfile(hostfile, every_key=True)
+    parse_hostfile(json.loads(text))  # what is written must load again
+    return text
 
 
 def to_dot(addrs: Sequence[HostAddress], links: Sequence[Link]) -> str:
@@ -214,81 +212,3 @@ def to_dot(addrs: Sequence[HostAddress], links: Sequence[Link]) -> str:
             elif one:
                 lines.append(f"  {json.dumps(a.ssh)} -- {json.dumps(b.ssh)} [style=dashed];")
     return "\n".join([*lines, "}"]) + "\n"
-
-
-_THUNDERBOLT = ("--over thunderbolt is MLX's Mac-only mode (Thunderbolt RDMA), which ringcomm "
-                "does not have; use --over ethernet, and for a Thunderbolt bridge with an IP "
-                "address add --interface bridge0")
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="ringcomm config",
-        description="Write a hostfile: find each host's address over ssh and check that "
-                    "the hosts reach each other.")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--hosts", help="comma-separated ssh host names")
-    src.add_argument("--hostfile", help="a hostfile whose 'ssh' names to use")
-    p.add_argument("--over", choices=("ethernet", "thunderbolt"), default="ethernet")
-    p.add_argument("--interface", help="interface to take addresses from "
-                   "(default: the one of the default route)")
-    p.add_argument("--backend", choices=BACKENDS, default="ring")
-    p.add_argument("--env", action="append", default=[], metavar="K=V",
-                   help="environment for the ranks (repeatable)")
-    p.add_argument("--output", help="write the hostfile here (default: print it)")
-    p.add_argument("--ignore-unreachable", action="store_true",
-                   help="drop hosts ssh cannot reach instead of stopping")
-    p.add_argument("--dot", action="store_true", help="print the hosts and links as Graphviz DOT")
-    p.add_argument("--python", help="python on the hosts for the TCP probes "
-                   "(default: this one's path)")
-    p.add_argument("--connect-timeout", type=float, default=ssh.DEFAULT_CONNECT_TIMEOUT)
-    p.add_argument("--timeout", type=float, default=20.0)
-    p.add_argument("--verbose", action="store_true", help="also list every probed link")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``ringcomm config``; return 0 when the hostfile was written."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.over == "thunderbolt":
-        parser.error(_THUNDERBOLT)
-    try:
-        envs = [parse_env_assignment(e) for e in args.env]
-        hosts = ([h.ssh for h in load_hostfile(args.hostfile).hosts] if args.hostfile
-                 else args.hosts.split(","))
-    except (ValueError, HostfileError) as e:
-        parser.error(str(e))
-
-    def log(line: str) -> None:
-        print(f"ringcomm config: {line}", file=sys.stderr)
-
-    try:
-        found = configure(hosts, interface=args.interface,
-                          ignore_unreachable=args.ignore_unreachable, python=args.python,
-                          connect_timeout=args.connect_timeout, timeout=args.timeout, log=log)
-    except ConfigError as e:
-        print(f"ringcomm config: error: {e}", file=sys.stderr)
-        return 1
-    if args.verbose:
-        for link in found.links:
-            log(f"{link.src_host} -> {link.dst_host} at {link.address}: {link.error or 'ok'}")
-    if args.dot:
-        print(to_dot(found.hosts, found.links), end="")
-    problems = found.problems()
-    if problems:
-        print("ringcomm config: error: ring neighbours do not connect:\n  "
-              + "\n  ".join(problems), file=sys.stderr)
-        return 1
-    text = hostfile_json(found.hosts, args.backend, envs)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text)
-        log(f"wrote {args.output} ({len(found.hosts)} hosts)")
-    elif not args.dot:
-        print(text, end="")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

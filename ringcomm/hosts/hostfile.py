@@ -10,8 +10,8 @@ know (for example MLX's ``"rdma"``) are accepted and ignored so that MLX's
 files load unchanged.
 
 The per-job *rank hostfile* handed to the ranks (``RINGCOMM_HOSTFILE``,
-``MLX_HOSTFILE``) is a different, simpler JSON: a list with one entry per
-rank, each a list of ``"ip:port"`` strings, one per connection.
+``MLX_HOSTFILE``) is a different, simpler JSON, owned by the environment
+contract (`ringcomm.environment`).
 """
 
 from __future__ import annotations
@@ -22,23 +22,19 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import backends
+
 __all__ = [
-    "BACKENDS",
     "HostEntry",
     "Hostfile",
     "HostfileError",
     "dump_hostfile",
-    "dump_rank_hostfile",
     "load_hostfile",
-    "load_rank_hostfile",
     "parse_env_assignment",
     "parse_hostfile",
-    "rank_addresses",
     "write_hostfile",
-    "write_rank_hostfile",
 ]
 
-BACKENDS = ("ring", "mpi")
 
 
 class HostfileError(ValueError):
@@ -156,9 +152,9 @@ def parse_hostfile(data: object, source: str = "<memory>") -> Hostfile:
         hosts_raw = data["hosts"]
         if "backend" in data and data["backend"] is not None:
             backend = data["backend"]
-            if backend not in BACKENDS:
+            if backend not in backends.names():
                 raise HostfileError(
-                    _where(source, f"backend: expected one of {', '.join(BACKENDS)}, "
+                    _where(source, f"backend: expected one of {', '.join(backends.names())}, "
                                    f"got {backend!r}")
                 )
         if "envs" in data and data["envs"] is not None:
@@ -196,15 +192,19 @@ def load_hostfile(path: str | os.PathLike[str]) -> Hostfile:
     return parse_hostfile(data, source=repr(str(p)))
 
 
-def dump_hostfile(hostfile: Hostfile) -> str:
-    """Return the JSON text of ``hostfile``; the list form when it has no backend or envs."""
+def dump_hostfile(hostfile: Hostfile, *, every_key: bool = False) -> str:
+    """Return the JSON text of ``hostfile``.
+
+    The list form when it has no backend or envs, unless ``every_key`` asks for
+    the object form with every key MLX's tools write (``ringcomm config``).
+    """
     hosts = [{"ssh": h.ssh, "ips": list(h.ips)} for h in hostfile.hosts]
-    if hostfile.backend is None and not hostfile.envs:
+    if hostfile.backend is None and not hostfile.envs and not every_key:
         return json.dumps(hosts, indent=2) + "\n"
     obj: dict[str, object] = {}
     if hostfile.backend is not None:
         obj["backend"] = hostfile.backend
-    if hostfile.envs:
+    if hostfile.envs or every_key:
         obj["envs"] = [f"{k}={v}" for k, v in hostfile.envs]
     obj["hosts"] = hosts
     return json.dumps(obj, indent=2) + "\n"
@@ -213,47 +213,3 @@ def dump_hostfile(hostfile: Hostfile) -> str:
 def write_hostfile(hostfile: Hostfile, path: str | os.PathLike[str]) -> None:
     """Write ``hostfile`` as JSON to ``path``."""
     Path(path).write_text(dump_hostfile(hostfile))
-
-
-def rank_addresses(ips: tuple[str, ...] | list[str], ports: list[int]) -> list[str]:
-    """Return one rank's ``"ip:port"`` list: ``len(ports)/len(ips)`` connections per ip."""
-    if not ips:
-        raise ValueError("expected at least one ip for the rank, got none")
-    if len(ports) % len(ips):
-        raise ValueError(f"expected a multiple of {len(ips)} ports, got {len(ports)}")
-    per_ip = len(ports) // len(ips)
-    out = []
-    for i, ip in enumerate(ips):
-        host = f"[{ip}]" if ":" in ip else ip
-        out.extend(f"{host}:{port}" for port in ports[i * per_ip:(i + 1) * per_ip])
-    return out
-
-
-def dump_rank_hostfile(ranks: list[list[str]]) -> str:
-    """Return the JSON text of the per-job rank hostfile."""
-    return json.dumps(ranks)
-
-
-def write_rank_hostfile(ranks: list[list[str]], path: str | os.PathLike[str]) -> None:
-    """Write the per-job rank hostfile (one ``["ip:port", ...]`` list per rank)."""
-    Path(path).write_text(dump_rank_hostfile(ranks))
-
-
-def load_rank_hostfile(path: str | os.PathLike[str]) -> list[list[str]]:
-    """Read a rank hostfile, checking that it is a list of lists of ``"ip:port"``."""
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise HostfileError(f"rank hostfile {str(p)!r} cannot be read: {e}") from None
-    if not isinstance(data, list) or not data:
-        raise HostfileError(f"rank hostfile {str(p)!r}: expected a non-empty list, got {data!r}")
-    for r, entry in enumerate(data):
-        if not isinstance(entry, list) or not entry or not all(
-            isinstance(a, str) and a.rpartition(":")[2].isdigit() for a in entry
-        ):
-            raise HostfileError(
-                f"rank hostfile {str(p)!r}: entry {r}: expected a list of 'ip:port' "
-                f"strings, got {entry!r}"
-            )
-    return data

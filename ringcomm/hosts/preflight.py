@@ -13,7 +13,6 @@ matrix. Hosts that are this machine are probed without ssh.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -21,9 +20,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from .. import backends, environment
 from . import probe, reach, ssh
+from .hostfile import HostEntry
 from .report import Finding, Link, Report, Status, bind_hint, format_report
-from .hostfile import BACKENDS, HostEntry, HostfileError, load_hostfile
 
 __all__ = [
     "Finding",
@@ -32,7 +32,6 @@ __all__ = [
     "Report",
     "Status",
     "format_report",
-    "main",
     "run_checks",
 ]
 
@@ -59,10 +58,6 @@ def _local_version() -> str:
     return str(__version__)
 
 
-def _spec(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-
 def plan_ranks(hosts: Sequence[HostEntry], repeat: int, starting_port: int | None,
                connect_timeout: float) -> tuple[list[RankTarget], list[Finding]]:
     """Return the ranks (host repeated ``repeat`` times) with their ring addresses."""
@@ -79,7 +74,7 @@ def plan_ranks(hosts: Sequence[HostEntry], repeat: int, starting_port: int | Non
         for _ in range(repeat):
             r = len(ranks)
             port = 0 if starting_port is None else starting_port + r
-            ranks.append(RankTarget(r, entry.ssh, tuple(_spec(ip, port) for ip in ips)))
+            ranks.append(RankTarget(r, entry.ssh, tuple(environment.format_address(ip, port) for ip in ips)))
     return ranks, findings
 
 
@@ -96,7 +91,7 @@ def _env_findings(host: _Host, res: ssh.Result | None, err: str, program: str | 
             info = None
     ssh_failed = res is not None and not opts.local and info is None and (
         res.returncode == ssh.SSH_ERROR or res.timed_out)
-    if ssh_failed:
+    if ssh_failed and res is not None:
         add(Finding(name, "ssh", Status.FAIL, ssh.explain(res, name)))
         return
     add(Finding(name, "ssh", Status.OK, "local" if opts.local else "ok"))
@@ -218,8 +213,8 @@ def run_checks(hosts: Sequence[HostEntry], *, repeat: int = 1, program: str | No
     """
     if repeat < 1:
         raise ValueError(f"expected repeat >= 1, got {repeat}")
-    if backend not in BACKENDS:
-        raise ValueError(f"expected backend in {BACKENDS}, got {backend!r}")
+    if backend not in backends.names():
+        raise ValueError(f"expected backend in {backends.names()}, got {backend!r}")
     if not hosts:
         raise ValueError("expected at least one host, got none")
     start = time.monotonic()
@@ -238,54 +233,3 @@ def run_checks(hosts: Sequence[HostEntry], *, repeat: int = 1, program: str | No
         findings.extend(h.findings)
     return Report(hosts=names, ranks=len(ranks), findings=findings, links=links,
                   seconds=time.monotonic() - start)
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="ringcomm check",
-        description="Check that a job can run on these hosts: ssh, python, ringcomm, the "
-                    "program, mpirun, and ring ports reachable between neighbours.")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--hosts", help="comma-separated hosts (default: 127.0.0.1)")
-    src.add_argument("--hostfile", help="MLX hostfile JSON")
-    p.add_argument("-n", "--repeat-hosts", type=int, default=1, metavar="N",
-                   help="ranks per host (default: 1)")
-    p.add_argument("--backend", choices=BACKENDS, help="default: the hostfile's, else ring")
-    p.add_argument("--python", help="python on the hosts (default: this one's path)")
-    p.add_argument("--cwd", help="directory the job runs in (default: the current one)")
-    p.add_argument("-p", "--starting-port", type=int, help="rank r listens on PORT+r "
-                   "(default: any free port)")
-    p.add_argument("--connect-timeout", type=float, default=ssh.DEFAULT_CONNECT_TIMEOUT,
-                   help="seconds for each ssh or TCP connection (default: %(default)s)")
-    p.add_argument("--timeout", type=float, default=20.0,
-                   help="seconds for each probe to run (default: %(default)s)")
-    p.add_argument("program", nargs="?", help="the script the job will run")
-    p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``ringcomm check``; return 0 when every check passes, else 1."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    backend = args.backend
-    try:
-        if args.hostfile:
-            hf = load_hostfile(args.hostfile)
-            hosts = list(hf.hosts)
-            backend = backend or hf.backend
-        else:
-            names = [h.strip() for h in (args.hosts or "127.0.0.1").split(",") if h.strip()]
-            hosts = [HostEntry(ssh=h) for h in names]
-        report = run_checks(hosts, repeat=args.repeat_hosts, program=args.program,
-                            python=args.python, backend=backend or "ring",
-                            starting_port=args.starting_port, cwd=args.cwd,
-                            connect_timeout=args.connect_timeout, timeout=args.timeout)
-    except (HostfileError, ValueError) as e:
-        parser.error(str(e))
-    print(format_report(report), flush=True)
-    return 0 if report.ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,6 +8,7 @@ outlives a check even when the ssh connection to it is cut.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 __all__ = ["CONNECT", "ENV", "LISTEN", "ProbeParseError", "parse_tagged"]
 
@@ -100,7 +101,7 @@ class ProbeParseError(ValueError):
     """A probe's output did not contain its tagged line."""
 
 
-def parse_tagged(output: str, tag: str) -> object:
+def parse_tagged(output: str, tag: str) -> Any:
     """Return the JSON after ``RINGCOMM-<tag> `` in ``output``; raise when absent."""
     prefix = f"RINGCOMM-{tag} "
     for line in output.splitlines():

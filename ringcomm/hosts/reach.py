@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .. import environment
 from . import probe, ssh
 
 __all__ = ["Listener", "Runner", "connect_from"]
@@ -74,7 +75,7 @@ class Listener:
             if line is None:
                 return f"the listener probe exited {self.proc.wait(timeout=5)}"
             if line.startswith("RINGCOMM-LISTEN "):
-                return list(probe.parse_tagged(line, "LISTEN"))  # type: ignore[arg-type]
+                return list(probe.parse_tagged(line, "LISTEN"))
 
     def close(self) -> None:
         """End the listener: EOF on its stdin, then its process group after a grace."""
@@ -92,7 +93,8 @@ class Listener:
 
 def bound_address(entry: dict) -> str:
     """Return the ``ip:port`` a listener result entry is bound to."""
-    return f"{entry['spec'].rpartition(':')[0]}:{entry['port']}"
+    host = str(entry["spec"]).rpartition(":")[0].strip("[]")  # the spec's port may be 0: any
+    return environment.format_address(host, int(entry["port"]))
 
 
 def connect_from(runner: Runner, addrs: Sequence[str], per_probe: float = 5.0
@@ -106,5 +108,5 @@ def connect_from(runner: Runner, addrs: Sequence[str], per_probe: float = 5.0
     except (OSError, ValueError) as e:
         return {a: f"the connect probe failed: {e}" for a in addrs}
     errors: dict[str, str | None] = {a: "no result" for a in addrs}
-    errors.update({g["spec"]: g["error"] for g in got})  # type: ignore[union-attr]
+    errors.update({g["spec"]: g["error"] for g in got})
     return errors

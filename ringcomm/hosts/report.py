@@ -131,7 +131,7 @@ def format_report(report: Report) -> str:
     lines = _table(rows)
     if report.links:
         lines += ["", "ring reachability (row host connects to column host's ring port):"]
-        cells = {}
+        cells: dict[tuple[str, str], str] = {}
         for link in report.links:
             key = (link.src_host, link.dst_host)
             cells[key] = "FAIL" if not link.ok or cells.get(key) == "FAIL" else "ok"

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from .api import launch
-from .options import Backend, LaunchConfig, LaunchError
+from .options import LaunchConfig, LaunchError
 
-__all__ = ["Backend", "LaunchConfig", "LaunchError", "launch"]
+__all__ = ["LaunchConfig", "LaunchError", "launch"]

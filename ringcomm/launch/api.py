@@ -7,19 +7,11 @@ import shlex
 import sys
 from typing import TextIO
 
-from ..hosts.hostfile import dump_rank_hostfile
+from ..environment import dump_rank_hostfile
 from . import commands
-from .options import (
-    Backend,
-    JobPlan,
-    LaunchConfig,
-    LaunchError,
-    RankSpec,
-    hostfile_vars,
-    rank_env,
-)
+from .options import LaunchConfig, LaunchError
 from .output import Output
-from .plan import host_entries, plan_job
+from .plan import JobPlan, RankSpec, host_entries, hostfile_vars, plan_job, rank_env
 from .supervisor import Job, JobResult, RankProcess, Reason
 
 __all__ = ["describe_plan", "failure_report", "launch", "rank_processes", "run_preflight"]
@@ -57,7 +49,7 @@ def rank_processes(plan: JobPlan) -> list[RankProcess]:
 
 def describe_plan(plan: JobPlan, processes: list[RankProcess]) -> str:
     """Return the human-readable dry-run text: each rank's command and environment."""
-    lines = [f"job: {plan.size} ranks, backend {plan.backend.value}"]
+    lines = [f"job: {plan.size} ranks, backend {plan.backend}"]
     lines.append(f"rank hostfile: {dump_rank_hostfile(plan.rank_hostfile())}")
     for spec, proc in zip(plan.ranks, processes):
         where = "local" if spec.local else "ssh"
@@ -117,7 +109,7 @@ def run_preflight(config: LaunchConfig, plan: JobPlan, *, stderr: TextIO) -> int
     program = config.command[0] if config.command[0].endswith(".py") else None
     report = check.run_checks(
         source.base, repeat=source.repeat, program=program, python=config.python,
-        backend=plan.backend.value, starting_port=config.starting_port, cwd=config.cwd,
+        backend=plan.backend, starting_port=config.starting_port, cwd=config.cwd,
     )
     print(check.format_report(report), file=stderr, flush=True)
     if not report.ok:
@@ -137,7 +129,7 @@ def launch(config: LaunchConfig, *, stderr: TextIO | None = None) -> int:
         code = run_preflight(config, plan, stderr=err)
         if code != 0:
             return code
-    if plan.backend is Backend.MPI:
+    if plan.backend == "mpi":
         from .mpi import launch_mpi
 
         return launch_mpi(plan, stderr=err)

@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from .. import backends
 from ..hosts.hostfile import HostfileError, parse_env_assignment
-from .options import Backend, LaunchConfig, LaunchError
+from .options import LaunchConfig, LaunchError
 
 __all__ = ["build_parser", "config_from_args", "main", "split_argv"]
 
@@ -69,7 +70,7 @@ def build_parser(prog: str = "ringcomm launch") -> argparse.ArgumentParser:
     p.add_argument("-n", "--repeat-hosts", type=_positive_int, default=1, metavar="N",
                    help="ranks per host (with one host: the number of ranks)")
     p.add_argument("--hostfile", type=Path, help="MLX JSON hostfile with 'ssh' and 'ips'")
-    p.add_argument("--backend", choices=[b.value for b in Backend],
+    p.add_argument("--backend", choices=backends.names(),
                    help="backend for the ranks; default: the hostfile's, else ring")
     p.add_argument("--env", action="append", type=_env, default=[], metavar="K=V",
                    help="set an environment variable in every rank (repeatable)")
@@ -131,7 +132,7 @@ def config_from_args(args: argparse.Namespace, command: list[str]) -> LaunchConf
         hosts=tuple((args.hosts or "127.0.0.1").split(",")),
         repeat_hosts=args.repeat_hosts,
         hostfile=args.hostfile,
-        backend=Backend(args.backend) if args.backend else None,
+        backend=args.backend,
         env=tuple(args.env),
         cwd=args.cwd,
         python=args.python,

@@ -117,7 +117,7 @@ class Guard:
             self.proc = subprocess.Popen(
                 argv, env=env, cwd=cwd, stdin=subprocess.PIPE,
                 # The guard has no other thread yet, so preexec_fn is safe here.
-                start_new_session=True, preexec_fn=preexec,  # noqa: PLW1509
+                start_new_session=True, preexec_fn=preexec,
             )
         except FileNotFoundError as e:
             missing = cwd if cwd and not os.path.isdir(cwd) else argv[0]

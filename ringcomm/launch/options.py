@@ -2,36 +2,21 @@
 
 from __future__ import annotations
 
-import enum
-import os
-import secrets
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from .. import environment
-from ..hosts.hostfile import rank_addresses
+from .. import backends
 
 __all__ = [
-    "Backend",
-    "JobPlan",
     "LaunchConfig",
     "LaunchError",
-    "RankSpec",
     "program_argv",
-    "rank_env",
 ]
 
 
 class LaunchError(RuntimeError):
     """The job could not be planned or started (bad program, host, port, tool)."""
-
-
-class Backend(enum.Enum):
-    """Which backend the ranks are told to use."""
-
-    RING = "ring"
-    MPI = "mpi"
 
 
 @dataclass
@@ -43,7 +28,8 @@ class LaunchConfig:
     hosts: tuple[str, ...] = ("127.0.0.1",)
     repeat_hosts: int = 1
     hostfile: Path | None = None
-    backend: Backend | None = None
+    backend: str | None = None
+    """A registered backend name (``ringcomm.backends.names()``); None: the hostfile's, else ring."""
     env: tuple[tuple[str, str], ...] = ()
     cwd: str | None = None
     python: str | None = None
@@ -73,6 +59,9 @@ class LaunchConfig:
             raise LaunchError(f"expected a port in 1..65535, got {self.starting_port}")
         if self.timeout is not None and self.timeout <= 0:
             raise LaunchError(f"expected --timeout > 0 seconds, got {self.timeout}")
+        if self.backend is not None and self.backend not in backends.names():
+            raise LaunchError(f"expected --backend in {', '.join(backends.names())}, "
+                              f"got {self.backend!r}")
         if self.grace < 0:
             raise LaunchError(f"expected a grace period >= 0 seconds, got {self.grace}")
 
@@ -80,39 +69,6 @@ class LaunchConfig:
     def python_path(self) -> str:
         """Return the interpreter the ranks (and their guards) run with."""
         return self.python or sys.executable
-
-
-@dataclass(frozen=True)
-class RankSpec:
-    """One rank of the job: where it runs, how it is reached, what it runs."""
-
-    rank: int
-    host: str
-    """The name ssh uses, or the local address for ranks on this machine."""
-    local: bool
-    addresses: tuple[str, ...]
-    """This rank's ``"ip:port"`` entries in the rank hostfile."""
-
-
-@dataclass
-class JobPlan:
-    """A launch turned concrete: ranks, program argv, shared environment."""
-
-    config: LaunchConfig
-    backend: Backend
-    ranks: list[RankSpec]
-    argv: list[str]
-    token: str = field(default_factory=lambda: secrets.token_hex(16))
-    hostfile_envs: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def size(self) -> int:
-        """Return the number of ranks."""
-        return len(self.ranks)
-
-    def rank_hostfile(self) -> list[list[str]]:
-        """Return the rank hostfile entries, one list of ``"ip:port"`` per rank."""
-        return [list(r.addresses) for r in self.ranks]
 
 
 def program_argv(command: list[str], python: str, *, cwd: str | None = None,
@@ -142,36 +98,3 @@ def program_argv(command: list[str], python: str, *, cwd: str | None = None,
             )
         return [python, first, *rest]
     return [first, *rest]
-
-
-def rank_env(plan: JobPlan, spec: RankSpec) -> dict[str, str]:
-    """Return the environment variables the launcher sets for one rank.
-
-    The hostfile variables are not here: the guard writes the rank hostfile
-    on the rank's own host and points ``RINGCOMM_HOSTFILE``/``MLX_HOSTFILE``
-    at it.
-    """
-    env: dict[str, str] = {}
-    env.update(dict(plan.hostfile_envs))
-    env.update({
-        environment.RANK: str(spec.rank),
-        environment.MLX_RANK: str(spec.rank),
-        environment.BACKEND: plan.backend.value,
-        environment.TOKEN: plan.token,
-    })
-    timeout = os.environ.get(environment.TIMEOUT)
-    if timeout is not None:
-        env[environment.TIMEOUT] = timeout
-    env.setdefault("PYTHONUNBUFFERED", os.environ.get("PYTHONUNBUFFERED", "1"))
-    env.update(dict(plan.config.env))
-    return env
-
-
-def hostfile_vars() -> tuple[str, ...]:
-    """Return the variables that point at the rank hostfile."""
-    return (environment.HOSTFILE, environment.MLX_HOSTFILE)
-
-
-def addresses_for(ips: tuple[str, ...], ports: list[int]) -> tuple[str, ...]:
-    """Return a rank's address tuple for ``ips`` and its ``ports``."""
-    return tuple(rank_addresses(ips, ports))

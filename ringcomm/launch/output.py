@@ -33,7 +33,7 @@ class Output:
         f = self.files.get(key)
         if f is None:
             # Open for the whole job; close() closes it.
-            f = open(self.output_dir / f"rank{rank}.{name}", "wb")  # noqa: SIM115
+            f = open(self.output_dir / f"rank{rank}.{name}", "wb")
             self.files[key] = f
         return f
 

@@ -3,23 +3,61 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import secrets
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from .. import environment
+from ..environment import rank_addresses
 from ..hosts import ssh
 from ..hosts.hostfile import HostEntry, load_hostfile
-from .options import (
-    Backend,
-    JobPlan,
-    LaunchConfig,
-    LaunchError,
-    RankSpec,
-    addresses_for,
-    program_argv,
-)
+from .options import LaunchConfig, LaunchError, program_argv
 
-__all__ = ["host_entries", "is_local_host", "pick_free_ports", "plan_job", "resolve_host"]
+__all__ = [
+    "JobPlan",
+    "RankSpec",
+    "host_entries",
+    "hostfile_vars",
+    "is_local_host",
+    "pick_free_ports",
+    "plan_job",
+    "rank_env",
+    "resolve_host",
+]
+
+@dataclass(frozen=True)
+class RankSpec:
+    """One rank of the job: where it runs, how it is reached, what it runs."""
+
+    rank: int
+    host: str
+    """The name ssh uses, or the local address for ranks on this machine."""
+    local: bool
+    addresses: tuple[str, ...]
+    """This rank's ``"ip:port"`` entries in the rank hostfile."""
+
+
+@dataclass
+class JobPlan:
+    """A launch turned concrete: ranks, program argv, shared environment."""
+
+    config: LaunchConfig
+    backend: str
+    ranks: list[RankSpec]
+    argv: list[str]
+    token: str = field(default_factory=lambda: secrets.token_hex(16))
+    hostfile_envs: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def size(self) -> int:
+        """Return the number of ranks."""
+        return len(self.ranks)
+
+    def rank_hostfile(self) -> list[list[str]]:
+        """Return the rank hostfile entries, one list of ``"ip:port"`` per rank."""
+        return [list(r.addresses) for r in self.ranks]
+
 
 @dataclass(frozen=True)
 class _HostSource:
@@ -88,12 +126,10 @@ def pick_free_ports(ip: str, count: int) -> list[int]:
             s.close()
 
 
-def _backend(config: LaunchConfig, from_hostfile: str | None) -> Backend:
+def _backend(config: LaunchConfig, from_hostfile: str | None) -> str:
     if config.backend is not None:
         return config.backend
-    if from_hostfile is not None:
-        return Backend(from_hostfile)
-    return Backend.RING
+    return from_hostfile if from_hostfile is not None else "ring"
 
 
 def plan_job(config: LaunchConfig) -> JobPlan:
@@ -158,3 +194,30 @@ def plan_job(config: LaunchConfig) -> JobPlan:
                         must_exist=all(local))
     return JobPlan(config=config, backend=backend, ranks=ranks, argv=argv,
                    hostfile_envs=source.envs)
+
+
+def rank_env(plan: JobPlan, spec: RankSpec | None) -> dict[str, str]:
+    """Return the environment variables the launcher sets for one rank (ring and MPI modes).
+
+    ``spec`` is None in MPI mode, where mpirun numbers the ranks: the rank
+    variables are then left out. The hostfile variables are not here either:
+    the guard writes the rank hostfile on the rank's own host and points
+    ``RINGCOMM_HOSTFILE``/``MLX_HOSTFILE`` at it. Precedence, lowest first:
+    the hostfile's ``envs``, the contract's variables, then ``--env``.
+    """
+    env: dict[str, str] = dict(plan.hostfile_envs)
+    env.update(environment.launcher_vars(plan.backend, plan.token,
+                                         None if spec is None else spec.rank))
+    env.setdefault("PYTHONUNBUFFERED", os.environ.get("PYTHONUNBUFFERED", "1"))
+    env.update(dict(plan.config.env))
+    return env
+
+
+def hostfile_vars() -> tuple[str, ...]:
+    """Return the variables that point at the rank hostfile."""
+    return environment.HOSTFILE_VARS
+
+
+def addresses_for(ips: tuple[str, ...], ports: list[int]) -> tuple[str, ...]:
+    """Return a rank's address tuple for ``ips`` and its ``ports``."""
+    return tuple(rank_addresses(ips, ports))

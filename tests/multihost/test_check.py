@@ -12,6 +12,7 @@ import netns
 import pytest
 
 from ringcomm.hosts import preflight as check
+from ringcomm.hosts.cli import check_main
 from ringcomm.hosts.hostfile import HostEntry
 
 pytestmark = pytest.mark.timeout(120)
@@ -45,7 +46,7 @@ def test_check_cli_with_hostfile(cluster: netns.Cluster, tmp_path: Path, capsys)
     hostfile = tmp_path / "hosts.json"
     hostfile.write_text(json.dumps({"backend": "ring", "envs": [],
                                     "hosts": [{"ssh": ip, "ips": [ip]} for ip in cluster.ips]}))
-    rc = check.main(["--hostfile", str(hostfile), "--cwd", REPO, "-p", "41000"])
+    rc = check_main(["--hostfile", str(hostfile), "--cwd", REPO, "-p", "41000"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "ring reachability" in out
@@ -59,7 +60,7 @@ def test_missing_script_on_one_host_is_reported(cluster: netns.Cluster, capsys) 
         (host.private_dir / "job.py").write_text("print('hi')\n")
     program = str(cluster.private_path / "job.py")
     try:
-        rc = check.main(["--hosts", ",".join(cluster.ips), "--cwd", REPO, program])
+        rc = check_main(["--hosts", ",".join(cluster.ips), "--cwd", REPO, program])
     finally:
         for host in (h1, h2):
             (host.private_dir / "job.py").unlink()

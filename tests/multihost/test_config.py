@@ -11,7 +11,7 @@ from pathlib import Path
 import netns
 import pytest
 
-from ringcomm.hosts import discovery as config
+from ringcomm.hosts.cli import config_main
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -26,7 +26,7 @@ print("rank", g.rank(), "of", g.size(), "sum", x.tolist(), flush=True)
 
 
 def _config(capsys, *args: str) -> tuple[int, str, str]:
-    rc = config.main(list(args))
+    rc = config_main(list(args))
     out, err = capsys.readouterr()
     return rc, out, err
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
 import sys
 import threading
 from collections.abc import Mapping
@@ -80,10 +79,9 @@ def is_available() -> bool:
 
 
 def _mpirun_hint() -> str:
-    local = os.path.join(os.path.dirname(sys.executable), "mpirun")
-    if os.path.exists(local):
-        return f"start the job with {local} (the mpirun of the MPI that mpi4py loads)"
-    found = shutil.which("mpirun")
+    found = mpi_env.find_mpirun()
+    if found is not None and os.path.dirname(found) == os.path.dirname(sys.executable):
+        return f"start the job with {found} (the mpirun of the MPI that mpi4py loads)"
     where = f"; the mpirun on PATH is {found}" if found else ""
     return f"start the job with the mpirun of the MPI that mpi4py loads{where}"
 

