@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
+from pathlib import Path
 from typing import TextIO
 
+from .. import trace
 from ..environment import dump_rank_hostfile
 from . import commands
 from .options import LaunchConfig, LaunchError
@@ -92,10 +95,30 @@ def failure_report(result: JobResult, python: str = "python") -> list[str]:
         lines.append(f"{_PREFIX} job timed out (--timeout); stopped every rank")
     elif result.reason == Reason.INTERRUPTED:
         lines.append(f"{_PREFIX} interrupted; stopped every rank")
+    silent = _named_silent(result)
+    if silent:
+        lines.append(f"{_PREFIX} {silent}")
     if stopped and result.reason == Reason.FAILED:
         lines.append(f"{_PREFIX} stopped the other ranks: {', '.join(map(str, stopped))}")
     lines.append(f"{_PREFIX} exit code {result.exit_code}")
     return lines
+
+
+_SILENT = re.compile(r"no answer to status queries from (rank \d+ \([^)]*\))")
+
+
+def _named_silent(result: JobResult) -> str | None:
+    """Return a line naming the ranks the others found frozen or cut off, if any did."""
+    named: dict[str, list[int]] = {}
+    for e in result.exits:
+        for line in e.stderr_tail:
+            for who in _SILENT.findall(line):
+                if e.rank not in named.setdefault(who, []):
+                    named[who].append(e.rank)
+    if not named:
+        return None
+    return "; ".join(f"{who} stopped answering (frozen, stopped, or cut off), as rank(s) "
+                     f"{', '.join(map(str, sorted(by)))} reported" for who, by in named.items())
 
 
 def run_preflight(config: LaunchConfig, plan: JobPlan, *, stderr: TextIO) -> int:
@@ -121,11 +144,30 @@ def run_preflight(config: LaunchConfig, plan: JobPlan, *, stderr: TextIO) -> int
 def launch(config: LaunchConfig, *, stderr: TextIO | None = None) -> int:
     """Run the job described by ``config``; return its exit code (0 only if every rank was 0).
 
-    Raises LaunchError (or HostfileError) when the job cannot be planned.
+    With ``max_restarts`` N, a job that failed (not one that timed out or was
+    interrupted) starts again, up to N times, on fresh ports and a fresh token,
+    with RINGCOMM_RESTART counting the attempts. Raises LaunchError (or
+    HostfileError) when the job cannot be planned.
     """
     err = stderr if stderr is not None else sys.stderr
-    plan = plan_job(config)
-    if config.check and not config.dry_run:
+    for attempt in range(config.max_restarts + 1):
+        code = _attempt(config, attempt, err)
+        if code in (0, 124, 130) or config.dry_run or attempt == config.max_restarts:
+            break  # success, --timeout, Ctrl-C, or no restart left
+        print(f"{_PREFIX} restarting the job (restart {attempt + 1} of {config.max_restarts}) "
+              f"after exit code {code}", file=err, flush=True)
+    if config.trace is not None and not config.dry_run:
+        _merge_trace(config.trace, err)
+    return code
+
+
+def _attempt(config: LaunchConfig, attempt: int, err: TextIO) -> int:
+    if config.launcher == "srun":
+        from .srun import launch_srun
+
+        return launch_srun(config, stderr=err, restart=attempt)
+    plan = plan_job(config, restart=attempt)
+    if config.check and not config.dry_run and attempt == 0:
         code = run_preflight(config, plan, stderr=err)
         if code != 0:
             return code
@@ -147,3 +189,21 @@ def launch(config: LaunchConfig, *, stderr: TextIO | None = None) -> int:
         for line in failure_report(result, config.python_path):
             print(line, file=err, flush=True)
     return result.exit_code
+
+
+def _merge_trace(directory: Path, err: TextIO) -> None:
+    """Join the ranks' timelines written on this host into DIR/trace.json."""
+    files = sorted(directory.glob("rank*.json"))
+    if not files:
+        print(f"{_PREFIX} --trace: no rank wrote a timeline to {str(directory)!r} (ranks on "
+              "other hosts write theirs there, on their own host)", file=err, flush=True)
+        return
+    out = directory / "trace.json"
+    try:
+        count = trace.merge(files, out)
+    except (OSError, ValueError) as e:
+        print(f"{_PREFIX} --trace: cannot merge the timelines in {str(directory)!r}: {e}",
+              file=err, flush=True)
+        return
+    print(f"{_PREFIX} timeline of {len(files)} rank(s), {count} events: {out} "
+          "(open it in ui.perfetto.dev)", file=err, flush=True)

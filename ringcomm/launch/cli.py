@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -58,6 +59,16 @@ def _env(text: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
 def build_parser(prog: str = "ringcomm launch") -> argparse.ArgumentParser:
     """Return the argument parser of ``ringcomm launch`` (options only, not the program)."""
     p = argparse.ArgumentParser(
@@ -84,7 +95,19 @@ def build_parser(prog: str = "ringcomm launch") -> argparse.ArgumentParser:
                    help="ring connections per ip (default 1)")
     p.add_argument("--mpi-arg", action="append", default=[], metavar="ARGS",
                    help="extra mpirun arguments, split like a shell (repeatable)")
-    p.add_argument("--verbose", action="store_true", help="print the plan before starting")
+    p.add_argument("--verbose", action="store_true",
+                   help="print the plan before starting, and the ringcomm log of every rank "
+                        "(RINGCOMM_LOG_LEVEL=DEBUG)")
+    p.add_argument("--trace", type=Path, metavar="DIR",
+                   help="write a timeline per rank to DIR and merge the local ones into "
+                        "DIR/trace.json (open it in ui.perfetto.dev)")
+    p.add_argument("--max-restarts", type=_non_negative_int, default=0, metavar="N",
+                   help="restart the whole job after a rank fails, up to N times; each attempt "
+                        "sees RINGCOMM_RESTART=0,1,... (default 0)")
+    p.add_argument("--launcher", choices=("ssh", "srun"),
+                   help="how ranks start: ssh (and local processes), or srun inside a Slurm "
+                        "allocation (default: srun when SLURM_JOB_ID is set and no --hosts or "
+                        "--hostfile is given, else ssh)")
     p.add_argument("--tag-output", action="store_true", help="prefix output lines with [rank]")
     p.add_argument("--output-dir", type=Path, metavar="DIR",
                    help="also write rank<r>.stdout / rank<r>.stderr files here")
@@ -146,7 +169,16 @@ def config_from_args(args: argparse.Namespace, command: list[str]) -> LaunchConf
         dry_run=args.dry_run,
         check=args.check,
         forward_stdin=not args.no_stdin,
+        trace=args.trace,
+        max_restarts=args.max_restarts,
+        launcher=args.launcher or _default_launcher(args),
     )
+
+
+def _default_launcher(args: argparse.Namespace) -> str:
+    """Return srun inside a Slurm allocation when no hosts were named, else ssh."""
+    inside = bool(os.environ.get("SLURM_JOB_ID")) and args.hosts is None and args.hostfile is None
+    return "srun" if inside else "ssh"
 
 
 def main(argv: list[str] | None = None, prog: str = "ringcomm launch") -> int:

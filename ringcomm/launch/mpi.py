@@ -9,11 +9,9 @@ import tempfile
 from typing import TextIO
 
 from ..backends.mpi import detect
-from . import commands
 from .options import LaunchError
-from .output import Output
 from .plan import JobPlan, rank_env
-from .supervisor import Job, RankProcess, Reason
+from .wrapper import describe_wrapped, run_wrapped
 
 __all__ = ["find_mpirun", "launch_mpi", "mpi_env", "mpirun_argv", "openmpi_hostfile"]
 
@@ -75,11 +73,8 @@ def launch_mpi(plan: JobPlan, *, stderr: TextIO) -> int:
     text = openmpi_hostfile(plan)
     if config.dry_run:
         argv = mpirun_argv("mpirun", "<hostfile>", plan, sorted(env), as_root=as_root)
-        print(f"job: {plan.size} ranks, backend mpi\nmpirun: {shlex.join(argv)}", flush=True)
+        print(describe_wrapped("mpirun", plan.size, plan.backend, argv, env), flush=True)
         print("hostfile:\n" + "".join(f"  {line}\n" for line in text.splitlines()), end="")
-        for key in sorted(env):
-            value = "<secret>" if key.endswith("TOKEN") else env[key]
-            print(f"  env: {key}={value}", flush=True)
         return 0
     mpirun = find_mpirun(config.python_path)
     fd, path = tempfile.mkstemp(prefix="ringcomm-openmpi-", suffix=".hosts")
@@ -87,23 +82,6 @@ def launch_mpi(plan: JobPlan, *, stderr: TextIO) -> int:
         with os.fdopen(fd, "w") as f:
             f.write(text)
         argv = mpirun_argv(mpirun, path, plan, sorted(env), as_root=as_root)
-        if config.verbose:
-            print(f"ringcomm launch: {shlex.join(argv)}", file=stderr, flush=True)
-        start = commands.start_frame(argv, env, cwd=None, hostfile=None, hostfile_vars=(),
-                                     grace=config.grace)
-        proc = RankProcess(rank=0, host="localhost", local=True,
-                           argv=commands.guard_argv(config.python_path),
-                           preamble=commands.guard_source() + start)
-        job = Job([proc], Output(output_dir=config.output_dir), grace=config.grace,
-                  timeout=config.timeout, forward_stdin=config.forward_stdin)
-        result = job.run()
+        return run_wrapped("mpirun", argv, env, config, stderr=stderr)
     finally:
         os.unlink(path)
-    if result.reason == Reason.FAILED and result.first_failure is not None:
-        failed = result.first_failure
-        print(f"ringcomm launch: mpirun {failed.describe()}", file=stderr, flush=True)
-    elif result.reason == Reason.TIMEOUT:
-        print("ringcomm launch: job timed out (--timeout); stopped mpirun", file=stderr)
-    elif result.reason == Reason.INTERRUPTED:
-        print("ringcomm launch: interrupted; stopped mpirun", file=stderr)
-    return result.exit_code

@@ -45,6 +45,11 @@ class LaunchConfig:
     forward_stdin: bool = True
     grace: float = 3.0
     """Seconds between SIGTERM and SIGKILL when ranks are stopped."""
+    trace: Path | None = None
+    """Where ranks write their timelines (RINGCOMM_TRACE); the launcher merges them."""
+    max_restarts: int = 0
+    launcher: str = "ssh"
+    """"ssh" (local processes and ssh) or "srun" (a Slurm step in the current allocation)."""
 
     def __post_init__(self) -> None:
         if not self.command:
@@ -62,6 +67,10 @@ class LaunchConfig:
         if self.backend is not None and self.backend not in backends.names():
             raise LaunchError(f"expected --backend in {', '.join(backends.names())}, "
                               f"got {self.backend!r}")
+        if self.max_restarts < 0:
+            raise LaunchError(f"expected --max-restarts >= 0, got {self.max_restarts}")
+        if self.launcher not in ("ssh", "srun"):
+            raise LaunchError(f"expected --launcher ssh or srun, got {self.launcher!r}")
         if self.grace < 0:
             raise LaunchError(f"expected a grace period >= 0 seconds, got {self.grace}")
 

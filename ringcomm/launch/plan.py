@@ -48,6 +48,8 @@ class JobPlan:
     argv: list[str]
     token: str = field(default_factory=lambda: secrets.token_hex(16))
     hostfile_envs: tuple[tuple[str, str], ...] = ()
+    restart: int = 0
+    """Which attempt this is under --max-restarts (RINGCOMM_RESTART)."""
 
     @property
     def size(self) -> int:
@@ -132,7 +134,7 @@ def _backend(config: LaunchConfig, from_hostfile: str | None) -> str:
     return from_hostfile if from_hostfile is not None else "ring"
 
 
-def plan_job(config: LaunchConfig) -> JobPlan:
+def plan_job(config: LaunchConfig, restart: int = 0) -> JobPlan:
     """Return the concrete plan for ``config``: one RankSpec per rank."""
     source = host_entries(config)
     entries = source.entries
@@ -193,7 +195,7 @@ def plan_job(config: LaunchConfig) -> JobPlan:
     argv = program_argv(config.command, config.python_path, cwd=config.cwd,
                         must_exist=all(local))
     return JobPlan(config=config, backend=backend, ranks=ranks, argv=argv,
-                   hostfile_envs=source.envs)
+                   hostfile_envs=source.envs, restart=restart)
 
 
 def rank_env(plan: JobPlan, spec: RankSpec | None) -> dict[str, str]:
@@ -208,6 +210,12 @@ def rank_env(plan: JobPlan, spec: RankSpec | None) -> dict[str, str]:
     env: dict[str, str] = dict(plan.hostfile_envs)
     env.update(environment.launcher_vars(plan.backend, plan.token,
                                          None if spec is None else spec.rank))
+    env[environment.RESTART] = str(plan.restart)
+    config = plan.config
+    if config.trace is not None:
+        env[environment.TRACE] = str(config.trace.resolve())
+    if config.verbose:
+        env.setdefault(environment.LOG_LEVEL, "DEBUG")
     env.setdefault("PYTHONUNBUFFERED", os.environ.get("PYTHONUNBUFFERED", "1"))
     env.update(dict(plan.config.env))
     return env
