@@ -196,8 +196,15 @@ def _png(text: str) -> str:
     return text
 
 
+def ringcomm_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def _parser() -> _Parser:
     p = _Parser(prog="ringcomm bench", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"%(prog)s {ringcomm_version()}")
     p.add_argument("-n", type=_positive, default=2, help="local ranks to start (default 2)")
     p.add_argument("--op", type=_ops, default=["all_sum"],
                    help=f"op or comma-separated ops: {', '.join(OPS)} (default all_sum)")

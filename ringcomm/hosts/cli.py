@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .. import backends
+from .. import __version__, backends
 from . import ssh
 from .discovery import ConfigError, configure, hostfile_json, to_dot
 from .hostfile import HostEntry, HostfileError, load_hostfile, parse_env_assignment
@@ -25,6 +25,7 @@ def _check_parser() -> argparse.ArgumentParser:
         prog="ringcomm check",
         description="Check that a job can run on these hosts: ssh, python, ringcomm, the "
                     "program, mpirun, and ring ports reachable between neighbours.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--hosts", help="comma-separated hosts (default: 127.0.0.1)")
     src.add_argument("--hostfile", help="MLX hostfile JSON")
@@ -77,6 +78,7 @@ def _config_parser() -> argparse.ArgumentParser:
         prog="ringcomm config",
         description="Write a hostfile: find each host's address over ssh and check that "
                     "the hosts reach each other.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--hosts", help="comma-separated ssh host names")
     src.add_argument("--hostfile", help="a hostfile whose 'ssh' names to use")

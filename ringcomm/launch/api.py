@@ -86,7 +86,14 @@ def failure_report(result: JobResult, python: str = "python") -> list[str]:
             if reason:
                 lines.append(f"{_PREFIX} {reason}")
         tail = f.stderr_tail[-_REPORT_LINES:]
-        if tail:
+        errors = _ringcomm_errors(result)
+        if f.rank in {r for rs in errors.values() for r in rs}:
+            # Its traceback was shown live; the error once, with every rank that had it,
+            # says more than the same traceback again (the --output-dir logs keep it whole).
+            for text, ranks in errors.items():
+                who = "rank" if len(ranks) == 1 else "ranks"
+                lines.append(f"{_PREFIX} {who} {', '.join(map(str, ranks))}: {text}")
+        elif tail:
             lines.append(f"{_PREFIX} last {len(tail)} lines of rank {f.rank}'s stderr:")
             lines.extend(f"  | {t}" for t in tail)
         else:
@@ -102,6 +109,30 @@ def failure_report(result: JobResult, python: str = "python") -> list[str]:
         lines.append(f"{_PREFIX} stopped the other ranks: {', '.join(map(str, stopped))}")
     lines.append(f"{_PREFIX} exit code {result.exit_code}")
     return lines
+
+
+# The last line of a traceback of one of ringcomm's own errors.
+_RINGCOMM_ERROR = re.compile(r"(?:ringcomm\.errors\.)?((?:Init|Connect|Peer|PeerAborted|CommTimeout|"
+                             r"Mismatch|Ringcomm)Error): (.*)")
+
+
+def _ringcomm_errors(result: JobResult) -> dict[str, list[int]]:
+    """Return each distinct ringcomm error the failed ranks died of, with their ranks.
+
+    Ranks that report the same failure differ only in who says it ("rank 0 failed
+    in ..."), so the first failure's text stands for the ones that repeat it.
+    """
+    found: dict[str, list[int]] = {}
+    for e in sorted(result.exits, key=lambda e: e.rank):
+        if e.code == 0 or not e.stderr_tail:
+            continue
+        m = _RINGCOMM_ERROR.fullmatch(e.stderr_tail[-1].strip())
+        if m is None:
+            continue
+        kind, text = m.groups()
+        key = next((k for k in found if text in k or k.split(": ", 1)[-1] in text), None)
+        found.setdefault(key or f"{kind}: {text}", []).append(e.rank)
+    return found
 
 
 _SILENT = re.compile(r"no answer to status queries from (rank \d+ \([^)]*\))")

@@ -19,7 +19,22 @@ examples:
   ringcomm launch -n 2 -m package.module
   ringcomm launch --hosts 10.0.0.1,10.0.0.2 -n 2 script.py
   ringcomm launch --hostfile hosts.json --backend mpi script.py
-See docs/launching.md for hostfile formats and troubleshooting."""
+  ringcomm launch -n 2 --max-restarts 2 train.py   # restart the job after a failure
+
+A hostfile is MLX's JSON: [{"ssh": "host1", "ips": ["10.0.0.1"]}, ...] or
+{"backend": "ring", "envs": ["K=V"], "hosts": [...]}; each entry is one rank
+(-n repeats it). A bare "python" runs with this interpreter (--python), which
+must exist at the same path on every host. Every rank gets RINGCOMM_RANK,
+RINGCOMM_HOSTFILE, RINGCOMM_TOKEN (and MLX_RANK, MLX_HOSTFILE). The exit code
+is the first failed rank's (128+N for signal N), 124 on --timeout, 130 on
+Ctrl-C; nothing outlives the launcher. More: docs/launching.md in the ringcomm
+source tree."""
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
 
 
 def _positive_int(text: str) -> int:
@@ -87,6 +102,7 @@ def build_parser(prog: str = "ringcomm launch") -> argparse.ArgumentParser:
                    help="set an environment variable in every rank (repeatable)")
     p.add_argument("--cwd", help="working directory of every rank")
     p.add_argument("--python", help="python executable for ranks; default this one")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     p.add_argument("--print-python", action="store_true",
                    help="print the python executable path and exit")
     p.add_argument("-p", "--starting-port", type=_port, metavar="PORT",

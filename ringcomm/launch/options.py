@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,17 +82,36 @@ class LaunchConfig:
         return self.python or sys.executable
 
 
+# A Python interpreter by a bare name: python, python3, python3.11.
+_PYTHON_NAME = re.compile(r"python(\d+(\.\d+)?)?")
+
+
 def program_argv(command: list[str], python: str, *, cwd: str | None = None,
                  must_exist: bool = True) -> list[str]:
     """Return the argv that runs ``command``: scripts and ``-m`` with ``python``.
 
     A ``.py`` script found relative to ``cwd`` (or the current directory) is
     made absolute, so that remote ranks find it at the same path; with
-    ``must_exist`` a missing script is an error.
+    ``must_exist`` a missing script is an error. A Python interpreter named
+    by a bare name (``python``, ``python3``, ``python3.11``) means ``python``:
+    on a remote host that name would find the system's interpreter, not the
+    one the job was launched from (as in MLX, the interpreter must be at the
+    same path on every host). Another bare name found on this machine's PATH
+    becomes its absolute path.
     """
     if not command:
         raise LaunchError("no program given")
     first, rest = command[0], list(command[1:])
+    if _PYTHON_NAME.fullmatch(first):
+        if not rest:
+            raise LaunchError(f"{first} needs a script or -m MODULE, e.g. "
+                              f"'ringcomm launch -n 2 {first} train.py'")
+        return program_argv(rest, python, cwd=cwd, must_exist=must_exist) \
+            if rest[0] == "-m" or rest[0].endswith(".py") else [python, *rest]
+    if "/" not in first and not first.endswith(".py"):
+        found = shutil.which(first)
+        if found is not None:
+            first = found
     if first == "-m":
         if not rest:
             raise LaunchError("-m needs a module name, e.g. 'ringcomm launch -n 2 -m pkg.mod'")
