@@ -117,8 +117,22 @@ def test_choose_address() -> None:
     with pytest.raises(config.ConfigError, match="h: no interface 'eth7'; expected one of: lo, "):
         config.choose_address("h", _info(), "eth7")
     no_route = _netinfo.NetInfo("Linux", _info().interfaces, None)
-    with pytest.raises(config.ConfigError, match="no default route.*pass --interface"):
+    with pytest.raises(config.ConfigError, match="no default route, and 2 interfaces with IPv4 "
+                       r"\(eth0 \(192.0.2.2\), br0 \(10.77.0.1\)\) of which none holds the "
+                       "address ssh reaches; hint: pass --interface NAME"):
         config.choose_address("h", no_route, None)
+
+
+def test_without_a_default_route_the_interface_ssh_reaches_or_the_only_one_is_chosen() -> None:
+    no_route = _netinfo.NetInfo("Linux", _info().interfaces, None)
+    a = config.choose_address("h", no_route, None, ssh_ip="10.77.0.1")
+    assert (a.interface, a.ip) == ("br0", "10.77.0.1")
+    assert a.reason == "no default route; it holds 10.77.0.1, the address ssh reaches"
+    only = _netinfo.NetInfo("Linux", tuple(i for i in _info().interfaces
+                                           if i.loopback or i.name == "br0"), None)
+    a = config.choose_address("h", only, None, ssh_ip="192.0.2.99")
+    assert (a.interface, a.ip) == ("br0", "10.77.0.1")
+    assert a.reason == "no default route; its only interface with IPv4"
 
 
 def test_hostfile_json_loads_back_in_mlx_form() -> None:

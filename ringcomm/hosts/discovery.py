@@ -65,16 +65,31 @@ class Discovery:
                 for link in self.links if not link.ok and (link.src_rank, link.dst_rank) in ring]
 
 
-def choose_address(host: str, info: netinfo.NetInfo, interface: str | None) -> HostAddress:
-    """Return the IPv4 address of ``interface`` (default: the default route's) on ``host``."""
-    with_v4 = [i for i in info.interfaces if i.ipv4 and not i.loopback]
+def choose_address(host: str, info: netinfo.NetInfo, interface: str | None,
+                   ssh_ip: str | None = None) -> HostAddress:
+    """Return the IPv4 address ``host`` is reached at for the ring.
+
+    ``interface`` when named; else the default route's interface; else, on a
+    host without a default route (a private switch, a direct cable), its only
+    interface with IPv4, or the one holding ``ssh_ip`` (the address ssh
+    reaches it at). Otherwise the caller must name one.
+    """
+    with_v4 = [i for i in info.interfaces if i.ipv4 and not i.loopback and i.up]
     listing = ", ".join(f"{i.name} ({i.ipv4[0]})" for i in with_v4) or "none"
     reason = "named with --interface"
-    if interface is None:
-        if info.default_interface is None:
-            raise ConfigError(f"{host}: no default route to pick an interface from; "
-                              f"interfaces with IPv4: {listing}; hint: pass --interface NAME")
+    if interface is None and info.default_interface is not None:
         interface, reason = info.default_interface, "interface of the default route"
+    elif interface is None:
+        holding = [i for i in with_v4 if ssh_ip in i.ipv4]
+        if len(with_v4) == 1:
+            interface, reason = with_v4[0].name, "no default route; its only interface with IPv4"
+        elif holding:
+            interface, reason = holding[0].name, f"no default route; it holds {ssh_ip}, the " \
+                                                 "address ssh reaches"
+        else:
+            raise ConfigError(f"{host}: no default route, and {len(with_v4)} interfaces with "
+                              f"IPv4 ({listing}) of which none holds the address ssh reaches; "
+                              "hint: pass --interface NAME")
     found = [i for i in info.interfaces if i.name == interface]
     if not found:
         names = ", ".join(i.name for i in info.interfaces) or "none"
@@ -83,6 +98,14 @@ def choose_address(host: str, info: netinfo.NetInfo, interface: str | None) -> H
         raise ConfigError(f"{host}: interface {interface!r} has no IPv4 address; interfaces "
                           f"with IPv4: {listing}; hint: pass --interface with one of them")
     return HostAddress(host, interface, found[0].ipv4[0], reason)
+
+
+def _ssh_ip(host: str) -> str | None:
+    """Return the address ssh reaches `host` at, or None when it does not resolve."""
+    try:
+        return ssh.resolve_ssh_host(host)[0]
+    except OSError:
+        return None
 
 
 def _duplicates(addrs: list[HostAddress]) -> list[str]:
@@ -175,7 +198,7 @@ def configure(hosts: Sequence[str], *, interface: str | None = None,
         info = infos[n]
         assert isinstance(info, netinfo.NetInfo)
         try:
-            addrs.append(choose_address(n, info, interface))
+            addrs.append(choose_address(n, info, interface, _ssh_ip(n)))
         except ConfigError as e:
             errors.append(str(e))
     errors += _duplicates(addrs)

@@ -127,5 +127,34 @@ def test_dot_output(cluster: netns.Cluster, capsys) -> None:
     assert f'  "{h1}" [label="{h1}\\n{h1} (eth0)"];' in lines
 
 
+def test_config_works_on_hosts_without_a_default_route(cluster: netns.Cluster, tmp_path: Path,
+                                                       capsys) -> None:
+    h1 = cluster.hosts[0]
+    for h in cluster.hosts:
+        assert cluster.netns_exec(h, ["ip", "route", "del", "default"]).returncode == 0
+    cluster.add_interface(h1, "rcx0", "10.99.0.1/24")  # a second interface with IPv4 on h1
+    try:
+        hostfile = tmp_path / "hosts.json"
+        rc, _, err = _config(capsys, "--hosts", ",".join(cluster.ips), "--output", str(hostfile))
+        assert rc == 0, err
+        assert f"{h1.ip}: {h1.ip} on eth0 (no default route; it holds {h1.ip}, the address " \
+               "ssh reaches)" in err
+        for h in cluster.hosts[1:]:
+            assert f"{h.ip}: {h.ip} on eth0 (no default route; its only interface with IPv4)" \
+                in err
+        job = tmp_path / "job.py"
+        job.write_text(JOB)
+        res = subprocess.run([sys.executable, "-m", "ringcomm", "launch", "--hostfile",
+                              str(hostfile), "--cwd", REPO, str(job)], capture_output=True,
+                             text=True, timeout=120, cwd=REPO, env=cluster.env(),
+                             stdin=subprocess.DEVNULL, check=False)
+        assert res.returncode == 0, res.stderr
+        assert len([ln for ln in res.stdout.splitlines() if ln.startswith("rank")]) == 3
+    finally:
+        cluster.del_interface(h1, "rcx0")
+        for h in cluster.hosts:
+            cluster.netns_exec(h, ["ip", "route", "add", "default", "via", cluster.bridge_ip])
+
+
 def test_no_stray_processes(cluster: netns.Cluster) -> None:
     assert cluster.wait_no_strays() == {}
