@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -142,6 +143,12 @@ def test_failure_report_names_rank_host_pid_signal():
     text = "\n".join(failure_report(JobResult(139, Reason.FAILED, first, [first, other])))
     assert "rank 2 failed first: killed by SIGSEGV (exit code 139) (host h, pid 77)" in text
     assert "| boom" in text and "stopped the other ranks: 0" in text
+    # Another launcher as the job's one process is named instead of a rank.
+    tool = RankExit(rank=0, host="localhost", pid=9, code=3)
+    assert failure_report(JobResult(3, Reason.FAILED, tool, [tool]), started_by="mpirun") == [
+        "ringcomm launch: mpirun exit code 3", "ringcomm launch: exit code 3"]
+    assert failure_report(JobResult(124, Reason.TIMEOUT, None, [tool]), started_by="srun")[0] \
+        == "ringcomm launch: job timed out (--timeout); stopped srun"
 
 
 def test_config_rejects_bad_values():
@@ -149,6 +156,8 @@ def test_config_rejects_bad_values():
         LaunchConfig(command=[])
     with pytest.raises(LaunchError, match="connections-per-ip"):
         LaunchConfig(command=["x"], connections_per_ip=0)
+    with pytest.raises(LaunchError, match=r"expected --backend in ring, mpi, got 'nccl'"):
+        LaunchConfig(command=["x"], backend="nccl")
 
 
 # -- real jobs ----------------------------------------------------------------
@@ -313,7 +322,8 @@ def test_python_api_returns_exit_code(tmp_path):
 
 def test_mpirun_argv_and_openmpi_hostfile(monkeypatch):
     from ringcomm.launch import mpi
-    from ringcomm.launch.plan import JobPlan, RankSpec
+    from ringcomm.launch.api import describe_plan
+    from ringcomm.launch.plan import JobPlan, RankSpec, WrappedLaunch
 
     cfg = LaunchConfig(command=["-m", "mod"], cwd="/w", mpi_args=("--bind-to none", "-v"),
                        backend="mpi", python="/py")
@@ -332,6 +342,12 @@ def test_mpirun_argv_and_openmpi_hostfile(monkeypatch):
         "--bind-to", "none", "--", "x"]
     env = mpi.mpi_env(plan, as_root=True)
     assert env["OMPI_ALLOW_RUN_AS_ROOT"] == "1" and env["RINGCOMM_BACKEND"] == "mpi"
+    text = describe_plan(plan, WrappedLaunch("mpirun", argv, env, plan.size,
+                                             mpi.openmpi_hostfile(plan)))
+    assert text.splitlines()[:2] == ["job: 3 ranks, backend mpi, started by mpirun",
+                                     "mpirun: " + shlex.join(argv)]
+    assert "  env: RINGCOMM_TOKEN=<secret>" in text and plan.token not in text
+    assert text.endswith("hostfile:\n  h1 slots=2\n  localhost slots=1")
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.setattr(sys, "executable", "/nonexistent/python")
     with pytest.raises(LaunchError, match=r'pip install "ringcomm\[mpi\]"'):

@@ -14,8 +14,16 @@ from ..environment import dump_rank_hostfile
 from . import commands
 from .options import LaunchConfig, LaunchError
 from .output import Output
-from .plan import JobPlan, RankSpec, host_entries, hostfile_vars, plan_job, rank_env
-from .supervisor import Job, JobResult, RankProcess, Reason
+from .plan import (
+    JobPlan,
+    RankSpec,
+    WrappedLaunch,
+    host_entries,
+    hostfile_vars,
+    plan_job,
+    rank_env,
+)
+from .supervisor import Job, JobResult, RankExit, RankProcess, Reason
 
 __all__ = ["describe_plan", "failure_report", "launch", "rank_processes", "run_preflight"]
 
@@ -50,64 +58,92 @@ def rank_processes(plan: JobPlan) -> list[RankProcess]:
     return out
 
 
-def describe_plan(plan: JobPlan, processes: list[RankProcess]) -> str:
-    """Return the human-readable dry-run text: each rank's command and environment."""
+def describe_plan(plan: JobPlan, started: list[RankProcess] | WrappedLaunch) -> str:
+    """Return the human-readable dry-run text: what starts, where, with which environment.
+
+    ``started`` is what the launcher runs: a guard per rank (each rank's command
+    and environment are shown), or another launcher that starts the ranks (its
+    command line, the variables every rank gets and its hostfile).
+    """
+    if isinstance(started, WrappedLaunch):
+        lines = [f"job: {started.ranks} ranks, backend {plan.backend}, started by {started.tool}",
+                 f"{started.tool}: {shlex.join(started.argv)}", *_env_lines(started.env)]
+        if started.hostfile is not None:
+            lines.append("hostfile:")
+            lines += [f"  {line}" for line in started.hostfile.splitlines()]
+        return "\n".join(lines)
     lines = [f"job: {plan.size} ranks, backend {plan.backend}"]
     lines.append(f"rank hostfile: {dump_rank_hostfile(plan.rank_hostfile())}")
-    for spec, proc in zip(plan.ranks, processes):
+    for spec, proc in zip(plan.ranks, started):
         where = "local" if spec.local else "ssh"
         lines.append(f"rank {spec.rank} on {spec.host} ({where}):")
         lines.append(f"  guard: {shlex.join(proc.argv)}")
         lines.append(f"  program: {shlex.join(plan.argv)}")
         if plan.config.cwd:
             lines.append(f"  cwd: {plan.config.cwd}")
-        env = rank_env(plan, spec)
-        for key in sorted(env):
-            value = "<secret>" if key.endswith("TOKEN") else env[key]
-            lines.append(f"  env: {key}={value}")
+        lines += _env_lines(rank_env(plan, spec))
         for key in hostfile_vars():
             lines.append(f"  env: {key}=<temp file with the rank hostfile>")
     return "\n".join(lines)
 
 
-def failure_report(result: JobResult, python: str = "python") -> list[str]:
-    """Return the lines printed to stderr when a job did not succeed."""
+def _env_lines(env: dict[str, str]) -> list[str]:
+    """Return one ``env:`` line per variable, sorted; the token never appears."""
+    return [f"  env: {key}={'<secret>' if key.endswith('TOKEN') else env[key]}"
+            for key in sorted(env)]
+
+
+def failure_report(result: JobResult, python: str = "python", *,
+                   started_by: str | None = None) -> list[str]:
+    """Return the lines printed to stderr when a job did not succeed.
+
+    ``started_by`` names another launcher (mpirun, srun) that was the job's one
+    process: it numbers the ranks and reports them itself, and its output, every
+    rank's lines mixed, was shown live, so the report names it, not a rank.
+    """
     lines = []
     stopped = [e.rank for e in result.exits if e.stopped]
     if result.reason == Reason.FAILED and result.first_failure is not None:
-        f = result.first_failure
-        pid = f"pid {f.pid}" if f.pid is not None else "pid unknown"
-        lines.append(f"{_PREFIX} rank {f.rank} failed first: {f.describe()} "
-                     f"(host {f.host}, {pid})")
-        if not f.local and f.pid is None:
-            from .remote import explain_ssh_failure
-
-            reason = explain_ssh_failure(f.host, f.code, f.stderr_tail, python)
-            if reason:
-                lines.append(f"{_PREFIX} {reason}")
-        tail = f.stderr_tail[-_REPORT_LINES:]
-        errors = _ringcomm_errors(result)
-        if f.rank in {r for rs in errors.values() for r in rs}:
-            # Its traceback was shown live; the error once, with every rank that had it,
-            # says more than the same traceback again (the --output-dir logs keep it whole).
-            for text, ranks in errors.items():
-                who = "rank" if len(ranks) == 1 else "ranks"
-                lines.append(f"{_PREFIX} {who} {', '.join(map(str, ranks))}: {text}")
-        elif tail:
-            lines.append(f"{_PREFIX} last {len(tail)} lines of rank {f.rank}'s stderr:")
-            lines.extend(f"  | {t}" for t in tail)
+        if started_by is not None:
+            lines.append(f"{_PREFIX} {started_by} {result.first_failure.describe()}")
         else:
-            lines.append(f"{_PREFIX} rank {f.rank} wrote nothing to stderr")
+            lines += _first_failure(result.first_failure, result, python)
     elif result.reason == Reason.TIMEOUT:
-        lines.append(f"{_PREFIX} job timed out (--timeout); stopped every rank")
+        lines.append(f"{_PREFIX} job timed out (--timeout); stopped {started_by or 'every rank'}")
     elif result.reason == Reason.INTERRUPTED:
-        lines.append(f"{_PREFIX} interrupted; stopped every rank")
-    silent = _named_silent(result)
+        lines.append(f"{_PREFIX} interrupted; stopped {started_by or 'every rank'}")
+    silent = _named_silent(result) if started_by is None else None
     if silent:
         lines.append(f"{_PREFIX} {silent}")
     if stopped and result.reason == Reason.FAILED:
         lines.append(f"{_PREFIX} stopped the other ranks: {', '.join(map(str, stopped))}")
     lines.append(f"{_PREFIX} exit code {result.exit_code}")
+    return lines
+
+
+def _first_failure(f: RankExit, result: JobResult, python: str) -> list[str]:
+    """Return the lines on the rank that failed first (``f``): how, where, and its error."""
+    pid = f"pid {f.pid}" if f.pid is not None else "pid unknown"
+    lines = [f"{_PREFIX} rank {f.rank} failed first: {f.describe()} (host {f.host}, {pid})"]
+    if not f.local and f.pid is None:
+        from .remote import explain_ssh_failure
+
+        reason = explain_ssh_failure(f.host, f.code, f.stderr_tail, python)
+        if reason:
+            lines.append(f"{_PREFIX} {reason}")
+    tail = f.stderr_tail[-_REPORT_LINES:]
+    errors = _ringcomm_errors(result)
+    if f.rank in {r for rs in errors.values() for r in rs}:
+        # Its traceback was shown live; the error once, with every rank that had it,
+        # says more than the same traceback again (the --output-dir logs keep it whole).
+        for text, ranks in errors.items():
+            who = "rank" if len(ranks) == 1 else "ranks"
+            lines.append(f"{_PREFIX} {who} {', '.join(map(str, ranks))}: {text}")
+    elif tail:
+        lines.append(f"{_PREFIX} last {len(tail)} lines of rank {f.rank}'s stderr:")
+        lines.extend(f"  | {t}" for t in tail)
+    else:
+        lines.append(f"{_PREFIX} rank {f.rank} wrote nothing to stderr")
     return lines
 
 

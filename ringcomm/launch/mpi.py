@@ -9,9 +9,10 @@ import tempfile
 from typing import TextIO
 
 from ..backends.mpi import detect
+from .api import describe_plan
 from .options import LaunchError
-from .plan import JobPlan, rank_env
-from .wrapper import describe_wrapped, run_wrapped
+from .plan import JobPlan, WrappedLaunch, rank_env
+from .wrapper import run_wrapped
 
 __all__ = ["find_mpirun", "launch_mpi", "mpi_env", "mpirun_argv", "openmpi_hostfile"]
 
@@ -73,8 +74,8 @@ def launch_mpi(plan: JobPlan, *, stderr: TextIO) -> int:
     text = openmpi_hostfile(plan)
     if config.dry_run:
         argv = mpirun_argv("mpirun", "<hostfile>", plan, sorted(env), as_root=as_root)
-        print(describe_wrapped("mpirun", plan.size, plan.backend, argv, env), flush=True)
-        print("hostfile:\n" + "".join(f"  {line}\n" for line in text.splitlines()), end="")
+        print(describe_plan(plan, WrappedLaunch("mpirun", argv, env, plan.size, text)),
+              flush=True)
         return 0
     mpirun = find_mpirun(config.python_path)
     fd, path = tempfile.mkstemp(prefix="ringcomm-openmpi-", suffix=".hosts")
@@ -82,6 +83,7 @@ def launch_mpi(plan: JobPlan, *, stderr: TextIO) -> int:
         with os.fdopen(fd, "w") as f:
             f.write(text)
         argv = mpirun_argv(mpirun, path, plan, sorted(env), as_root=as_root)
-        return run_wrapped("mpirun", argv, env, config, stderr=stderr)
+        return run_wrapped(plan, WrappedLaunch("mpirun", argv, env, plan.size, text),
+                           stderr=stderr)
     finally:
         os.unlink(path)

@@ -1,4 +1,8 @@
-"""Turn a LaunchConfig into a JobPlan: hosts, local or remote, addresses, ports."""
+"""Turn a LaunchConfig into a JobPlan: hosts, local or remote, addresses, ports.
+
+A job that another launcher (mpirun, srun) starts is described by a
+`WrappedLaunch`: the one command ringcomm runs under a guard.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from .options import LaunchConfig, LaunchError, program_argv
 __all__ = [
     "JobPlan",
     "RankSpec",
+    "WrappedLaunch",
     "host_entries",
     "hostfile_vars",
     "is_local_host",
@@ -25,6 +30,7 @@ __all__ = [
     "rank_env",
     "resolve_host",
 ]
+
 
 @dataclass(frozen=True)
 class RankSpec:
@@ -59,6 +65,24 @@ class JobPlan:
     def rank_hostfile(self) -> list[list[str]]:
         """Return the rank hostfile entries, one list of ``"ip:port"`` per rank."""
         return [list(r.addresses) for r in self.ranks]
+
+
+@dataclass
+class WrappedLaunch:
+    """Ranks that another launcher starts: its command line and what every rank gets.
+
+    That launcher places and numbers the ranks itself; ringcomm runs it as the
+    job's one process.
+    """
+
+    tool: str
+    """Its name in messages: ``mpirun`` or ``srun``."""
+    argv: list[str]
+    env: dict[str, str]
+    """The variables every rank gets (passed on by the tool)."""
+    ranks: int
+    hostfile: str | None = None
+    """The hostfile text the tool places ranks from (OpenMPI's ``host slots=N`` lines)."""
 
 
 @dataclass(frozen=True)

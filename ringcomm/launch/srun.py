@@ -11,9 +11,10 @@ from __future__ import annotations
 import shutil
 from typing import TextIO
 
+from .api import describe_plan
 from .options import LaunchConfig, LaunchError, program_argv
-from .plan import JobPlan, rank_env
-from .wrapper import describe_wrapped, run_wrapped
+from .plan import JobPlan, WrappedLaunch, rank_env
+from .wrapper import run_wrapped
 
 __all__ = ["launch_srun", "srun_argv"]
 
@@ -37,11 +38,12 @@ def launch_srun(config: LaunchConfig, *, stderr: TextIO, restart: int = 0) -> in
     env = rank_env(plan, None)
     extra = (f"--chdir={config.cwd}",) if config.cwd else ()
     if config.dry_run:
-        print(describe_wrapped("srun", ranks, "ring", srun_argv("srun", ranks, argv, extra), env),
-              flush=True)
+        wrapped = WrappedLaunch("srun", srun_argv("srun", ranks, argv, extra), env, ranks)
+        print(describe_plan(plan, wrapped), flush=True)
         return 0
     srun = shutil.which("srun")
     if srun is None:
         raise LaunchError("--launcher srun needs Slurm's srun on PATH; inside an allocation "
                           "(salloc/sbatch) it is there, or use --launcher ssh")
-    return run_wrapped("srun", srun_argv(srun, ranks, argv, extra), env, config, stderr=stderr)
+    wrapped = WrappedLaunch("srun", srun_argv(srun, ranks, argv, extra), env, ranks)
+    return run_wrapped(plan, wrapped, stderr=stderr)

@@ -8,12 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-import netns
 import pytest
 
 from ringcomm.hosts import preflight as check
 from ringcomm.hosts.cli import check_main
 from ringcomm.hosts.hostfile import HostEntry
+from tests.multihost import netns
 
 pytestmark = pytest.mark.timeout(120)
 

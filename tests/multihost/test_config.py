@@ -8,10 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-import netns
 import pytest
 
 from ringcomm.hosts.cli import config_main
+from tests.multihost import netns
 
 pytestmark = pytest.mark.timeout(180)
 
