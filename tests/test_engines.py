@@ -12,16 +12,16 @@ from __future__ import annotations
 import importlib.util
 import re
 import socket
-import subprocess
 import sys
 import time
-import uuid
 
 import pytest
-from _jobs import RANKS, env, survivors
 
 from ringcomm import environment
 from ringcomm import group as group_mod
+from tests import harness
+from tests.harness import env
+from tests.ranks import conformance as suite
 
 
 def _free_port() -> int:
@@ -42,45 +42,29 @@ def _free_port() -> int:
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                     reason="torchrun is not installed (pip install torch)")
 def test_torchrun_runs_the_conformance_suite_on_three_ranks(tmp_path) -> None:
-    marker = f"--job-marker={uuid.uuid4().hex}"
     argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "3",
-            "--master-port", str(_free_port()), str(RANKS / "conformance.py"), "ring", marker]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=280,
-                          env=env(RINGCOMM_TOKEN="torchrun-test", TMPDIR=str(tmp_path)),
-                          stdin=subprocess.DEVNULL)  # torchrun's own files go to tmp_path
+            "--master-port", str(_free_port()), harness.script("conformance.py"), "ring"]
+    # torchrun's own files go to tmp_path.
+    proc = harness.run(argv, timeout=280,
+                       environ=env(RINGCOMM_TOKEN="torchrun-test", TMPDIR=str(tmp_path)))
     assert proc.returncode == 0, proc.stderr[-3000:]
     # torchrun passes the ranks' output through unbuffered, so lines may run together.
-    passed = re.findall(r"rank (\d)/3: (\d+) cases passed", proc.stdout)
-    assert sorted(r for r, _ in passed) == ["0", "1", "2"], proc.stdout
-    assert len({n for _, n in passed}) == 1, passed
+    passed = re.findall(r"rank (\d)/3: (\d+) cases passed \(conformance, backend ring\)",
+                        proc.stdout)
+    assert sorted((int(r), int(n)) for r, n in passed) == [
+        (r, suite.expected_cases("conformance", r, 3)) for r in range(3)], proc.stdout
     assert "RINGCOMM_TOKEN is not set" not in proc.stderr
-    assert not survivors(marker)
 
 
 def _ranks(ranks: list[int], size: int, port: int, timeout: str = "4",
-           **extra: str) -> list[subprocess.CompletedProcess[str]]:
+           **extra: str) -> list[harness.Job]:
     """Start one process per entry of `ranks` with torch-style variables; return their results."""
     code = ("import ringcomm, numpy as np; w = ringcomm.init(); "
             "print('sum', ringcomm.all_sum(np.ones(2))[0], w.size(), w.backend)")
-    marker = f"--job-marker={uuid.uuid4().hex}"
-    procs = [subprocess.Popen(
-        [sys.executable, "-c", code, marker], text=True, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-        env=env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r),
-                WORLD_SIZE=str(size), RINGCOMM_TIMEOUT=timeout, **extra))
-        for r in ranks]
-    out = []
-    try:
-        for p in procs:
-            stdout, stderr = p.communicate(timeout=30)
-            out.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert not survivors(marker)
-    return out
+    return harness.run_together(
+        [([sys.executable, "-c", code],
+          env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r), WORLD_SIZE=str(size),
+              RINGCOMM_TIMEOUT=timeout, **extra)) for r in ranks], timeout=30)
 
 
 @pytest.mark.timeout(60)
@@ -111,14 +95,12 @@ def test_a_duplicate_rank_and_a_size_mismatch_fail_every_rank() -> None:
     assert "rank 1 reported twice" in results[0].stderr, results[0].stderr[-1500:]
     port = _free_port()
     code = "import ringcomm; ringcomm.init()"
-    procs = [subprocess.Popen([sys.executable, "-c", code], text=True, stderr=subprocess.PIPE,
-                              env=env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r),
-                                      WORLD_SIZE=str(2 + r), RINGCOMM_TIMEOUT="4",
-                                      RINGCOMM_TOKEN="t"))
-             for r in (0, 1)]
-    errs = [p.communicate(timeout=30)[1] for p in procs]
-    for e in errs:
-        assert "rank 1 reports a job of 3 ranks, rank 0 one of 2" in e, e[-1500:]
+    jobs = harness.run_together(
+        [([sys.executable, "-c", code],
+          env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r), WORLD_SIZE=str(2 + r),
+              RINGCOMM_TIMEOUT="4", RINGCOMM_TOKEN="t")) for r in (0, 1)], timeout=30)
+    for job in jobs:
+        assert "rank 1 reports a job of 3 ranks, rank 0 one of 2" in job.stderr, job.stderr[-1500:]
 
 
 @pytest.mark.timeout(60)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from _jobs import available_gib, run, run_direct
+
+from tests.harness import Job, available_gib, run_direct, run_ranks
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -22,19 +23,20 @@ pytestmark = pytest.mark.timeout(120)
     ("root", "the roots differ"),
 ])
 @pytest.mark.parametrize("path", ["small", "large"])
-def test_mismatch_raises_on_every_rank(mode: str, what: str, path: str) -> None:
-    job = run(3, "mismatch.py", mode, path, RINGCOMM_TIMEOUT="30", timeout=60)
+def test_a_mismatch_raises_on_every_rank(mode: str, what: str, path: str) -> None:
+    job = run_ranks(3, "mismatch.py", mode, path, RINGCOMM_TIMEOUT="30", timeout=60)
     assert job.returncode == 0, job.stderr[-2000:]
     lines = job.lines("rank ")
     assert len(lines) == 3, job.stdout + job.stderr[-2000:]
     for line in lines:
         assert "MismatchError" in line, line
-        assert what in line and "rank 1 called" in line or "but rank 1" in line, line
+        assert what in line, line  # what differed
+        assert "rank 1 called" in line or "but rank 1" in line, line  # who differed
         assert re.search(r"all_sum|all_gather|all_max|broadcast", line), line
         assert float(re.search(r"after ([\d.]+)s", line).group(1)) < 5, line
 
 
-def test_dead_peer_raises_within_5s_on_every_survivor() -> None:
+def test_a_dead_peer_raises_within_5s_on_every_survivor() -> None:
     ranks = run_direct(3, "die.py", timeout=60, RINGCOMM_TIMEOUT="60")
     assert ranks[1].returncode == 1
     for r in (0, 2):
@@ -45,26 +47,46 @@ def test_dead_peer_raises_within_5s_on_every_survivor() -> None:
         assert float(re.search(r"after ([\d.]+)s", out).group(1)) < 5, out
 
 
-def test_dead_peer_ends_the_launched_job_with_its_exit_code() -> None:
-    job = run(3, "die.py", timeout=60)
+def test_a_dead_peer_ends_the_launched_job_with_its_exit_code() -> None:
+    job = run_ranks(3, "die.py", timeout=60)
     assert job.returncode == 1
     assert "rank 1 failed first: exit code 1" in job.stderr, job.stderr
     assert job.seconds < 30
 
 
-def test_silent_peer_hits_the_deadline() -> None:
-    ranks = run_direct(3, "silent.py", "8", timeout=60, RINGCOMM_TIMEOUT="2")
-    for r in (0, 2):
-        out = ranks[r].stdout.strip()
-        assert "Error after" in out and "rank " in out, (out, ranks[r].stderr[-1500:])
-        assert float(re.search(r"after ([\d.]+)s", out).group(1)) < 5, out
-    assert "CommTimeoutError" in ranks[2].stdout and "rank 1" in ranks[2].stdout
-    # The sleeper learns of the abort as soon as it calls again.
-    assert "PeerAbortedError" in ranks[1].stdout, ranks[1].stdout
+def _outcome(job: Job, rank: int) -> tuple[str, float, str]:
+    """Return (error type, seconds, message) from a rank's `rank R: <Error> after <s>s: ...` line."""
+    m = re.fullmatch(r"rank (\d+): (\w+) after ([\d.]+)s: (.*)", job.stdout.strip())
+    assert m and int(m[1]) == rank, (rank, job.stdout, job.stderr[-1500:])
+    return m[2], float(m[3]), m[4]
 
 
-def test_stranger_is_refused_and_the_job_goes_on() -> None:
-    job = run(3, "foreign.py", timeout=60)
+def test_a_silent_peer_ends_the_wait_at_the_deadline_on_every_rank() -> None:
+    timeout = 2
+    ranks = run_direct(3, "silent.py", "8", timeout=60, RINGCOMM_TIMEOUT=str(timeout))
+    # Rank 2 waits on the silent rank 1 and names it; rank 0 waits on rank 2 (the ring's order)
+    # and names it, or learns first from rank 2's abort, which names rank 1.
+    kind, seconds, message = _outcome(ranks[2], 2)
+    assert kind == "CommTimeoutError", message
+    assert timeout - 0.1 <= seconds < timeout + 1, (seconds, message)
+    assert re.fullmatch(rf"all_sum: rank 1 \(127\.0\.0\.1:\d+\) sent nothing within {timeout} s",
+                        message), message
+    kind, seconds, message = _outcome(ranks[0], 0)
+    assert timeout - 0.1 <= seconds < timeout + 1, (seconds, message)
+    if kind == "CommTimeoutError":
+        assert re.fullmatch(rf"all_sum: rank 2 \(127\.0\.0\.1:\d+\) sent nothing within "
+                            rf"{timeout} s", message), message
+    else:
+        assert kind == "PeerAbortedError", (kind, message)
+        assert message.startswith("rank 2 failed in all_sum: ") and "rank 1 (127.0.0.1:" in message
+    # The sleeper learns of the abort as soon as it calls again, from the rank that gave up.
+    kind, seconds, message = _outcome(ranks[1], 1)
+    assert kind == "PeerAbortedError" and seconds < 1, (kind, seconds, message)
+    assert re.match(r"rank [02] failed in all_sum: ", message), message
+
+
+def test_a_stranger_is_refused_and_the_job_goes_on() -> None:
+    job = run_ranks(3, "foreign.py", timeout=60)
     assert job.returncode == 0, job.stderr[-2000:]
     assert "stranger refused" in job.stdout
     assert len(job.lines("rank ")) == 4  # the refusal and three results
@@ -74,7 +96,7 @@ def test_stranger_is_refused_and_the_job_goes_on() -> None:
 @pytest.mark.timeout(300)
 @pytest.mark.skipif(available_gib() < 10, reason="moves > 2 GiB per rank and needs about "
                     "9 GiB of memory; this machine has less available")
-def test_messages_over_2_gib() -> None:
-    job = run(2, "large.py", timeout=280)
+def test_messages_over_2_gib_arrive_whole() -> None:
+    job = run_ranks(2, "large.py", timeout=280)
     assert job.returncode == 0, job.stderr[-2000:]
     assert len(job.lines("rank ")) == 2, job.stdout

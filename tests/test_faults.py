@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import random
 import re
-import subprocess
-import sys
 
 import pytest
-from _jobs import ROOT, Job, env, run, run_direct
+
+from tests.harness import Job, env, launch_argv, run, run_direct, run_ranks
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -101,7 +100,7 @@ def test_a_rank_killed_at_a_random_op_is_named_by_every_survivor(seed: int) -> N
 
 
 def test_two_hundred_silent_strangers_cost_a_bounded_number_of_threads() -> None:
-    job = run(3, "faults.py", "strangers", timeout=90)
+    job = run_ranks(3, "faults.py", "strangers", timeout=90)
     assert job.returncode == 0, job.stderr[-2000:]
     threads = {int(m.group(1)): int(m.group(2))
                for m in re.finditer(r"rank (\d+): ok .*threads (\d+)", job.stdout)}
@@ -112,7 +111,7 @@ def test_two_hundred_silent_strangers_cost_a_bounded_number_of_threads() -> None
     assert 1 <= len(refusals) <= 2, refusals
 
 
-def test_trace_writes_one_span_per_call_that_merge_joins(tmp_path) -> None:
+def test_a_trace_has_one_span_per_call_and_merge_joins_the_ranks(tmp_path) -> None:
     script = tmp_path / "traced.py"
     script.write_text(
         "import numpy as np, ringcomm\n"
@@ -122,9 +121,7 @@ def test_trace_writes_one_span_per_call_that_merge_joins(tmp_path) -> None:
         "if w.rank() == 0: ringcomm.send(np.ones(2), 1)\n"
         "if w.rank() == 1: ringcomm.recv((2,), np.float64, 0)\n")
     out = tmp_path / "trace"
-    proc = subprocess.run([sys.executable, "-m", "ringcomm", "launch", "-n", "2", str(script)],
-                          env=env(RINGCOMM_TRACE=str(out)), capture_output=True, text=True,
-                          timeout=60, cwd=ROOT)
+    proc = run(launch_argv("-n", "2", str(script)), timeout=60, environ=env(RINGCOMM_TRACE=str(out)))
     assert proc.returncode == 0, proc.stderr
     from ringcomm import trace
 

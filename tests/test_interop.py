@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from training_cases import case_interop, launch_case, launcher_missing
 
 import ringcomm
+from tests.harness import run_case
+from tests.ranks.training import case_interop
 
 ONES = np.arange(12, dtype=np.float32).reshape(4, 3)
 
@@ -87,9 +88,7 @@ def test_every_library_in_process():
 
 @pytest.mark.timeout(150)
 def test_every_library_at_size_two():
-    if reason := launcher_missing():
-        pytest.skip(reason)
-    launch_case(2, "interop", timeout=120)
+    run_case(2, "training.py", "interop", timeout=120, RINGCOMM_TIMEOUT="60")
 
 
 def test_zero_d_arrays_keep_their_shape():

@@ -10,7 +10,6 @@ import json
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,52 +23,26 @@ from ringcomm.launch.cli import build_parser, split_argv
 from ringcomm.launch.options import program_argv
 from ringcomm.launch.plan import plan_job
 from ringcomm.launch.supervisor import JobResult, RankExit, Reason
+from tests import harness
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = Path(__file__).resolve().parent / "launcher_scripts"
-BEHAVE = str(SCRIPTS / "behave.py")
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env.pop("RINGCOMM_TIMEOUT", None)
-    return env
+ROOT = harness.ROOT
+BEHAVE = harness.script("behave.py")
+ENV_DUMP = harness.script("env_dump.py")
 
 
-def _cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "ringcomm", "launch", *args]
+def run_launch(*args: str, timeout: float = 30, input: str | None = None,
+               env: dict[str, str] | None = None) -> harness.Job:
+    """Run ``ringcomm launch ARGS`` to completion; prove that no process of it survives."""
+    return harness.run(harness.launch_argv(*args), timeout=timeout, input=input, environ=env)
 
 
-def run_launch(*args: str, timeout: float = 30, input: bytes | None = None,
-               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``ringcomm launch ARGS`` to completion and return its result."""
-    out = subprocess.run(
-        _cmd(*args), check=False, input=input, stdin=None if input is not None else subprocess.DEVNULL,
-        capture_output=True, timeout=timeout, env=env or _env(),
-    )
-    return subprocess.CompletedProcess(out.args, out.returncode,
-                                       out.stdout.decode(), out.stderr.decode())
-
-
-def alive(pid: int) -> bool:
-    """Return True if ``pid`` runs (a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-    except OSError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def start_launch(*args: str) -> harness.Started:
+    """Start ``ringcomm launch ARGS`` in the background."""
+    return harness.Started(harness.launch_argv(*args))
 
 
 def read_pids(outdir: Path, ranks: int, timeout: float = 15) -> list[int]:
-    """Wait until every rank wrote its pid file; return all pids written."""
+    """Wait until every rank wrote its pid file; return all pids written (ranks and children)."""
     deadline = time.monotonic() + timeout
     while True:
         files = [outdir / f"pid{r}" for r in range(ranks)]
@@ -82,14 +55,7 @@ def read_pids(outdir: Path, ranks: int, timeout: float = 15) -> list[int]:
 
 def assert_all_gone(pids: list[int], within: float = 10) -> None:
     """Assert that every pid in ``pids`` is gone within ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while any(alive(p) for p in pids):
-        if time.monotonic() > deadline:
-            survivors = [p for p in pids if alive(p)]
-            for p in survivors:
-                os.kill(p, signal.SIGKILL)
-            raise AssertionError(f"processes survived the launcher: {survivors}")
-        time.sleep(0.05)
+    harness.assert_none_survive(pids=pids, within=within, what="the launcher")
 
 
 # -- pure functions: nothing started -----------------------------------------
@@ -186,47 +152,34 @@ def test_timeout_ends_hung_job(tmp_path):
     assert_all_gone(read_pids(tmp_path, 2, timeout=1))
 
 
-def _start_background(tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(_cmd(*args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=_env())
-
-
 @pytest.mark.timeout(60)
 def test_kill9_of_launcher_leaves_no_rank(tmp_path):
-    launcher = _start_background(tmp_path, "-n", "2", BEHAVE, "hang", str(tmp_path), "child")
-    try:
+    with start_launch("-n", "2", BEHAVE, "hang", str(tmp_path), "child") as launcher:
         pids = read_pids(tmp_path, 2)
-        assert len(pids) == 4 and all(alive(p) for p in pids)
-        launcher.kill()
-        launcher.wait(timeout=10)
+        assert len(pids) == 4 and all(harness.alive(p) for p in pids)
+        launcher.proc.kill()
+        launcher.proc.wait(timeout=10)
         assert_all_gone(pids)
-    finally:
-        launcher.kill()
-        launcher.communicate(timeout=10)
+        harness.assert_none_survive(launcher.marker, within=10, what="the killed launcher")
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_ends_every_rank(tmp_path, sig):
-    launcher = _start_background(tmp_path, "-n", "2", BEHAVE, "hang", str(tmp_path), "child")
-    try:
+    with start_launch("-n", "2", BEHAVE, "hang", str(tmp_path), "child") as launcher:
         pids = read_pids(tmp_path, 2)
         launcher.send_signal(sig)
-        _, err = launcher.communicate(timeout=20)
-        assert launcher.returncode == 128 + sig, err
-        assert b"interrupted" in err
+        job = launcher.wait(timeout=20, grace=10)
+        assert job.returncode == 128 + sig, job.stderr
+        assert "interrupted" in job.stderr
         assert_all_gone(pids)
-    finally:
-        launcher.kill()
 
 
 @pytest.mark.timeout(60)
 def test_environment_contract(tmp_path):
-    env = _env()
-    env["RINGCOMM_TIMEOUT"] = "17"
-    env["DUMP_DIR"] = str(tmp_path)
-    r = run_launch("-n", "2", "--connections-per-ip", "2", "--env", "EXTRA=a b=c",
-                   str(SCRIPTS / "env_dump.py"), env=env)
+    env = harness.env(RINGCOMM_TIMEOUT="17", DUMP_DIR=str(tmp_path))
+    r = run_launch("-n", "2", "--connections-per-ip", "2", "--env", "EXTRA=a b=c", ENV_DUMP,
+                   env=env)
     assert r.returncode == 0, r.stderr
     dumps = [json.loads((tmp_path / f"env{i}.json").read_text()) for i in range(2)]
     hostfile = dumps[0]["hostfile_content"]
@@ -247,17 +200,14 @@ def test_environment_contract(tmp_path):
 @pytest.mark.timeout(60)
 def test_concurrent_jobs_get_distinct_ports(tmp_path):
     dirs = [tmp_path / "a", tmp_path / "b"]
-    procs = []
     for d in dirs:
         d.mkdir()
-        env = _env()
-        env["DUMP_DIR"] = str(d)
-        procs.append(subprocess.Popen(_cmd("-n", "2", str(SCRIPTS / "env_dump.py")),
-                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, env=env))
-    for p in procs:
-        p.communicate(timeout=30)
-        assert p.returncode == 0
+    jobs = [harness.Started(harness.launch_argv("-n", "2", ENV_DUMP),
+                            environ=harness.env(DUMP_DIR=str(d))) for d in dirs]
+    for job in jobs:
+        with job:
+            r = job.wait(timeout=30)
+            assert r.returncode == 0, r.stderr
     ports = [{a for e in json.loads((d / "env0.json").read_text())["hostfile_content"] for a in e}
              for d in dirs]
     assert not ports[0] & ports[1]
@@ -265,9 +215,7 @@ def test_concurrent_jobs_get_distinct_ports(tmp_path):
 
 @pytest.mark.timeout(30)
 def test_starting_port_override(tmp_path):
-    env = _env()
-    env["DUMP_DIR"] = str(tmp_path)
-    r = run_launch("-p", "45123", "-n", "2", str(SCRIPTS / "env_dump.py"), env=env)
+    r = run_launch("-p", "45123", "-n", "2", ENV_DUMP, env=harness.env(DUMP_DIR=str(tmp_path)))
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "env1.json").read_text())["hostfile_content"] == [
         ["127.0.0.1:45123"], ["127.0.0.1:45124"]]
@@ -275,7 +223,7 @@ def test_starting_port_override(tmp_path):
 
 @pytest.mark.timeout(30)
 def test_stdin_broadcast_and_tag_output():
-    r = run_launch("-n", "2", "--tag-output", str(SCRIPTS / "echo_stdin.py"), input=b"hi\nthere\n")
+    r = run_launch("-n", "2", "--tag-output", harness.script("echo_stdin.py"), input="hi\nthere\n")
     assert r.returncode == 0, r.stderr
     lines = sorted(r.stdout.splitlines())
     assert lines == ["[0] rank 0 got 'hi\\nthere\\n'", "[1] rank 1 got 'hi\\nthere\\n'"]
@@ -283,9 +231,8 @@ def test_stdin_broadcast_and_tag_output():
 
 @pytest.mark.timeout(30)
 def test_module_and_plain_program(tmp_path):
-    env = _env()
-    env["DUMP_DIR"] = str(tmp_path)
-    r = run_launch("--cwd", str(SCRIPTS), "-n", "2", "-m", "env_dump", env=env)
+    env = harness.env(DUMP_DIR=str(tmp_path))
+    r = run_launch("--cwd", str(harness.RANKS), "-n", "2", "-m", "env_dump", env=env)
     assert r.returncode == 0, r.stderr
     assert sorted(r.stdout.splitlines()) == ["rank 0 done", "rank 1 done"]
     r = run_launch("-n", "2", "--", "sh", "-c", 'echo "r$RINGCOMM_RANK"; exit 0')
@@ -410,10 +357,10 @@ def test_mpi_mode_propagates_exit_code():
 @pytest.mark.timeout(60)
 def test_real_mlx_program_runs_unchanged():
     pytest.importorskip("mlx.core")
-    r = run_launch("-n", "2", "--connections-per-ip", "2", str(SCRIPTS / "mlx_sum.py"))
+    r = run_launch("-n", "2", "--connections-per-ip", "2", harness.script("mlx_program.py"))
     assert r.returncode == 0, r.stderr
-    assert sorted(r.stdout.splitlines()) == ["mlx 0 2 [3.0, 3.0, 3.0, 3.0]",
-                                             "mlx 1 2 [3.0, 3.0, 3.0, 3.0]"]
+    assert sorted(r.stdout.splitlines()) == ["mlx rank 0/2: [3.0, 3.0, 3.0, 3.0]",
+                                             "mlx rank 1/2: [3.0, 3.0, 3.0, 3.0]"]
 
 
 @pytest.mark.timeout(30)
@@ -432,8 +379,8 @@ def test_lines_never_mix_between_ranks():
 @pytest.mark.timeout(30)
 def test_closed_stdin_is_handled():
     cmd = ["sh", "-c", 'exec "$@" <&-', "sh",
-           *_cmd("-n", "2", "--", "sh", "-c", 'echo "r$RINGCOMM_RANK"')]
-    r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=30, env=_env())
+           *harness.launch_argv("-n", "2", "--", "sh", "-c", 'echo "r$RINGCOMM_RANK"')]
+    r = harness.run(cmd, timeout=30)
     assert r.returncode == 0, r.stderr
     assert sorted(r.stdout.split()) == ["r0", "r1"]
 

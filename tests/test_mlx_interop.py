@@ -6,20 +6,22 @@ from __future__ import annotations
 import sys
 
 import pytest
-from _jobs import run
+
+from tests.harness import run_ranks
 
 pytest.importorskip("mlx.core", reason='mlx is not installed: pip install "mlx[cpu]"')
 pytestmark = pytest.mark.timeout(120)
 
 
 def test_mlx_program_runs_under_ringcomm_launch() -> None:
-    job = run(3, "mlx_program.py", timeout=90)
+    job = run_ranks(3, "mlx_program.py", timeout=90)
     assert job.returncode == 0, job.stderr[-2000:]
-    assert sorted(job.lines("mlx rank")) == [f"mlx rank {r}/3: 6" for r in range(3)]
+    assert sorted(job.lines("mlx rank")) == [f"mlx rank {r}/3: [6.0, 6.0, 6.0, 6.0]"
+                                              for r in range(3)]
 
 
 def test_ringcomm_program_runs_under_mlx_launch() -> None:
     mlx_launch = [sys.executable, "-c", "from mlx._distributed_utils.launch import main; main()"]
-    job = run(3, "hello.py", timeout=90, launcher=[*mlx_launch, "-n", "3"])
+    job = run_ranks(3, "hello.py", timeout=90, launcher=[*mlx_launch, "-n", "3"])
     assert job.returncode == 0, job.stderr[-2000:]
     assert sorted(job.lines("ringcomm rank")) == [f"ringcomm rank {r}/3 ring: 6" for r in range(3)]

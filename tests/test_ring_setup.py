@@ -8,7 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from _jobs import env
+
+from tests.harness import env
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -5,18 +5,18 @@ from __future__ import annotations
 import collections
 import json
 import re
-import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from training_cases import ROOT, launch, launch_case, launcher_missing
 
 import ringcomm
 import ringcomm.ops
 from ringcomm.backends.base import Backend, ReduceOp
 from ringcomm.training import Bucket, plan_buckets
+from tests.harness import ROOT, env, launch_argv, run, run_case
 
 Point = collections.namedtuple("Point", "x y")
 
@@ -206,28 +206,36 @@ def _results(stdout: str) -> list[dict]:
             if '"final_loss"' in line]
 
 
+def _alone(script: Path, *args: str) -> str:
+    """Run `script` as one plain process (no launcher); return its output."""
+    r = run([sys.executable, str(script), *args], timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def _launched(n: int, script: Path, *args: str) -> str:
+    """Run `script` on `n` ranks through ``ringcomm launch``; return its output."""
+    r = run(launch_argv("-n", str(n), str(script), *args), timeout=150,
+            environ=env(RINGCOMM_TIMEOUT="60"))
+    assert r.returncode == 0, f"n={n}\n{r.stdout}\n{r.stderr}"
+    return r.stdout
+
+
+@pytest.mark.timeout(150)
 def test_digits_single_process_learns():
     pytest.importorskip("sklearn")
-    r = subprocess.run([sys.executable, str(DIGITS), *ARGS], capture_output=True, text=True,
-                       timeout=120, cwd=ROOT, check=False)
-    assert r.returncode == 0, r.stderr
-    (res,) = _results(r.stdout)
+    out = _alone(DIGITS, *ARGS)
+    (res,) = _results(out)
     assert res["size"] == 1 and res["identical"] and res["test_acc"] > 0.9
-    assert "loss" in r.stdout and "samples/s" in r.stdout and "\x1b[" not in r.stdout
+    assert "loss" in out and "samples/s" in out and "\x1b[" not in out
 
 
 @pytest.mark.timeout(240)
 def test_digits_same_loss_and_identical_weights_on_1_2_4_ranks():
     pytest.importorskip("sklearn")
-    if reason := launcher_missing():
-        pytest.skip(reason)
-    single = subprocess.run([sys.executable, str(DIGITS), *ARGS], capture_output=True,
-                            text=True, timeout=120, cwd=ROOT, check=False)
-    (ref,) = _results(single.stdout)
+    (ref,) = _results(_alone(DIGITS, *ARGS))
     for n in (2, 4):
-        r = launch(n, DIGITS, *ARGS, timeout=150)
-        assert r.returncode == 0, f"n={n}\n{r.stdout}\n{r.stderr}"
-        res = _results(r.stdout)
+        res = _results(_launched(n, DIGITS, *ARGS))
         assert sorted(x["rank"] for x in res) == list(range(n))
         assert len({x["checksum"] for x in res}) == 1 and all(x["identical"] for x in res)
         for x in res:
@@ -238,26 +246,21 @@ def test_digits_same_loss_and_identical_weights_on_1_2_4_ranks():
 
 @pytest.mark.timeout(120)
 def test_average_gradients_counts_in_ranks():
-    if reason := launcher_missing():
-        pytest.skip(reason)
-    launch_case(2, "counts")
+    run_case(2, "training.py", "counts", RINGCOMM_TIMEOUT="60")
 
 
 @pytest.mark.timeout(240)
 def test_torch_example_matches_single_process_at_two_ranks():
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
-    if reason := launcher_missing():
-        pytest.skip(reason)
     script = ROOT / "examples" / "train_torch.py"
-    single = subprocess.run([sys.executable, str(script), "--epochs", "1"], capture_output=True,
-                            text=True, timeout=120, cwd=ROOT, check=False)
-    assert single.returncode == 0, single.stderr
-    r = launch(2, script, "--epochs", "1", timeout=150)
-    assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
+    single = _alone(script, "--epochs", "1")
+    launched = _launched(2, script, "--epochs", "1")
 
     def loss(out: str) -> float:
-        return float(re.search(r"epoch\s+1/1\s+loss (\S+)", out).group(1))
+        m = re.search(r"epoch\s+1/1\s+loss (\S+)", out)
+        assert m, out
+        return float(m.group(1))
 
-    assert abs(loss(r.stdout) - loss(single.stdout)) < 1e-3
-    assert "largest weight difference between ranks 0" in r.stdout
+    assert abs(loss(launched) - loss(single)) < 1e-3
+    assert "largest weight difference between ranks 0" in launched

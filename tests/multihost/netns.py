@@ -16,6 +16,9 @@ temporary HOME would not be seen).
 
 Names include the pid of the building process so parallel runs never clash;
 names of dead runs are cleaned up by the next build.
+
+This module uses the standard library only and imports nothing of the tests,
+so that benchmarks/multihost.py can import it outside the test suite.
 """
 
 from __future__ import annotations
@@ -53,6 +56,11 @@ class Host:
     veth: str
     ip: str
     private_dir: Path
+
+    @property
+    def hostname(self) -> str:
+        """Return the host's own hostname (its sshd and sessions run in a UTS namespace)."""
+        return f"{PREFIX}-h{self.index}"
 
 
 @dataclass
@@ -92,13 +100,22 @@ class Cluster:
         return _run(["ip", "netns", "exec", host.netns, *argv], timeout=timeout, check=False)
 
     def wait_no_strays(self, timeout: float = 5.0) -> dict[str, list[int]]:
-        """Wait until only the sshd listeners run in the hosts; return the strays left."""
+        """Wait until only the sshd listeners run in the hosts; return the strays left.
+
+        For callers outside the test suite (benchmarks/multihost.py imports this module on
+        its own); tests prove "nothing survives" with ``tests.harness.assert_none_survive``
+        fed by :meth:`strays`.
+        """
         deadline = time.monotonic() + timeout
         while True:
             strays = {h.ip: p for h in self.hosts if (p := self.stray_pids(h))}
             if not strays or time.monotonic() > deadline:
                 return strays
             time.sleep(0.1)
+
+    def strays(self) -> list[int]:
+        """Return the pids in every host's namespace other than its listening sshd."""
+        return [p for h in self.hosts for p in self.stray_pids(h)]
 
     def add_interface(self, host: Host, name: str, cidr: str | None = None) -> None:
         """Add an isolated interface ``name`` (a veth whose peer stays in the host) to ``host``."""
@@ -364,9 +381,13 @@ def _add_host(cluster: Cluster, host: Host) -> None:
     cfg.write_text(_sshd_config(cluster.workdir, host.ip))
     # `ip netns exec` execs sshd in a fresh mount namespace (slave of the root one),
     # so the bind mount below is seen by sshd and its sessions only.
+    # Its own UTS namespace gives the host its own hostname (hostname() in a rank, and
+    # OpenMPI's notion of a node); sh sets it, then becomes sshd (same pid).
+    start = f"hostname {shlex.quote(host.hostname)} && exec {shlex.join([SSHD, '-D', '-e', '-f', str(cfg)])}"
     with open(cluster.workdir / f"sshd-h{host.index}.log", "ab") as log:
-        proc = subprocess.Popen([*ns, SSHD, "-D", "-e", "-f", str(cfg)], stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=log, start_new_session=True)
+        proc = subprocess.Popen([*ns, "unshare", "--uts", "--", "sh", "-c", start],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True)
     cluster.sshd[host.netns] = proc
     deadline = time.monotonic() + _STEP_TIMEOUT
     while _netns_pids(host.netns) != [proc.pid]:

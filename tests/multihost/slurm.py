@@ -48,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import netns
+from tests.multihost import netns
 
 __all__ = ["Node", "SlurmCluster", "cleanup_stale", "skip_reason", "start", "stop"]
 

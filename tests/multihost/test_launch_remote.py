@@ -3,45 +3,46 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import netns
 import pytest
+
+from tests import harness
+from tests.multihost import netns
 
 pytestmark = pytest.mark.timeout(120)
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPTS = REPO / "tests" / "launcher_scripts"
-
 
 def _launch_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "ringcomm", "launch", "--env", f"PYTHONPATH={REPO}", *args]
+    return harness.launch_argv("--env", f"PYTHONPATH={harness.ROOT}", *args)
 
 
 def _env(cluster: netns.Cluster) -> dict[str, str]:
-    env = cluster.env()
-    env["PYTHONPATH"] = str(REPO)
-    env.pop("RINGCOMM_TIMEOUT", None)
-    return env
+    return cluster.env(harness.env())
 
 
-def _run(cluster: netns.Cluster, *args: str, timeout: float = 60
-         ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(_launch_argv(*args), check=False, capture_output=True, text=True,
-                          timeout=timeout,
-                          stdin=subprocess.DEVNULL, env=_env(cluster))
+def _run(cluster: netns.Cluster, *args: str, timeout: float = 60) -> harness.Job:
+    """Run ``ringcomm launch ARGS`` across the hosts; prove nothing of it survives here."""
+    return harness.run(_launch_argv(*args), timeout=timeout, environ=_env(cluster))
 
 
 def _no_strays(cluster: netns.Cluster, within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while any(cluster.stray_pids(h) for h in cluster.hosts) and time.monotonic() < deadline:
+    """Prove that nothing but the sshd listeners runs on any host."""
+    harness.assert_none_survive(pids=cluster.strays, within=within, what="the job on the hosts")
+
+
+def _start_hang(cluster: netns.Cluster, tmp_path: Path) -> harness.Started:
+    """Start a job whose ranks hang on every host; return once each rank wrote its pid file."""
+    job = harness.Started(_launch_argv("--hosts", ",".join(cluster.ips), harness.script("behave.py"),
+                                       "hang", str(tmp_path), "child"), environ=_env(cluster))
+    deadline = time.monotonic() + 30
+    while len(list(tmp_path.glob("pid?"))) < 3:
+        assert time.monotonic() < deadline, "ranks did not start"
         time.sleep(0.1)
-    assert {h.ip: cluster.stray_pids(h) for h in cluster.hosts} == {ip: [] for ip in cluster.ips}
+    return job
 
 
 def _ok_lines(out: str) -> list[str]:
@@ -50,7 +51,7 @@ def _ok_lines(out: str) -> list[str]:
 
 def test_ring_job_with_hosts(cluster: netns.Cluster) -> None:
     r = _run(cluster, "--hosts", ",".join(cluster.ips), "-n", "2", "--connections-per-ip", "2",
-             str(SCRIPTS / "ring_sum.py"))
+             harness.script("ring_sum.py"))
     assert r.returncode == 0, r.stderr
     assert len(_ok_lines(r.stdout)) == 6 and all(" 6 " in x for x in _ok_lines(r.stdout))
     _no_strays(cluster)
@@ -62,7 +63,7 @@ def test_ring_job_with_hostfile(cluster: netns.Cluster, tmp_path: Path, form: st
     data = hosts if form == "list" else {"backend": "ring", "envs": ["EXTRA=1"], "hosts": hosts}
     hostfile = tmp_path / "hosts.json"
     hostfile.write_text(json.dumps(data))
-    r = _run(cluster, "--hostfile", str(hostfile), "-n", "2", str(SCRIPTS / "ring_sum.py"))
+    r = _run(cluster, "--hostfile", str(hostfile), "-n", "2", harness.script("ring_sum.py"))
     assert r.returncode == 0, r.stderr
     assert len(_ok_lines(r.stdout)) == 6
     _no_strays(cluster)
@@ -71,7 +72,7 @@ def test_ring_job_with_hostfile(cluster: netns.Cluster, tmp_path: Path, form: st
 def test_failing_rank_ends_every_host(cluster: netns.Cluster, tmp_path: Path) -> None:
     start = time.monotonic()
     r = _run(cluster, "--hosts", ",".join(cluster.ips), "-n", "2", "--env", "EXPECT_RANKS=6",
-             str(SCRIPTS / "behave.py"), "exit3", str(tmp_path), "child")
+             harness.script("behave.py"), "exit3", str(tmp_path), "child")
     assert r.returncode == 3, r.stderr
     assert f"rank 1 failed first: exit code 3 (host {cluster.ips[0]}" in r.stderr
     assert time.monotonic() - start < 40
@@ -79,26 +80,12 @@ def test_failing_rank_ends_every_host(cluster: netns.Cluster, tmp_path: Path) ->
 
 
 def test_kill9_of_launcher_leaves_no_remote_rank(cluster: netns.Cluster, tmp_path: Path) -> None:
-    launcher = subprocess.Popen(
-        _launch_argv("--hosts", ",".join(cluster.ips), str(SCRIPTS / "behave.py"), "hang",
-                     str(tmp_path), "child"),
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=_env(cluster), start_new_session=True)
-    try:
-        deadline = time.monotonic() + 30
-        while len(list(tmp_path.glob("pid?"))) < 3:
-            assert time.monotonic() < deadline, "ranks did not start"
-            time.sleep(0.1)
+    with _start_hang(cluster, tmp_path) as job:
         assert all(cluster.stray_pids(h) for h in cluster.hosts)
-        launcher.kill()
-        launcher.wait(timeout=10)
+        job.proc.kill()
+        job.proc.wait(timeout=10)
         _no_strays(cluster, within=5.0)
-    finally:
-        try:
-            os.killpg(launcher.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        launcher.communicate(timeout=10)
+        harness.assert_none_survive(job.marker, what="the killed launcher")
 
 
 def test_unreachable_host_fails_fast_and_clearly(cluster: netns.Cluster) -> None:
@@ -123,22 +110,11 @@ def test_mpi_backend_across_hosts(cluster: netns.Cluster) -> None:
 
 
 def test_interrupt_ends_every_remote_rank(cluster: netns.Cluster, tmp_path: Path) -> None:
-    launcher = subprocess.Popen(
-        _launch_argv("--hosts", ",".join(cluster.ips), str(SCRIPTS / "behave.py"), "hang",
-                     str(tmp_path), "child"),
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=_env(cluster))
-    try:
-        deadline = time.monotonic() + 30
-        while len(list(tmp_path.glob("pid?"))) < 3:
-            assert time.monotonic() < deadline, "ranks did not start"
-            time.sleep(0.1)
-        launcher.send_signal(signal.SIGINT)
-        _, err = launcher.communicate(timeout=20)
-        assert launcher.returncode == 130, err
+    with _start_hang(cluster, tmp_path) as job:
+        job.send_signal(signal.SIGINT)
+        r = job.wait(timeout=20)
+        assert r.returncode == 130, r.stderr
         _no_strays(cluster)
-    finally:
-        launcher.kill()
 
 
 def test_missing_python_on_host_is_explained(cluster: netns.Cluster) -> None:

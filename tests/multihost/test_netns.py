@@ -6,8 +6,10 @@ import shlex
 import subprocess
 import sys
 
-import netns
 import pytest
+
+from tests import harness
+from tests.multihost import netns
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -58,7 +60,7 @@ def test_private_dir_is_per_host(cluster: netns.Cluster) -> None:
 
 
 def test_no_stray_processes_after_ssh(cluster: netns.Cluster) -> None:
-    assert cluster.wait_no_strays() == {}
+    harness.assert_none_survive(pids=cluster.strays, what="the ssh sessions")
 
 
 def test_teardown_removes_everything(tmp_path) -> None:
@@ -76,8 +78,7 @@ def test_teardown_removes_everything(tmp_path) -> None:
     pids = one.pids(one.hosts[0])
     assert netns.teardown(one) == []
     assert netns.leftovers(one) == []
-    for pid in pids:
-        assert not netns._pid_alive(pid)
+    assert harness.survivors(pids=pids) == []
 
 
 def test_hosts_reach_each_other_over_ssh(cluster: netns.Cluster) -> None:

@@ -15,9 +15,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import netns
 import pytest
-import slurm
+
+from tests.multihost import netns, slurm
 
 pytestmark = [pytest.mark.multihost, pytest.mark.timeout(300)]
 

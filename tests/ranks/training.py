@@ -1,114 +1,17 @@
-"""In-rank cases for the training and interop tests, and the helper that launches them.
+"""In-rank cases for the training and interop tests.
 
-Run inside ranks: ``ringcomm launch -n 2 tests/training_cases.py CASE``. Each
+Run inside ranks: ``ringcomm launch -n 2 tests/ranks/training.py CASE``. Each
 case asserts on every rank and ends with the line ``ok CASE rank R``.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-import signal
-import subprocess
 import sys
-import time
-import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-HERE = Path(__file__).resolve()
-
-
-# --- test side: start a job through the real launcher -------------------------
-
-
-@functools.cache
-def launcher_missing() -> str | None:
-    """Return why `ringcomm launch` cannot run jobs here, or None when it can."""
-    try:
-        import ringcomm.backends.ring.backend  # noqa: F401
-    except ImportError as e:
-        return f"ring backend not available yet ({e})"
-    try:
-        r = subprocess.run([sys.executable, "-m", "ringcomm", "launch", "--help"],
-                           capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
-    except subprocess.TimeoutExpired:
-        return "ringcomm launch --help did not answer within 60 s"
-    if r.returncode != 0:
-        return f"ringcomm launch is not available yet: {r.stderr.strip()[-200:]}"
-    return None
-
-
-def _marked(marker: str) -> list[int]:
-    """Return the pids of live processes whose environment holds `marker`."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if marker.encode() in (entry / "environ").read_bytes():
-                pids.append(int(entry.name))
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-    return pids
-
-
-def _kill_all(marker: str) -> list[int]:
-    """SIGKILL every process of the job (found by `marker`) and return their pids."""
-    pids = _marked(marker)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return pids
-
-
-def launch(n: int, script: str | Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    """Run `script` on `n` local ranks, bounded by `timeout`, and prove no process outlives it.
-
-    Ranks run in sessions of their own, so the job is found by a marker in
-    its environment, which the launcher passes down to every rank.
-    """
-    marker = f"RINGCOMM_TEST_JOB={uuid.uuid4().hex}"
-    cmd = [sys.executable, "-m", "ringcomm", "launch", "-n", str(n), str(script), *args]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), RINGCOMM_TIMEOUT="60")
-    env["RINGCOMM_TEST_JOB"] = marker.split("=", 1)[1]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.terminate()  # let the launcher stop its ranks first
-        try:
-            out, err = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            _kill_all(marker)
-            out, err = proc.communicate()
-        _kill_all(marker)
-        raise AssertionError(f"{cmd} ran past {timeout} s\nstdout:\n{out}\nstderr:\n{err}") from None
-    deadline = time.monotonic() + 5  # ranks may still be exiting when the launcher returns
-    while _marked(marker) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    left = _kill_all(marker)
-    assert not left, f"processes {left} outlived {cmd}"
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-
-def launch_case(n: int, case: str, timeout: float = 90) -> str:
-    """Run one case of this file on `n` ranks, check every rank passed, and return stdout."""
-    r = launch(n, HERE, case, timeout=timeout)
-    assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
-    for rank in range(n):
-        assert f"ok {case} rank {rank}" in r.stdout, f"rank {rank} did not finish:\n{r.stdout}"
-    return r.stdout
-
-
-# --- rank side ----------------------------------------------------------------
 
 
 def case_counts() -> None:

@@ -1,8 +1,0 @@
-"""A plain MLX program: all_sum over MLX's own ring backend, reading MLX_RANK/MLX_HOSTFILE."""
-
-import mlx.core as mx
-
-group = mx.distributed.init(strict=True, backend="ring")
-x = mx.distributed.all_sum(mx.ones(4) * (group.rank() + 1))
-mx.eval(x)
-print("mlx", group.rank(), group.size(), x.tolist(), flush=True)
