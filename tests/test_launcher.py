@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -75,7 +76,16 @@ def test_program_argv_rules(tmp_path):
     script.write_text("")
     assert program_argv(["s.py", "a"], "/py", cwd=str(tmp_path)) == ["/py", str(script), "a"]
     assert program_argv(["-m", "pkg", "x"], "/py") == ["/py", "-m", "pkg", "x"]
-    assert program_argv(["echo", "hi"], "/py") == ["echo", "hi"]
+    # A bare name runs what it names on this machine, at the same path on every host.
+    assert program_argv(["echo", "hi"], "/py") == [shutil.which("echo"), "hi"]
+    assert program_argv(["no-such-tool-here", "x"], "/py") == ["no-such-tool-here", "x"]
+    # A Python interpreter by a bare name is the launching one (--python), not the remote PATH's.
+    for name in ("python", "python3", "python3.11"):
+        assert program_argv([name, "s.py", "a"], "/py", cwd=str(tmp_path)) == \
+            ["/py", str(script), "a"]
+    assert program_argv(["python3", "-m", "pkg"], "/py") == ["/py", "-m", "pkg"]
+    with pytest.raises(LaunchError, match="python3 needs a script or -m MODULE"):
+        program_argv(["python3"], "/py")
     with pytest.raises(LaunchError, match="not found"):
         program_argv(["missing.py"], "/py", cwd=str(tmp_path))
     assert program_argv(["missing.py"], "/py", cwd=str(tmp_path), must_exist=False)[1] == "missing.py"
