@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from tests.harness import Job, env, launch_argv, run, run_direct, run_ranks
+from tests.harness import ROOT, Job, env, launch_argv, run, run_direct, run_ranks
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -137,3 +137,48 @@ def test_a_trace_has_one_span_per_call_and_merge_joins_the_ranks(tmp_path) -> No
     merged = json.loads((out / "trace.json").read_text())
     assert len(merged["traceEvents"]) == n == 12  # 5 spans and a name per rank
     assert {e["pid"] for e in merged["traceEvents"]} == {0, 1}
+
+
+def _launch(*args: str, timeout: float = 90, **extra: str) -> Job:
+    return run(launch_argv(*args), timeout=timeout, environ=env(**extra))
+
+
+def test_the_launchers_report_names_the_frozen_rank() -> None:
+    proc = _launch("-n", "3", str(ROOT / "tests/ranks/faults.py"), "frozen", "60",
+                   RINGCOMM_TIMEOUT="4")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert re.search(r"ringcomm launch: rank 1 \(127\.0\.0\.1:\d+\) stopped answering \(frozen, "
+                     r"stopped, or cut off\), as rank\(s\) 0, 2 reported", proc.stderr), \
+        proc.stderr[-2000:]
+
+
+def test_max_restarts_resumes_a_job_that_failed_once(tmp_path) -> None:
+    ckpt = tmp_path / "ckpt.npz"
+    proc = _launch("-n", "2", "--max-restarts", "2", str(ROOT / "examples/resume.py"),
+                   "--steps", "40", "--fail-at", "25", "--checkpoint", str(ckpt))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "restarting the job (restart 1 of 2) after exit code 1" in proc.stderr
+    assert "attempt 0: starting at step 0" in proc.stdout
+    assert "attempt 1: starting at step 20" in proc.stdout  # the last checkpoint, not step 0
+    assert "attempt 1: finished 40 steps" in proc.stdout
+    assert "attempt 2" not in proc.stdout
+
+
+def test_max_restarts_0_exits_with_the_failed_ranks_code(tmp_path) -> None:
+    proc = _launch("-n", "2", "--max-restarts", "0", str(ROOT / "examples/resume.py"),
+                   "--fail-at", "5", "--checkpoint", str(tmp_path / "c.npz"))
+    assert proc.returncode == 1
+    assert "rank 1 failed first: exit code 1" in proc.stderr
+    assert "restarting" not in proc.stderr
+
+
+def test_launch_trace_merges_the_ranks_timelines(tmp_path) -> None:
+    script = tmp_path / "p.py"
+    script.write_text("import numpy as np, ringcomm\nringcomm.init()\n"
+                      "for _ in range(3): ringcomm.all_sum(np.ones(4))\n")
+    proc = _launch("-n", "2", "--trace", str(tmp_path / "tl"), str(script))
+    assert proc.returncode == 0, proc.stderr
+    assert f"timeline of 2 rank(s), 8 events: {tmp_path / 'tl' / 'trace.json'}" in proc.stderr
+    merged = json.loads((tmp_path / "tl" / "trace.json").read_text())
+    spans = [e for e in merged["traceEvents"] if e["ph"] == "X"]
+    assert [(e["pid"], e["name"]) for e in spans] == [(0, "all_sum")] * 3 + [(1, "all_sum")] * 3

@@ -8,13 +8,14 @@ report are the launcher's own (`api.describe_plan`, `api.failure_report`).
 
 from __future__ import annotations
 
+import re
 from typing import TextIO
 
 from . import commands
 from .api import describe_plan, failure_report
 from .output import Output
 from .plan import JobPlan, WrappedLaunch
-from .supervisor import Job, RankProcess
+from .supervisor import Job, JobResult, RankProcess
 
 __all__ = ["run_wrapped"]
 
@@ -32,7 +33,29 @@ def run_wrapped(plan: JobPlan, wrapped: WrappedLaunch, *, stderr: TextIO) -> int
     job = Job([proc], Output(output_dir=config.output_dir), grace=config.grace,
               timeout=config.timeout, forward_stdin=config.forward_stdin)
     result = job.run()
-    if result.exit_code != 0:
-        for line in failure_report(result, config.python_path, started_by=wrapped.tool):
-            print(line, file=stderr, flush=True)
-    return result.exit_code
+    if result.exit_code == 0:
+        return 0
+    for line in failure_report(result, config.python_path, started_by=wrapped.tool):
+        print(line, file=stderr, flush=True)
+    first = _first_task_failure(result) if wrapped.tool == "srun" else None
+    if first is None:
+        return result.exit_code
+    rank, code = first
+    print(f"ringcomm launch: rank {rank} failed first: exit code {code} (srun reports the "
+          f"largest code of any task, {result.exit_code}, counting the ones it stopped); "
+          f"exit code {code}", file=stderr, flush=True)
+    return code
+
+
+# srun's line for a task that ended on its own with a non-zero code.
+_TASK_EXIT = re.compile(r"srun: error: \S+: task (\d+): Exited with exit code (\d+)")
+
+
+def _first_task_failure(result: JobResult) -> tuple[int, int] | None:
+    """Return (rank, code) of the first task srun saw exit non-zero, as the ring's report would."""
+    for e in result.exits:
+        for line in e.stderr_tail:
+            m = _TASK_EXIT.search(line)
+            if m:
+                return int(m.group(1)), int(m.group(2))
+    return None

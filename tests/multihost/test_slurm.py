@@ -169,6 +169,38 @@ def test_sbatch_script_runs_srun(cluster: slurm.SlurmCluster, program: Path,
     _clean(cluster)
 
 
+def test_sbatch_runs_ringcomm_launch_which_starts_the_ranks_with_srun(
+        cluster: slurm.SlurmCluster, program: Path, tmp_path: Path) -> None:
+    script = tmp_path / "launch.sh"
+    script.write_text(f"#!/bin/sh\n{sys.executable} -m ringcomm launch -n 3 {program}\n")
+    output = tmp_path / "launch.out"
+    r = cluster.sbatch(["-N", "3", "-n", "3", f"--output={output}", str(script)],
+                       timeout=STEP_TIMEOUT, env=_env(cluster))
+    text = output.read_text() if output.exists() else ""
+    assert r.returncode == 0, f"{r.stderr}\n{text}"
+    reports = _reports(text)
+    assert [x["rank"] for x in reports] == [0, 1, 2], text
+    assert all(x["size"] == 3 and x["sum"] == 6 for x in reports), text
+    assert reports[0]["hosts"] == cluster.node_names  # one rank per node: srun placed them
+    _clean(cluster)
+
+
+def test_a_failing_rank_under_launch_with_srun_ends_with_its_code(
+        cluster: slurm.SlurmCluster, tmp_path: Path) -> None:
+    prog = tmp_path / "fail.py"
+    prog.write_text("import sys, ringcomm\nw = ringcomm.init()\nringcomm.barrier()\n"
+                    "sys.exit(7 if w.rank() == 1 else 0)\n")
+    script = tmp_path / "fail.sh"
+    script.write_text(f"#!/bin/sh\n{sys.executable} -m ringcomm launch -n 3 {prog}\n"
+                      "echo launch-exit=$?\n")
+    output = tmp_path / "fail.out"
+    cluster.sbatch(["-N", "3", "-n", "3", f"--output={output}", str(script)],
+                   timeout=STEP_TIMEOUT, env=_env(cluster))
+    text = output.read_text()
+    assert "launch-exit=7" in text, text
+    _clean(cluster)
+
+
 def test_stop_ends_a_running_job(tmp_path: Path) -> None:
     """stop() cancels a running job and leaves no daemon and no job process behind."""
     reason = slurm.skip_reason()

@@ -11,7 +11,8 @@ argv[1] is the fault:
 - strangers: rank 0 opens 200 silent connections to rank 1, then the job runs
   an all_sum; rank 1 reports its thread count while they are open.
 
-Each rank prints `rank R: <ErrorType> after <s>s: <message>` and exits 1, or prints
+Each rank prints `rank R: <ErrorType> after <s>s: <message>` (and the error on stderr) and
+exits 1, or prints
 `rank R: ok ...`.
 """
 
@@ -128,5 +129,5 @@ try:
         raise SystemExit(f"unknown fault {fault!r}")
 except ringcomm.RingcommError as e:
     report(t0, e)
-    sys.exit(1)
+    sys.exit(f"rank {R}: {type(e).__name__}: {e}")  # on stderr too, as an uncaught error would be
 report(t0, None, extra)

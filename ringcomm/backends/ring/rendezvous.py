@@ -33,6 +33,7 @@ __all__ = ["RankTable", "meet"]
 
 log = logging.getLogger("ringcomm")
 _LIMIT = 1 << 24
+REPLY_GRACE = 2.0
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,9 @@ def _join(info: environment.Rendezvous, key: bytes, deadline: float, mine: dict)
                         "reachable from this host?") from None
     with s:
         try:
-            s.settimeout(max(0.1, deadline - time.monotonic()))
+            # Rank 0 answers at the shared deadline at the latest, with the table or why not:
+            # a little longer here lets its reason arrive instead of a bare timeout.
+            s.settimeout(max(0.1, deadline - time.monotonic()) + REPLY_GRACE)
             handshake.client(s, key, Hello(Kind.RDZV, info.rank, 0))
             _send(s, mine)
             reply = _recv(s)
