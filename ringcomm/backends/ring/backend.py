@@ -448,14 +448,23 @@ class RingBackend(Backend):
 
     # -- point to point ----------------------------------------------------------------------
 
-    @_tracked
-    def send(self, buf: np.ndarray, dst: int) -> None:
-        ep, w = self._ep, self._world(dst)
+    def _p2p_call(self, op: str, peer: int) -> tuple[int, int]:
+        """Begin a send or recv with group rank `peer`: return (its world rank, message number).
+
+        Messages are numbered per ordered pair of world ranks; the watch records the call.
+        """
+        ep, w = self._ep, self._world(peer)
         ep.raise_if_aborted()
         with ep.p2p_lock:
-            seq = ep.next_seq(("out", w))
-        ep.watch.enter("send", self._gid, seq, w)
+            seq = ep.next_seq(("out" if op == "send" else "in", w))
+        ep.watch.enter(op, self._gid, seq, w)
         self._path = "p2p"
+        return w, seq
+
+    @_tracked
+    def send(self, buf: np.ndarray, dst: int) -> None:
+        ep = self._ep
+        w, seq = self._p2p_call("send", dst)
         sig = Signature(Op.SEND, seq, self._gid, buf.dtype, tuple(buf.shape), self._rank)
 
         def go() -> None:
@@ -468,12 +477,8 @@ class RingBackend(Backend):
 
     @_tracked
     def recv(self, out: np.ndarray, src: int) -> None:
-        ep, w = self._ep, self._world(src)
-        ep.raise_if_aborted()
-        with ep.p2p_lock:
-            seq = ep.next_seq(("in", w))
-        ep.watch.enter("recv", self._gid, seq, w)
-        self._path = "p2p"
+        ep = self._ep
+        w, seq = self._p2p_call("recv", src)
         mine = Signature(Op.SEND, seq, self._gid, out.dtype, tuple(out.shape), self._rank)
 
         def go() -> None:
