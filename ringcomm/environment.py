@@ -36,6 +36,8 @@ __all__ = [
     "TIMEOUT",
     "TOKEN",
     "TRACE",
+    "TRANSPORT",
+    "TRANSPORTS",
     "RankHostfileError",
     "Rendezvous",
     "RingLaunch",
@@ -51,6 +53,7 @@ __all__ = [
     "ring_launch",
     "stall_seconds",
     "timeout",
+    "transport",
 ]
 
 RANK = "RINGCOMM_RANK"
@@ -63,6 +66,7 @@ LOG_LEVEL = "RINGCOMM_LOG_LEVEL"
 RDZV_PORT = "RINGCOMM_RDZV_PORT"
 RESTART = "RINGCOMM_RESTART"
 TRACE = "RINGCOMM_TRACE"
+TRANSPORT = "RINGCOMM_TRANSPORT"
 MLX_RANK = "MLX_RANK"
 MLX_HOSTFILE = "MLX_HOSTFILE"
 # Both launchers' variables are set, so a program written for either finds its rank.
@@ -154,14 +158,14 @@ def launcher_vars(backend: str, token: str, rank: int | None = None,
 
     ``rank`` is None where another launcher (mpirun) numbers the ranks. The
     rank-side settings (RINGCOMM_TIMEOUT, RINGCOMM_STALL_SECONDS,
-    RINGCOMM_LOG_LEVEL, RINGCOMM_TRACE) pass through from the launcher's own
-    environment.
+    RINGCOMM_LOG_LEVEL, RINGCOMM_TRACE, RINGCOMM_TRANSPORT) pass through from
+    the launcher's own environment.
     """
     env: dict[str, str] = {BACKEND: backend, TOKEN: token}
     if rank is not None:
         env[RANK] = env[MLX_RANK] = str(rank)
     source = os.environ if environ is None else environ
-    for name in (TIMEOUT, STALL_SECONDS, LOG_LEVEL, TRACE):
+    for name in (TIMEOUT, STALL_SECONDS, LOG_LEVEL, TRACE, TRANSPORT):
         value = source.get(name)
         if value is not None:
             env[name] = value
@@ -385,3 +389,19 @@ def timeout(environ: Mapping[str, str]) -> float:
 def stall_seconds(environ: Mapping[str, str]) -> float:
     """Return RINGCOMM_STALL_SECONDS (default 60); raise ValueError when it is not > 0."""
     return _seconds(environ, STALL_SECONDS, DEFAULT_STALL_SECONDS)
+
+
+TRANSPORTS = ("auto", "tcp")
+
+
+def transport(environ: Mapping[str, str]) -> str:
+    """Return RINGCOMM_TRANSPORT: "auto" (default: shared memory between ranks of a host) or "tcp".
+
+    Raise ValueError for any other value.
+    """
+    value = environ.get(TRANSPORT, "auto").strip().lower() or "auto"
+    if value not in TRANSPORTS:
+        raise ValueError(f"{TRANSPORT}={environ.get(TRANSPORT)!r} is not one of "
+                         f"{', '.join(TRANSPORTS)}: auto uses shared memory between the ranks of "
+                         "a host, tcp forces sockets everywhere")
+    return value

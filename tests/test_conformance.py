@@ -8,6 +8,7 @@ exactly the number the suite's tables call for.
 
 from __future__ import annotations
 
+import pathlib
 import re
 import sys
 
@@ -61,11 +62,33 @@ def test_the_suite_covers_every_dtype_and_counts_every_op_at_every_size() -> Non
         assert suite.expected_cases("conformance", 0, n) == 2 * group + 2 + 9 + (n > 1)
 
 
+def paths_taken(trace_dir: pathlib.Path, n: int) -> set[str]:
+    """Return the paths (shm-slot, pipeline, ...) the ranks' collectives took, from their traces."""
+    from ringcomm import trace
+
+    return {e["args"]["path"] for r in range(n)
+            for e in trace.read_events(trace_dir / f"rank{r}.json")
+            if e.get("ph") == "X" and e["name"] not in ("send", "recv")}
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
 @pytest.mark.timeout(240)
-def test_the_ring_passes_the_suite_through_ringcomm_launch(n: int) -> None:
-    job = harness.run_ranks(n, "conformance.py", "ring", timeout=200)
+def test_the_ring_passes_the_suite_through_ringcomm_launch(n: int, tmp_path) -> None:
+    # The ranks of one host talk through shared memory: every collective takes a shared path.
+    job = harness.run_ranks(n, "conformance.py", "ring", timeout=200, RINGCOMM_TRACE=str(tmp_path))
     assert_suite_passed(job, n, "ring")
+    if n > 1:
+        # ("local": a split group of one rank.)
+        assert paths_taken(tmp_path, n) - {"local"} == {"shm-slot", "shm-chunked"}
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.timeout(240)
+def test_the_tcp_ring_passes_the_suite_when_forced(n: int, tmp_path) -> None:
+    job = harness.run_ranks(n, "conformance.py", "ring", timeout=200, RINGCOMM_TRACE=str(tmp_path),
+                            RINGCOMM_TRANSPORT="tcp")
+    assert_suite_passed(job, n, "ring")
+    assert paths_taken(tmp_path, n) - {"local"} == {"latency", "pipeline", "relay"}
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4])

@@ -32,6 +32,7 @@ class Op(enum.IntEnum):
     BARRIER = 7
     SEND = 8
     SPLIT = 9
+    SETUP = 10  # a new group's set-up rounds (its shared memory)
 
     @property
     def label(self) -> str:
@@ -63,7 +64,7 @@ class Signature:
 
     def describe(self) -> str:
         """Return the call as text, like all_sum(float32, shape (10, 3)) [call #4]."""
-        if self.op in (Op.BARRIER, Op.SPLIT):
+        if self.op in (Op.BARRIER, Op.SPLIT, Op.SETUP):
             return f"{self.op.label}() [call #{self.seq}]"
         shape = "(" + ", ".join("?" if d < 0 else str(d) for d in self.shape) + (
             ",)" if len(self.shape) == 1 else ")")

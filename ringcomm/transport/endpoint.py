@@ -102,6 +102,7 @@ class Endpoint:
         self._listeners = listeners if listeners is not None else (
             [listen(a) for a in addrs[rank]] if len(addrs) > 1 else [])
         self.host_names: list[str] | None = None  # which ranks share a host, where known
+        self.shared_memory = False  # whether groups use shared memory between a host's ranks
         for ls in self._listeners:
             threading.Thread(target=self._accept_loop, args=(ls,), daemon=True,
                              name="ringcomm-listen").start()

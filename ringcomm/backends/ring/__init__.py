@@ -35,12 +35,13 @@ def create(environ: Mapping[str, str], timeout: float) -> RingBackend:
 
     try:
         stall = environment.stall_seconds(environ)
+        shared = environment.transport(environ) == "auto"
         found = environment.ring_launch(environ)
         meeting = None if found.launched else environment.rendezvous(environ)
     except ValueError as e:
         raise InitError(str(e)) from None
     if meeting is not None:
-        return _create_by_rendezvous(meeting, environ, timeout, stall)
+        return _create_by_rendezvous(meeting, environ, timeout, stall, shared)
     if found.missing:
         raise InitError(f"ring backend: missing environment variable(s) {', '.join(found.missing)}")
     assert found.rank is not None and found.hostfile is not None
@@ -60,7 +61,7 @@ def create(environ: Mapping[str, str], timeout: float) -> RingBackend:
     else:  # a program started by another launcher: the hostfile is the shared secret
         with open(found.hostfile, "rb") as f:
             key = _derived_key(b"ringcomm-hostfile:" + f.read(), rank, "the hostfile")
-    return backend.create(rank, hosts, key, timeout, stall)
+    return backend.create(rank, hosts, key, timeout, stall, shared_memory=shared)
 
 
 def _derived_key(secret: bytes, rank: int, source: str) -> bytes:
@@ -76,7 +77,7 @@ def _derived_key(secret: bytes, rank: int, source: str) -> bytes:
 
 
 def _create_by_rendezvous(meeting: environment.Rendezvous, environ: Mapping[str, str],
-                          timeout: float, stall: float) -> RingBackend:
+                          timeout: float, stall: float, shared: bool) -> RingBackend:
     from . import backend, rendezvous
 
     token = environ.get(environment.TOKEN)
@@ -87,4 +88,4 @@ def _create_by_rendezvous(meeting: environment.Rendezvous, environ: Mapping[str,
     log.debug("rank %d of %d met at %s; hosts %s", meeting.rank, meeting.size,
               meeting.describe(), table.hosts)
     return backend.create(meeting.rank, table.addresses, key, timeout, stall,
-                          listeners=[listener], host_names=table.hosts)
+                          listeners=[listener], host_names=table.hosts, shared_memory=shared)

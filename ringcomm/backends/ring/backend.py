@@ -20,13 +20,14 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import NoReturn
 
 import numpy as np
 
 from ... import environment, trace
 from ...errors import CommTimeoutError, MismatchError, PeerError, RingcommError
-from ...transport import header
+from ...transport import header, shm
 from ...transport.endpoint import ABORT_GRACE, ECHO_PAUSE, Endpoint, Reason
 from ...transport.handshake import Hello, Kind
 from ...transport.net import exchange, parse_address, recv_exact, send_all
@@ -34,6 +35,7 @@ from ...transport.watch import Activity, GroupInfo
 from ..base import Backend, ReduceOp
 from ..signature import REDUCTIONS, Op, Signature
 from . import pipeline
+from .local import Local, _even
 
 __all__ = ["RingBackend", "create"]
 
@@ -127,6 +129,8 @@ class RingBackend(Backend):
         self._path = "local"  # the path the current call takes: for the trace and the log
         self._debug = log.isEnabledFor(logging.DEBUG)
         self._arrived = 0.0  # when the current call first had a peer's header (traced calls)
+        self._local: Local | None = None  # the host's ranks of this group, through shared memory
+        self._across: RingBackend | None = None  # this rank's ring across hosts (hierarchical)
         if self._size > 1:
             right, left = self._world((self._rank + 1) % self._size), self._world(
                 (self._rank - 1) % self._size)
@@ -137,6 +141,8 @@ class RingBackend(Backend):
                               for c in range(self._lanes)]
             except RingcommError as e:
                 self._fail("set-up", e)
+            if ep.shared_memory and shm.available():
+                self._run_or_fail("set-up", lambda: self._share(deadline))
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -326,6 +332,108 @@ class RingBackend(Backend):
             except OSError:
                 pass
 
+    # -- shared memory -------------------------------------------------------------------------
+
+    def _host_of(self, r: int) -> str:
+        """Return the host of group rank `r`: its rendezvous host name, else its address."""
+        w, names = self._world(r), self._ep.host_names
+        return names[w] if names is not None else self._ep.addrs[w][0].host
+
+    def _setup_round(self, mine: np.ndarray) -> np.ndarray:
+        """Gather one int64 row from every rank of the group (over the TCP ring)."""
+        sig = Signature(Op.SETUP, 0, self._gid, mine.dtype, tuple(mine.shape), self._rank)
+        rows = self._gather_small(mine, sig)
+        return rows.copy().view(np.int64).reshape(self._size, -1)
+
+    def _share(self, deadline: float) -> None:
+        """Share memory with this group's ranks on this host, where the layout allows.
+
+        Every rank decides from the same table: all ranks on one host (shared memory
+        alone), or several hosts with the same number of ranks each (hierarchical:
+        shared memory inside a host, one ring across hosts per local rank). Two rounds
+        over the TCP ring make it all or nothing: when a rank cannot create or map the
+        segment, every rank of the group keeps TCP.
+        """
+        hosts: dict[str, list[int]] = {}
+        for r in range(self._size):
+            hosts.setdefault(self._host_of(r), []).append(r)
+        counts = {len(v) for v in hosts.values()}
+        if len(counts) != 1 or counts == {1}:
+            return  # one rank per host, or hosts with different numbers of ranks: the TCP ring
+        local = hosts[self._host_of(self._rank)]
+        index, count = local.index(self._rank), len(local)
+        size, chunk = shm.Shared.size_for(count)
+        parts = (self._ep.key, self._gid, tuple(self._members), tuple(local))
+        mem = None
+        name = ""
+        problem = ""
+        if index == 0:
+            shm.sweep()
+            name = shm.segment_name(os.getpid(), *parts)
+            try:
+                mem = shm.create(name, size)
+            except OSError as e:
+                problem = f"could not create {size / 2**20:.1f} MiB of shared memory: {e}"
+        table = self._setup_round(np.array([os.getpid(), 0 if problem else 1], dtype=np.int64))
+        pids = [int(table[r, 0]) for r in local]
+        shared = None
+        if table[:, 1].all():
+            try:
+                if index != 0:
+                    name = shm.segment_name(pids[0], *parts)
+                    mem = shm.attach(name, size)
+                gone = [pid for pid in pids if not shm.alive(pid)]
+                if gone:
+                    problem = f"the processes {gone} of this host's ranks are not visible here"
+                else:
+                    assert mem is not None
+                    shared = shm.Shared(mem, name, index, count, chunk, pids, self._ep.timeout,
+                                        count <= _cores(), lambda j: self._peer(local[j]),
+                                        self._ep.raise_if_aborted)
+            except OSError as e:
+                problem = f"could not map the shared memory {name}: {e}"
+        done = self._setup_round(np.array([0 if problem or shared is None else 1], dtype=np.int64))
+        if index == 0 and name:
+            shm.unlink(name)  # every local rank has mapped it (or given up): the name can go
+        if problem:
+            log.warning("ringcomm rank %d: %s; the %s group uses TCP (give /dev/shm more room, "
+                        "e.g. docker --shm-size, or set %s=tcp to skip shared memory)",
+                        self._ep.rank, problem, self._label, environment.TRANSPORT)
+        if not done.all():
+            if shared is not None:
+                shared.close()
+            elif mem is not None:
+                mem.close()
+            return
+        assert shared is not None
+        self._local = Local(shared, self._label)
+        if len(hosts) > 1:
+            across = [members[index] for members in hosts.values()]
+            self._across = RingBackend(self._ep, [self._world(r) for r in across],
+                                       _child_id(self._gid, -1, index),
+                                       f"{self._label}.across({index})", deadline)
+
+    def _shared(self, sig: Signature, fn: Callable[[Local], str]) -> None:
+        """Run `fn` on this host's shared memory (when every rank is on this host)."""
+        local = self._local
+        assert local is not None
+
+        def run() -> None:
+            path = fn(local)
+            self._took(path, sig)
+        self._run_or_fail(sig.op.label, run)
+
+    def _agree(self, sig: Signature) -> None:
+        """Hierarchical groups: check the call on this host, then across hosts, before data moves.
+
+        Each local rank checks on its own ring across hosts, so every such ring and
+        thus every rank learns of a host whose ranks make another call.
+        """
+        local, across = self._local, self._across
+        assert local is not None and across is not None
+        local.check(sig)
+        across._gather_small(np.empty(0, np.uint8), replace(sig, rank=across.rank))
+
     # -- collectives ---------------------------------------------------------------------------
 
     def _run_or_fail(self, op: str, fn: Callable[[], object]) -> None:
@@ -342,19 +450,48 @@ class RingBackend(Backend):
                 np.copyto(out, src)
             return self._check_call(sig, src)
         flat, dst, ufunc = src.reshape(-1), out.reshape(-1), op.ufunc
+        if self._local is not None:
+            if self._across is None:
+                return self._shared(sig, lambda local: local.all_reduce(flat, dst, ufunc, sig))
+            return self._run_or_fail(sig.op.label,
+                                     lambda: self._hierarchical(flat, dst, ufunc, sig))
+        self._reduce(flat, dst, ufunc, sig)
+
+    def _reduce(self, flat: np.ndarray, dst: np.ndarray, ufunc: Callable, sig: Signature) -> None:
+        """All-reduce over the TCP ring."""
         if self._small(flat.nbytes) or flat.size < 2 * self._lanes * self._size:
             return self._run_or_fail(sig.op.label, lambda: self._reduce_small(flat, dst, ufunc, sig))
         # Every element of dst is written by a reduce-scatter or an all-gather step.
         self._run(flat, dst, pipeline.even(flat.size, self._size), self._size - 1, self._size - 1,
                   ufunc, sig)
 
+    def _hierarchical(self, flat: np.ndarray, dst: np.ndarray, ufunc: Callable,
+                      sig: Signature) -> None:
+        """Reduce on this host, then across hosts (each local rank its slice), then share."""
+        local, across = self._local, self._across
+        assert local is not None and across is not None
+        self._took("hierarchical", sig)
+        bounds = _even(flat.size, local.size)
+        a, b = bounds[local.rank]
+        mine = dst[a:b]
+        local.reduce_slices(flat, mine, bounds, ufunc, sig)
+        # The ring across hosts checks the group's call (not a call of its own): a host
+        # whose ranks make another call is found there.
+        across._reduce(mine, mine, ufunc, replace(sig, rank=across.rank))
+        local.gather_slices(mine, dst, bounds, sig)
+
     def _check_call(self, sig: Signature, buf: np.ndarray) -> None:
         """Check that every rank made the same call, where no data needs to move.
 
         A zero-byte gather around the ring carries only the headers.
         """
-        if self._size > 1:
-            self._run_or_fail(sig.op.label, lambda: self._gather_small(buf.reshape(-1)[:0], sig))
+        if self._size == 1:
+            return
+        if self._local is not None:
+            if self._across is None:
+                return self._shared(sig, lambda local: local.check(sig))
+            return self._run_or_fail(sig.op.label, lambda: self._agree(sig))
+        self._run_or_fail(sig.op.label, lambda: self._gather_small(buf.reshape(-1)[:0], sig))
 
     @_tracked
     def all_gather(self, buf: np.ndarray, out: np.ndarray, op: Op = Op.ALL_GATHER) -> None:
@@ -364,6 +501,10 @@ class RingBackend(Backend):
             out.reshape(-1)[:n] = buf.reshape(-1)
             return self._check_call(sig, buf)
         flat = out.reshape(-1)
+        if self._local is not None and self._across is None:
+            return self._shared(sig, lambda local: local.all_gather(buf.reshape(-1), flat, sig))
+        if self._across is not None:
+            self._run_or_fail(sig.op.label, lambda: self._agree(sig))
         if self._small(buf.nbytes):
             def small() -> None:
                 rows = self._gather_small(buf.reshape(-1), sig)
@@ -381,6 +522,11 @@ class RingBackend(Backend):
             out.reshape(-1)[...] = flat[:m]
             return self._check_call(sig, buf)
         ufunc = op.ufunc
+        if self._local is not None and self._across is None:
+            return self._shared(sig, lambda local: local.reduce_scatter(flat, out.reshape(-1),
+                                                                        ufunc, sig))
+        if self._across is not None:
+            self._run_or_fail(sig.op.label, lambda: self._agree(sig))
         if self._small(flat.nbytes):
             def small() -> None:
                 rows = self._gather_small(flat, sig)
@@ -404,6 +550,10 @@ class RingBackend(Backend):
             return
         raw = buf.reshape(-1).view(np.uint8)
         op = sig.op.label
+        if self._local is not None and self._across is None:
+            return self._shared(sig, lambda local: local.broadcast(raw, root, sig))
+        if self._across is not None:
+            self._run_or_fail(op, lambda: self._agree(sig))
         if self._small(raw.nbytes):
             # Every rank's slot, header included, passes every other rank: each rank checks
             # every call itself, so ranks that disagree (on the root too) all raise at once.
@@ -443,8 +593,13 @@ class RingBackend(Backend):
     def barrier(self) -> None:
         token = np.zeros(1, dtype=np.uint8)
         sig = self._sig(Op.BARRIER, token)
-        if self._size > 1:
-            self._run_or_fail("barrier", lambda: self._gather_small(token, sig))
+        if self._size == 1:
+            return
+        if self._local is None:
+            return self._run_or_fail("barrier", lambda: self._gather_small(token, sig))
+        self._check_call(sig, token)
+        if self._across is not None:  # no rank leaves before every host has arrived
+            self._shared(sig, lambda local: local.check(sig))
 
     # -- point to point ----------------------------------------------------------------------
 
@@ -515,6 +670,10 @@ class RingBackend(Backend):
         return RingBackend(self._ep, [self._world(i) for _, i in chosen], gid, label, deadline)
 
     def close(self) -> None:
+        if self._across is not None:
+            self._across.close()
+        if self._local is not None:
+            self._local.sh.close()
         if self._pool is not None:
             self._pool.shutdown(wait=False)
         if self._gid == _WORLD_ID:
@@ -524,15 +683,17 @@ class RingBackend(Backend):
 def create(rank: int, hosts: list[list[str]], key: bytes, timeout: float,
            stall: float = environment.DEFAULT_STALL_SECONDS,
            listeners: list[socket.socket] | None = None,
-           host_names: list[str] | None = None) -> RingBackend:
+           host_names: list[str] | None = None, shared_memory: bool = True) -> RingBackend:
     """Return the world group of this process from its rank hostfile entries.
 
     `listeners` are this rank's already bound listeners (after a rendezvous);
-    `host_names` says which ranks share a host, where the rendezvous learnt it.
+    `host_names` says which ranks share a host, where the rendezvous learnt it;
+    `shared_memory` lets the ranks of a host talk through shared memory.
     """
     addrs = [[parse_address(a) for a in entry] for entry in hosts]
     ep = Endpoint(rank, addrs, key, timeout, stall, listeners)
     ep.host_names = host_names
+    ep.shared_memory = shared_memory
     ep.tracer = trace.open_tracer(os.environ, rank)
     ep.install_excepthook()
     return RingBackend(ep, list(range(len(addrs))), _WORLD_ID, "world", time.monotonic() + timeout)

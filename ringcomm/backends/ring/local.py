@@ -1,0 +1,257 @@
+"""Collectives among the ranks of one host, through their shared segment (`transport.shm`).
+
+The segment is used as memory, not as a pipe: every rank reads the others'
+regions directly.
+
+- Small messages (header and data fit one slot): each rank writes its call's
+  header and data into its slot and posts; after one wait every rank has every
+  rank's data and reduces it in rank order itself (the same bits everywhere).
+- Large messages go in chunks through the staging halves. An all-reduce
+  stages its chunk, then each rank reduces its slice of the chunk from every
+  rank's half (a reduce-scatter), writes the result back into its own half,
+  and after a second wait copies every slice out (an all-gather). Halves
+  alternate by chunk, slots by post, and every step waits for all ranks, so a
+  rank overwrites memory only after every rank has read it.
+
+Every post carries the call's header, and every rank compares all headers at
+the first wait of a call, before it reads any data as an array: ranks that
+disagree all raise MismatchError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ...errors import MismatchError, PeerError
+from ...transport import header
+from ...transport.shm import HEADER, SLOT_BYTES, Shared
+from ..signature import Signature
+
+__all__ = ["Local"]
+
+# The header's bytes 24..27 hold the sender's rank; everything else must be equal.
+_RANK_FIELD = slice(24, 28)
+
+
+def _even(n: int, parts: int) -> list[tuple[int, int]]:
+    q, r = divmod(n, parts)
+    bounds, a = [], 0
+    for j in range(parts):
+        b = a + q + (1 if j < r else 0)
+        bounds.append((a, b))
+        a = b
+    return bounds
+
+
+class Local:
+    """The shared-memory collectives of a group whose ranks share this host."""
+
+    def __init__(self, shared: Shared, label: str) -> None:
+        self.sh = shared
+        self.label = label
+        self.rank = shared.index
+        self.size = shared.count
+        self.small = SLOT_BYTES - HEADER
+        self._hdr = b""
+        self._chunks = 0  # staging halves alternate by chunk, across calls
+
+    def _half(self) -> int:
+        """Return the staging half of the next chunk."""
+        self._chunks += 1
+        return self._chunks & 1
+
+    # -- the steps -------------------------------------------------------------------------
+
+    def _stage_header(self, sig: Signature) -> int:
+        """Write the call's header into the slot of the next post; return that slot's index."""
+        s = (self.sh.posts + 1) & 1
+        self.sh.slots[self.rank][s][:HEADER] = np.frombuffer(self._hdr, dtype=np.uint8)
+        return s
+
+    def _step(self, sig: Signature, check: bool) -> int:
+        """Post, wait for every local rank; compare headers when `check`. Return the slot index."""
+        s = self._stage_header(sig)
+        self.sh.post()
+        self.sh.wait(sig.op.label)
+        if check:
+            self._compare(sig, s)
+        return s
+
+    def _compare(self, sig: Signature, s: int) -> None:
+        mine = self._hdr
+        for j in range(self.size):
+            if j == self.rank:
+                continue
+            theirs = self.sh.slots[j][s][:HEADER].tobytes()
+            if theirs[:24] == mine[:24] and theirs[28:] == mine[28:]:
+                continue
+            other = header.unpack(theirs)
+            if other is None:
+                raise PeerError(f"{sig.op.label}: local rank {j} wrote a header that is not a "
+                                "ringcomm call (a different ringcomm version?)")
+            what = sig.differs(other) or "the calls differ"
+            raise MismatchError(
+                f"{sig.op.label} mismatch in the {self.label} group: rank {self.rank} called "
+                f"{sig.describe()} but rank {j} called {other.describe()}: {what}; every rank "
+                "must make the same calls in the same order with the same dtype and shape")
+
+    def begin(self, sig: Signature) -> None:
+        """Start a call: remember its header for every post it makes."""
+        self._hdr = header.pack(sig)
+
+    def _row(self, j: int, s: int, dtype: np.dtype, count: int) -> np.ndarray:
+        return self.sh.slots[j][s][HEADER:HEADER + count * dtype.itemsize].view(dtype)
+
+    def _chunk(self, dtype: np.dtype) -> int:
+        return self.sh.chunk // dtype.itemsize
+
+    # -- collectives ---------------------------------------------------------------------------
+
+    def check(self, sig: Signature) -> str:
+        """Check every rank's call where no data moves (a barrier, an empty array); return the path."""
+        self.begin(sig)
+        self._step(sig, True)
+        return "shm-slot"
+
+    def _gather_small(self, flat: np.ndarray, sig: Signature) -> int:
+        self.begin(sig)
+        s = (self.sh.posts + 1) & 1
+        mine = self.sh.slots[self.rank][s]
+        mine[:HEADER] = np.frombuffer(self._hdr, dtype=np.uint8)
+        mine[HEADER:HEADER + flat.nbytes] = flat.view(np.uint8)
+        self.sh.post()
+        self.sh.wait(sig.op.label)
+        self._compare(sig, s)
+        return s
+
+    def all_reduce(self, flat: np.ndarray, out: np.ndarray, ufunc: Callable,
+                   sig: Signature) -> str:
+        """Reduce `flat` over the host's ranks into `out` (may be `flat`); return the path taken."""
+        p, n, dt = self.size, flat.size, flat.dtype
+        if flat.nbytes <= self.small:
+            s = self._gather_small(flat, sig)
+            rows = [self._row(j, s, dt, n) for j in range(p)]
+            ufunc(rows[0], rows[1], out=out)
+            for row in rows[2:]:  # rank order on every rank: the same bits everywhere
+                ufunc(out, row, out=out)
+            return "shm-slot"
+        self.begin(sig)
+        i, halves, C = self.rank, self.sh.halves, self._chunk(dt)
+        for k, o in enumerate(range(0, n, C)):
+            c, h = min(C, n - o), self._half()
+            mine = halves[i][h][:c * dt.itemsize].view(dt)
+            mine[...] = flat[o:o + c]
+            self._step(sig, k == 0)
+            bounds = _even(c, p)
+            a, b = bounds[i]
+            dst = out[o + a:o + b]
+            parts = [halves[j][h][a * dt.itemsize:b * dt.itemsize].view(dt) for j in range(p)]
+            ufunc(parts[0], parts[1], out=dst)
+            for part in parts[2:]:
+                ufunc(dst, part, out=dst)
+            mine[a:b] = dst
+            self._step(sig, False)
+            for j in range(p):
+                if j != i:
+                    aj, bj = bounds[j]
+                    out[o + aj:o + bj] = halves[j][h][aj * dt.itemsize:bj * dt.itemsize].view(dt)
+        return "shm-chunked"
+
+    def all_gather(self, flat: np.ndarray, out: np.ndarray, sig: Signature) -> str:
+        """Fill `out` (size*n) with every rank's `flat` (n) in rank order; return the path."""
+        n = flat.size
+        return self.gather_slices(flat, out, [(j * n, (j + 1) * n) for j in range(self.size)],
+                                  sig)
+
+    def reduce_scatter(self, flat: np.ndarray, out: np.ndarray, ufunc: Callable,
+                       sig: Signature) -> str:
+        """Reduce `flat` (size*m) over ranks; write this rank's m elements to `out`."""
+        m = out.size
+        return self.reduce_slices(flat, out, [(j * m, (j + 1) * m) for j in range(self.size)],
+                                  ufunc, sig)
+
+    def reduce_slices(self, flat: np.ndarray, out: np.ndarray, bounds: list[tuple[int, int]],
+                      ufunc: Callable, sig: Signature) -> str:
+        """Reduce `flat` over ranks; write the reduction of flat[bounds[rank]] into `out`.
+
+        `out` may be that very slice of `flat`. Return the path taken.
+        """
+        p, dt, i = self.size, flat.dtype, self.rank
+        a, b = bounds[i]
+        if flat.nbytes <= self.small:
+            s = self._gather_small(flat, sig)
+            parts = [self._row(j, s, dt, flat.size)[a:b] for j in range(p)]
+            ufunc(parts[0], parts[1], out=out)
+            for part in parts[2:]:
+                ufunc(out, part, out=out)
+            return "shm-slot"
+        self.begin(sig)
+        halves, C = self.sh.halves, max(1, self._chunk(dt) // p)
+        size = C * dt.itemsize
+        longest = max(hi - lo for lo, hi in bounds)
+        for k, o in enumerate(range(0, longest, C)):
+            h = self._half()
+            staged = halves[i][h][:p * size].view(dt)
+            for j, (lo, hi) in enumerate(bounds):
+                c = max(0, min(C, hi - lo - o))
+                staged[j * C:j * C + c] = flat[lo + o:lo + o + c]
+            self._step(sig, k == 0)
+            c = max(0, min(C, b - a - o))
+            if c == 0:
+                continue
+            parts = [halves[j][h][i * size:i * size + c * dt.itemsize].view(dt) for j in range(p)]
+            dst = out[o:o + c]
+            ufunc(parts[0], parts[1], out=dst)
+            for part in parts[2:]:
+                ufunc(dst, part, out=dst)
+        return "shm-chunked"
+
+    def gather_slices(self, src: np.ndarray, out: np.ndarray, bounds: list[tuple[int, int]],
+                      sig: Signature) -> str:
+        """Fill out[bounds[j]] with rank j's `src`, for every j; `src` may be this rank's slice.
+
+        Return the path taken.
+        """
+        dt, i = src.dtype, self.rank
+        longest = max(hi - lo for lo, hi in bounds)
+        if longest * dt.itemsize <= self.small:
+            s = self._gather_small(src, sig)
+            for j, (lo, hi) in enumerate(bounds):
+                if j != i:
+                    out[lo:hi] = self._row(j, s, dt, hi - lo)
+            if not np.shares_memory(src, out[bounds[i][0]:bounds[i][1]]):
+                out[bounds[i][0]:bounds[i][1]] = src
+            return "shm-slot"
+        self.begin(sig)
+        halves, C = self.sh.halves, self._chunk(dt)
+        for k, o in enumerate(range(0, longest, C)):
+            h = self._half()
+            c = max(0, min(C, src.size - o))
+            halves[i][h][:c * dt.itemsize].view(dt)[...] = src[o:o + c]
+            self._step(sig, k == 0)
+            for j, (lo, hi) in enumerate(bounds):
+                c = max(0, min(C, hi - lo - o))
+                if c:
+                    out[lo + o:lo + o + c] = halves[j][h][:c * dt.itemsize].view(dt)
+        return "shm-chunked"
+
+    def broadcast(self, raw: np.ndarray, root: int, sig: Signature) -> str:
+        """Overwrite `raw` (bytes) on every rank with root's; return the path."""
+        n = raw.size
+        if n <= self.small:
+            s = self._gather_small(raw if self.rank == root else raw[:0], sig)
+            if self.rank != root:
+                raw[...] = self._row(root, s, raw.dtype, n)
+            return "shm-slot"
+        self.begin(sig)
+        halves, C = self.sh.halves, self.sh.chunk
+        for k, o in enumerate(range(0, n, C)):
+            c, h = min(C, n - o), self._half()
+            if self.rank == root:
+                halves[root][h][:c] = raw[o:o + c]
+            self._step(sig, k == 0)
+            if self.rank != root:
+                raw[o:o + c] = halves[root][h][:c]
+        return "shm-chunked"

@@ -1,0 +1,382 @@
+"""Shared memory between the ranks of one host: a segment, sequence flags, and waiting.
+
+A group's ranks on one host share one segment, POSIX shared memory named
+``ringcomm-<leader pid>-<tag>`` (under /dev/shm on Linux). The host's first
+rank of the group creates it, the others attach, and once every one of them
+has attached the creator unlinks the name: the memory lives on while it is
+mapped and goes with the last process, however that process ends.
+
+Each local rank owns one region of the segment and writes only there:
+
+    control line (64 B): posted count, sleeping flag
+    two slots: a 128-byte call header, then a small message (alternating by post)
+    two halves of staging memory for large messages (alternating by chunk)
+
+A rank *posts* when its region holds what the others need: it bumps its
+posted count. The others *wait* until every peer's count reaches the same
+number. Ranks make the same posts in the same order, so counts match.
+
+Memory ordering. The data a rank writes must be visible before its count is:
+- x86-64 keeps stores in order and loads in order (TSO), so writing the data,
+  then the count (one aligned 8-byte store, so never torn) is a release, and
+  reading the count, then the data is an acquire. Each is a separate C call of
+  the interpreter, which the compiler cannot reorder.
+- Elsewhere (arm64, Apple silicon) `release()` before the count's store and
+  `acquire()` after the count's load are real fences (C11
+  ``atomic_thread_fence``, through libatomic or libSystem).
+Sleeping needs more: a waiter sets its sleeping flag and then reads the count,
+a poster sets its count and then reads the flags. A store followed by a load
+of another address can pass each other even on x86, so both sides put a full
+fence (`full_fence()`) between the two; x86 gets it from a locked instruction
+(taking an uncontended lock), elsewhere from the C11 fence.
+
+Waiting spins for a short while (only when the host has a core for every
+local rank), then yields the core (`os.sched_yield`), then blocks on a
+datagram socket that posters write to when a waiter's sleeping flag is set.
+A blocked waiter also wakes every SLEEP_SECONDS to check the job's abort
+state, its deadline, and whether the peers it waits for are alive.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import hashlib
+import mmap
+import os
+import platform
+import select
+import socket
+import stat
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from ..errors import CommTimeoutError, PeerError
+
+try:
+    import _posixshmem  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - Windows
+    _posixshmem = None
+
+__all__ = ["PREFIX", "Shared", "alive", "available", "leftovers", "sweep"]
+
+PREFIX = "ringcomm-"
+LINE = 64
+HEADER = 128  # a call's header at the start of each slot (transport.header.SIZE)
+SLOT_BYTES = 64 << 10  # header + small message
+CHUNK_BYTES = 4 << 20  # one half of a rank's staging memory
+MIN_CHUNK_BYTES = 256 << 10
+# All local ranks' staging memory together stays under this, so a container's small /dev/shm
+# (64 MiB under Docker) holds a job of several ranks.
+STAGING_BUDGET = 32 << 20
+
+# Waiting: spin this long (when every local rank has a core), then yield the core until
+# YIELD_SECONDS have passed, then block, waking at least every SLEEP_SECONDS.
+SPIN_SECONDS = 50e-6
+YIELD_SECONDS = 200e-6
+SLEEP_SECONDS = 0.01
+LIVENESS_SECONDS = 0.1
+
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+
+
+def _c_fence() -> Callable[[], None] | None:
+    """Return a C11 sequentially consistent fence callable, or None when none is found."""
+    for lib, name in (("atomic", "atomic_thread_fence"), ("System", "OSMemoryBarrier")):
+        path = ctypes.util.find_library(lib)
+        if path is None:
+            continue
+        try:
+            fn = getattr(ctypes.CDLL(path), name)
+        except (OSError, AttributeError):
+            continue
+        if name == "atomic_thread_fence":
+            fn.argtypes, fn.restype = [ctypes.c_int], None
+            return lambda: fn(5)  # memory_order_seq_cst
+        fn.argtypes, fn.restype = [], None
+        return fn
+    return None
+
+
+def _locked_fence() -> Callable[[], None]:
+    lock = threading.Lock()
+
+    def fence() -> None:
+        lock.acquire()  # a locked compare-and-swap: a full barrier on x86
+        lock.release()
+    return fence
+
+
+def _nothing() -> None:
+    return None
+
+
+if _X86:
+    release = acquire = _nothing
+    full_fence = _locked_fence()
+    _FENCED = True
+else:  # pragma: no cover - exercised on arm64 hosts
+    _fence = _c_fence()
+    _FENCED = _fence is not None
+    release = acquire = full_fence = _fence if _fence is not None else _nothing
+
+
+def available() -> bool:
+    """Return whether this platform gives shared memory with ordered flags."""
+    return _posixshmem is not None and _FENCED and hasattr(socket, "AF_UNIX")
+
+
+def alive(pid: int) -> bool:
+    """Return whether process `pid` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if sys.platform.startswith("linux"):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state not in (b"Z", b"X")
+    return True
+
+
+def leftovers() -> list[str]:
+    """Return the names of ringcomm segments in /dev/shm (Linux; elsewhere an empty list)."""
+    try:
+        return sorted(n for n in os.listdir("/dev/shm") if n.startswith(PREFIX))
+    except OSError:
+        return []
+
+
+def sweep() -> None:
+    """Unlink this user's segments whose creator has died before it could unlink them."""
+    for name in leftovers():
+        try:
+            pid = int(name[len(PREFIX):].split("-", 1)[0])
+            st = os.stat(f"/dev/shm/{name}")
+        except (ValueError, OSError):
+            continue
+        if st.st_uid == os.getuid() and stat.S_ISREG(st.st_mode) and not alive(pid):
+            try:
+                os.unlink(f"/dev/shm/{name}")
+            except OSError:
+                pass
+
+
+def segment_name(pid: int, *parts: object) -> str:
+    """Return the segment name for a group's ranks on one host (at most 31 characters: macOS)."""
+    tag = hashlib.blake2b(repr(parts).encode(), digest_size=5).hexdigest()
+    return f"{PREFIX}{pid}-{tag}"
+
+
+def chunk_bytes(count: int) -> int:
+    """Return the size of a staging half for `count` local ranks."""
+    per_rank = STAGING_BUDGET // (2 * max(1, count))
+    return max(MIN_CHUNK_BYTES, min(CHUNK_BYTES, per_rank & ~(LINE - 1)))
+
+
+def region_bytes(chunk: int) -> int:
+    size = LINE + 2 * SLOT_BYTES + 2 * chunk
+    return (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
+
+
+def create(name: str, size: int) -> mmap.mmap:
+    """Create and map segment `name` of `size` bytes; raise OSError when the host has no room."""
+    assert _posixshmem is not None
+    fd = _posixshmem.shm_open("/" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
+    try:
+        os.ftruncate(fd, size)
+        if hasattr(os, "posix_fallocate"):
+            # Reserve the pages now: a full /dev/shm would otherwise kill the rank with SIGBUS
+            # at first touch, mid-collective.
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+        return mmap.mmap(fd, size)
+    except BaseException:
+        unlink(name)
+        raise
+    finally:
+        os.close(fd)
+
+
+def attach(name: str, size: int) -> mmap.mmap:
+    """Map the existing segment `name`."""
+    assert _posixshmem is not None
+    fd = _posixshmem.shm_open("/" + name, os.O_RDWR, mode=0o600)
+    try:
+        have = os.fstat(fd).st_size
+        if have < size:
+            raise OSError(errno.EINVAL, f"segment {name} has {have} bytes, expected {size}")
+        return mmap.mmap(fd, size)
+    finally:
+        os.close(fd)
+
+
+def unlink(name: str) -> None:
+    """Remove segment `name`'s name (mappings stay valid); ignore a name already gone."""
+    if _posixshmem is None:
+        return
+    try:
+        _posixshmem.shm_unlink("/" + name)
+    except FileNotFoundError:
+        pass
+
+
+def _wake_address(name: str, index: int) -> str:
+    if sys.platform.startswith("linux"):
+        return f"\0{name}-{index}"  # the abstract namespace: nothing on disk to leave behind
+    return os.path.join(tempfile.gettempdir(), f"{name}-{index}")
+
+
+class Shared:
+    """This rank's view of its host's segment: regions, posting and waiting.
+
+    `index` is this rank's place among the `count` local ranks; `pids` their
+    process ids (for the liveness check); `names(j)` says who local rank j is
+    in error messages; `check()` raises when the job was aborted.
+    """
+
+    def __init__(self, mem: mmap.mmap, name: str, index: int, count: int, chunk: int,
+                 pids: list[int], timeout: float, spin: bool,
+                 names: Callable[[int], str], check: Callable[[], None]) -> None:
+        self.mem = mem
+        self.name = name
+        self.index = index
+        self.count = count
+        self.chunk = chunk
+        self.pids = pids
+        self.timeout = timeout
+        self._spin = SPIN_SECONDS if spin else 0.0
+        self._names = names
+        self._check = check
+        self.region = region_bytes(chunk)
+        self._q = memoryview(mem).cast("Q")
+        words = self.region // 8
+        self._posted_at = [j * words for j in range(count)]
+        self._sleep_at = [j * words + 1 for j in range(count)]
+        self._others = [j for j in range(count) if j != index]
+        self.posts = int(self._q[self._posted_at[index]])
+        raw = np.frombuffer(mem, dtype=np.uint8)
+        self._raw = raw
+        self.slots = [[raw[j * self.region + LINE + s * SLOT_BYTES:][:SLOT_BYTES]
+                       for s in range(2)] for j in range(count)]
+        base = LINE + 2 * SLOT_BYTES
+        self.halves = [[raw[j * self.region + base + h * chunk:][:chunk] for h in range(2)]
+                       for j in range(count)]
+        self._wake = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._wake.setblocking(False)
+        self._wake_to = [_wake_address(name, j) for j in range(count)]
+        self._wake.bind(self._wake_to[index])
+
+    @classmethod
+    def size_for(cls, count: int) -> tuple[int, int]:
+        """Return (segment bytes, chunk bytes) for `count` local ranks."""
+        chunk = chunk_bytes(count)
+        return region_bytes(chunk) * count, chunk
+
+    # -- posting and waiting ---------------------------------------------------------------
+
+    def post(self) -> int:
+        """Publish this rank's region (everything written before); return the post number."""
+        q = self._q
+        release()
+        self.posts += 1
+        q[self._posted_at[self.index]] = self.posts
+        full_fence()
+        for j in self._others:
+            if q[self._sleep_at[j]]:
+                try:
+                    self._wake.sendto(b"\1", self._wake_to[j])
+                except OSError:
+                    pass  # its queue is full (it will wake anyway) or it is gone
+        return self.posts
+
+    def wait(self, what: str, target: int | None = None, only: int | None = None) -> None:
+        """Wait until every other local rank (or just `only`) posted `target` (default: ours).
+
+        Raise CommTimeoutError after `timeout` seconds from the start, PeerError when a
+        waited-for rank's process is gone, and whatever `check` raises on an abort.
+        """
+        q = self._q
+        at = self._posted_at
+        goal = self.posts if target is None else target
+        pending = [j for j in (self._others if only is None else [only]) if q[at[j]] < goal]
+        if not pending:
+            acquire()
+            return
+        start = time.perf_counter()
+        spin_until = start + self._spin
+        while pending and time.perf_counter() < spin_until:
+            pending = [j for j in pending if q[at[j]] < goal]
+        yield_until = start + YIELD_SECONDS
+        while pending and time.perf_counter() < yield_until:
+            os.sched_yield()
+            pending = [j for j in pending if q[at[j]] < goal]
+        if pending:
+            self._sleep(pending, goal, start, what)
+        acquire()
+
+    def _sleep(self, pending: list[int], goal: int, start: float, what: str) -> None:
+        q, at, me = self._q, self._posted_at, self._sleep_at[self.index]
+        deadline = start + self.timeout
+        next_live = start + LIVENESS_SECONDS
+        while True:
+            q[me] = 1
+            full_fence()
+            pending = [j for j in pending if q[at[j]] < goal]
+            if not pending:
+                q[me] = 0
+                return
+            self._check()
+            now = time.perf_counter()
+            if now >= next_live:
+                next_live = now + LIVENESS_SECONDS
+                self._liveness(pending, what)
+            if now >= deadline:
+                q[me] = 0
+                who = ", ".join(self._names(j) for j in pending)
+                raise CommTimeoutError(
+                    f"{what}: waited {self.timeout:g} s for {who} on this host to arrive "
+                    "(shared memory); is it running and did it make the same call? "
+                    "(RINGCOMM_TIMEOUT sets the deadline)")
+            select.select([self._wake], [], [], min(SLEEP_SECONDS, deadline - now))
+            q[me] = 0
+            try:
+                while self._wake.recv(64):
+                    pass
+            except OSError:
+                pass
+
+    def _liveness(self, pending: list[int], what: str) -> None:
+        for j in pending:
+            if not alive(self.pids[j]):
+                raise PeerError(f"{what}: {self._names(j)} (pid {self.pids[j]}) on this host "
+                                "exited during the call")
+
+    def close(self) -> None:
+        """Release this rank's mapping and wake-up socket (the name is long gone)."""
+        self._wake.close()
+        if not sys.platform.startswith("linux"):
+            try:
+                os.unlink(self._wake_to[self.index])
+            except OSError:
+                pass
+        self._q.release()
+        del self.slots, self.halves, self._raw
+        try:
+            self.mem.close()
+        except BufferError:
+            pass  # an array still views it; the mapping goes with the process
