@@ -19,8 +19,7 @@ out; a torch tensor in, a tensor of the same dtype and device out.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -59,16 +58,17 @@ def dtype_from_code(code: int) -> np.dtype | None:
 
 def check_dtype(dt: np.dtype, op: str) -> None:
     """Raise TypeError unless `op` supports arrays of dtype `dt`."""
-    if np.dtype(dt) not in _CODE_OF:
+    if not isinstance(dt, np.dtype):
+        dt = np.dtype(dt)
+    if dt not in _CODE_OF:
         supported = ", ".join(str(d) for d in _CODES)
         raise TypeError(f"{op}: unsupported dtype {np.dtype(dt)!s}; supported: {supported}")
-    if op in ("all_max", "all_min") and np.dtype(dt).kind == "c":
+    if dt.kind == "c" and op in ("all_max", "all_min"):
         raise TypeError(f"{op}: complex numbers have no order; reduce .real and .imag separately")
 
 
-@dataclass(frozen=True)
-class Adapted:
-    """A NumPy view of a caller's array and the way back to the caller's type."""
+class Adapted(NamedTuple):
+    """A NumPy view of a caller's array and the way back to the caller's type (one per call)."""
 
     array: np.ndarray
     wrap: Callable[[np.ndarray], Any]

@@ -48,8 +48,9 @@ def _check_rank(op: str, name: str, r: int, b: Backend, *, peer: bool) -> int:
 
 def _reduce(op: str, rop: ReduceOp, x: ArrayT, group: Group | None) -> ArrayT:
     ad = adapt(x)
-    check_dtype(ad.array.dtype, op)
-    src = np.asarray(ad.array, order="C")
+    a = ad.array
+    check_dtype(a.dtype, op)
+    src = a if a.flags.c_contiguous else np.asarray(a, order="C")
     out = _pool.empty(src.shape, src.dtype)
     _backend(group).all_reduce_into(src, out, rop)
     return ad.wrap(out)

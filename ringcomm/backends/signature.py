@@ -11,7 +11,7 @@ backend agrees on a hash of it).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -47,11 +47,11 @@ _LABELS = {op: op.name.lower() for op in Op}
 REDUCTIONS = {ReduceOp.SUM: Op.ALL_SUM, ReduceOp.MAX: Op.ALL_MAX, ReduceOp.MIN: Op.ALL_MIN}
 
 
-@dataclass(frozen=True)
-class Signature:
+class Signature(NamedTuple):
     """What a rank is calling: compared field by field across ranks.
 
     A dimension of -1 in `shape` is one the wire could not carry (shown as '?').
+    A tuple, not a dataclass: one is made per call, and a tuple is made in a fifth of the time.
     """
 
     op: Op

@@ -260,7 +260,7 @@ class Shared:
         self.pids = pids
         self.timeout = timeout
         self._spin = SPIN_SECONDS if spin else 0.0
-        self._names = names
+        self.names = names
         self._check = check
         self.region = region_bytes(chunk)
         self._q = memoryview(mem).cast("Q")
@@ -347,7 +347,7 @@ class Shared:
                 self._liveness(pending, what)
             if now >= deadline:
                 q[me] = 0
-                who = ", ".join(self._names(j) for j in pending)
+                who = ", ".join(self.names(j) for j in pending)
                 raise CommTimeoutError(
                     f"{what}: waited {self.timeout:g} s for {who} on this host to arrive "
                     "(shared memory); is it running and did it make the same call? "
@@ -363,7 +363,7 @@ class Shared:
     def _liveness(self, pending: list[int], what: str) -> None:
         for j in pending:
             if not alive(self.pids[j]):
-                raise PeerError(f"{what}: {self._names(j)} (pid {self.pids[j]}) on this host "
+                raise PeerError(f"{what}: {self.names(j)} (pid {self.pids[j]}) on this host "
                                 "exited during the call")
 
     def close(self) -> None:

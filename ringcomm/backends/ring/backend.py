@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
 from typing import NoReturn
 
 import numpy as np
@@ -432,7 +431,7 @@ class RingBackend(Backend):
         local, across = self._local, self._across
         assert local is not None and across is not None
         local.check(sig)
-        across._gather_small(np.empty(0, np.uint8), replace(sig, rank=across.rank))
+        across._gather_small(np.empty(0, np.uint8), sig._replace(rank=across.rank))
 
     # -- collectives ---------------------------------------------------------------------------
 
@@ -452,7 +451,13 @@ class RingBackend(Backend):
         flat, dst, ufunc = src.reshape(-1), out.reshape(-1), op.ufunc
         if self._local is not None:
             if self._across is None:
-                return self._shared(sig, lambda local: local.all_reduce(flat, dst, ufunc, sig))
+                try:  # the latency-critical path: no closures
+                    self._path = self._local.all_reduce(flat, dst, ufunc, sig)
+                except RingcommError as e:
+                    self._fail(sig.op.label, e)
+                if self._debug:
+                    self._took(self._path, sig)
+                return
             return self._run_or_fail(sig.op.label,
                                      lambda: self._hierarchical(flat, dst, ufunc, sig))
         self._reduce(flat, dst, ufunc, sig)
@@ -477,7 +482,7 @@ class RingBackend(Backend):
         local.reduce_slices(flat, mine, bounds, ufunc, sig)
         # The ring across hosts checks the group's call (not a call of its own): a host
         # whose ranks make another call is found there.
-        across._reduce(mine, mine, ufunc, replace(sig, rank=across.rank))
+        across._reduce(mine, mine, ufunc, sig._replace(rank=across.rank))
         local.gather_slices(mine, dst, bounds, sig)
 
     def _check_call(self, sig: Signature, buf: np.ndarray) -> None:

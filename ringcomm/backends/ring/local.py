@@ -26,13 +26,13 @@ import numpy as np
 
 from ...errors import MismatchError, PeerError
 from ...transport import header
-from ...transport.shm import HEADER, SLOT_BYTES, Shared
+from ...transport.shm import HEADER, LINE, SLOT_BYTES, Shared
 from ..signature import Signature
 
 __all__ = ["Local"]
 
-# The header's bytes 24..27 hold the sender's rank; everything else must be equal.
-_RANK_FIELD = slice(24, 28)
+# Where the call number lies in the header.
+_SEQ = slice(8, 16)
 
 
 def _even(n: int, parts: int) -> list[tuple[int, int]]:
@@ -54,7 +54,11 @@ class Local:
         self.rank = shared.index
         self.size = shared.count
         self.small = SLOT_BYTES - HEADER
+        self._mem = shared.mem
+        self._slot_at = [[j * shared.region + LINE + s * SLOT_BYTES for s in range(2)]
+                         for j in range(self.size)]
         self._hdr = b""
+        self._templates: dict[tuple, bytes] = {}
         self._chunks = 0  # staging halves alternate by chunk, across calls
 
     def _half(self) -> int:
@@ -64,15 +68,24 @@ class Local:
 
     # -- the steps -------------------------------------------------------------------------
 
-    def _stage_header(self, sig: Signature) -> int:
-        """Write the call's header into the slot of the next post; return that slot's index."""
-        s = (self.sh.posts + 1) & 1
-        self.sh.slots[self.rank][s][:HEADER] = np.frombuffer(self._hdr, dtype=np.uint8)
-        return s
+    def begin(self, sig: Signature) -> None:
+        """Start a call: make its header, which every post of the call carries.
+
+        The header is the TCP header with the rank field zeroed, so that ranks making
+        the same call write the same bytes; it is made from a per-call-kind template.
+        """
+        key = (sig.op, sig.group, sig.dtype, sig.shape, sig.arg)
+        tmpl = self._templates.get(key)
+        if tmpl is None:
+            tmpl = self._templates[key] = header.pack(sig._replace(seq=0, rank=0))
+        self._hdr = tmpl[:_SEQ.start] + sig.seq.to_bytes(8, "little", signed=True) + \
+            tmpl[_SEQ.stop:]
 
     def _step(self, sig: Signature, check: bool) -> int:
         """Post, wait for every local rank; compare headers when `check`. Return the slot index."""
-        s = self._stage_header(sig)
+        s = (self.sh.posts + 1) & 1
+        at = self._slot_at[self.rank][s]
+        self._mem[at:at + HEADER] = self._hdr
         self.sh.post()
         self.sh.wait(sig.op.label)
         if check:
@@ -80,29 +93,23 @@ class Local:
         return s
 
     def _compare(self, sig: Signature, s: int) -> None:
-        mine = self._hdr
+        mine, mem = self._hdr, self._mem
         for j in range(self.size):
-            if j == self.rank:
+            at = self._slot_at[j][s]
+            if j == self.rank or mem[at:at + HEADER] == mine:
                 continue
-            theirs = self.sh.slots[j][s][:HEADER].tobytes()
-            if theirs[:24] == mine[:24] and theirs[28:] == mine[28:]:
-                continue
-            other = header.unpack(theirs)
+            other = header.unpack(mem[at:at + HEADER])
             if other is None:
-                raise PeerError(f"{sig.op.label}: local rank {j} wrote a header that is not a "
+                raise PeerError(f"{sig.op.label}: {self.sh.names(j)} wrote a header that is not a "
                                 "ringcomm call (a different ringcomm version?)")
-            what = sig.differs(other) or "the calls differ"
+            what = sig.differs(other._replace(rank=sig.rank)) or "the calls differ"
             raise MismatchError(
                 f"{sig.op.label} mismatch in the {self.label} group: rank {self.rank} called "
                 f"{sig.describe()} but rank {j} called {other.describe()}: {what}; every rank "
                 "must make the same calls in the same order with the same dtype and shape")
 
-    def begin(self, sig: Signature) -> None:
-        """Start a call: remember its header for every post it makes."""
-        self._hdr = header.pack(sig)
-
     def _row(self, j: int, s: int, dtype: np.dtype, count: int) -> np.ndarray:
-        return self.sh.slots[j][s][HEADER:HEADER + count * dtype.itemsize].view(dtype)
+        return np.frombuffer(self._mem, dtype, count, self._slot_at[j][s] + HEADER)
 
     def _chunk(self, dtype: np.dtype) -> int:
         return self.sh.chunk // dtype.itemsize
@@ -116,11 +123,14 @@ class Local:
         return "shm-slot"
 
     def _gather_small(self, flat: np.ndarray, sig: Signature) -> int:
+        """Write the header and `flat` into this rank's slot, post, wait, check; return the slot."""
         self.begin(sig)
         s = (self.sh.posts + 1) & 1
-        mine = self.sh.slots[self.rank][s]
-        mine[:HEADER] = np.frombuffer(self._hdr, dtype=np.uint8)
-        mine[HEADER:HEADER + flat.nbytes] = flat.view(np.uint8)
+        at = self._slot_at[self.rank][s]
+        mem = self._mem
+        mem[at:at + HEADER] = self._hdr
+        if flat.nbytes:
+            mem[at + HEADER:at + HEADER + flat.nbytes] = flat.view(np.uint8).data
         self.sh.post()
         self.sh.wait(sig.op.label)
         self._compare(sig, s)
