@@ -32,13 +32,12 @@ SIZES = [4, 4096, 65536, 1 << 20, 16 << 20, 64 << 20]
 Sample = tuple[float, float]  # (time_us, busbw_GBps)
 
 
-def ringcomm_transport(backend: str, where: str = "loopback") -> str:
-    """Return what carries ringcomm's bytes for `backend` in this tree."""
-    if backend != "ring":
-        return f"{backend} backend"
-    if importlib.util.find_spec("ringcomm.transport.shm") is not None:
-        return "ring backend (TCP, or shared memory within a host)"
-    return f"TCP over {where} (ring backend)"
+def ringcomm_transport(rows: list[dict]) -> str:
+    """Return what carried ringcomm's bytes: the backend and the path each size took."""
+    if not rows:
+        return "?"
+    paths = ", ".join(f"{r['size_B']} B: {r.get('path') or '?'}" for r in rows)
+    return f"{rows[0]['backend']} backend ({paths})"
 
 
 def parse_bench_json(text: str) -> list[dict]:
@@ -51,11 +50,16 @@ def parse_bench_json(text: str) -> list[dict]:
     return rows
 
 
-def run_ringcomm(n: int, sizes: list[int], timeout: float = 1800) -> tuple[list[dict], str]:
-    """Return ringcomm bench's all_sum rows at `n` local ranks, and why it failed (else "")."""
+def run_ringcomm(n: int, sizes: list[int], timeout: float = 1800,
+                 transport: str = "auto") -> tuple[list[dict], str]:
+    """Return ringcomm bench's all_sum rows at `n` local ranks, and why it failed (else "").
+
+    `transport` is RINGCOMM_TRANSPORT: auto (shared memory between local ranks) or tcp.
+    """
     cmd = [sys.executable, "-m", "ringcomm", "bench", "-n", str(n), "--json",
            "--sizes", ",".join(map(str, sizes))]
-    (code, out, err), = peers.run_together([cmd], dict(os.environ), timeout)
+    env = dict(os.environ, RINGCOMM_TRANSPORT=transport)
+    (code, out, err), = peers.run_together([cmd], env, timeout)
     rows = parse_bench_json(out)
     if code != 0 or not rows:
         return rows, f"ringcomm bench exited {code}: {err.strip()[-500:]}"
@@ -125,6 +129,8 @@ def main() -> int:
                     help="comma-separated sizes in bytes (default 4 B to 64 MiB)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per peer and round")
     ap.add_argument("--plot", metavar="FILE.png", help="also draw busbw and time against size")
+    ap.add_argument("--with-tcp", action="store_true",
+                    help="also run ringcomm with RINGCOMM_TRANSPORT=tcp, as a column 'ringcomm-tcp'")
     args = ap.parse_args()
     try:
         sizes = [int(s) for s in args.sizes.split(",")]
@@ -148,15 +154,18 @@ def main() -> int:
             if error:
                 failures.append(f"{name} (round {rnd + 1}): {error}")
         print(f"round {rnd + 1}/{args.rounds}: ringcomm", file=sys.stderr, flush=True)
-        rows, error = run_ringcomm(args.n, sizes, args.timeout)
-        for r in rows:
-            samples[("ringcomm", r["size_B"])].append((r["time_us"], r["busbw_GBps"]))
-            transports["ringcomm"] = ringcomm_transport(r["backend"])
-        if error:
-            failures.append(f"ringcomm (round {rnd + 1}): {error}")
+        for name, transport in [("ringcomm", "auto")] + ([("ringcomm-tcp", "tcp")]
+                                                          if args.with_tcp else []):
+            rows, error = run_ringcomm(args.n, sizes, args.timeout, transport)
+            for r in rows:
+                samples[(name, r["size_B"])].append((r["time_us"], r["busbw_GBps"]))
+            transports[name] = ringcomm_transport(rows)
+            if error:
+                failures.append(f"{name} (round {rnd + 1}): {error}")
     med = medians(samples)
     print("transports: " + "; ".join(f"{k}: {v}" for k, v in transports.items()))
-    print(table(args.n, args.rounds, sizes, med, args.peers))
+    print(table(args.n, args.rounds, sizes, med,
+                args.peers + (["ringcomm-tcp"] if args.with_tcp else [])))
     for f in failures:
         print(f"failed: {f}")
     if args.plot:

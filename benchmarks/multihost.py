@@ -1,6 +1,7 @@
 """all_sum between two test hosts on a shaped link: ringcomm and every peer, beside raw TCP.
 
     sudo python benchmarks/multihost.py [--rate 10gbit] [--sizes ...] [--peers mlx,mpi,gloo]
+                                        [--ranks-per-host 2] [--with-tcp]
 
 Builds two hosts on this machine (network namespaces on a bridge, each with its
 own sshd; tests/multihost/netns.py), limits what each host sends to `--rate`
@@ -13,10 +14,15 @@ L` inside the host), measures one raw TCP stream from host 1 to host 2
 - mpi: `mpirun --hostfile` over the test ssh, ob1 with the TCP BTL only
 - gloo: one `torchrun --nnodes 2` per host through `ip netns exec`, rendezvous on host 1
 
-and prints one Markdown table: time_us and busbw_GBps per size for each, and
-each one's busbw as a share of the raw stream. At p=2 an all_sum sends
-size_B/2 each way twice, so busbw = algbw is the rate each direction carries
-and the raw stream is its ceiling. Traffic goes only between the hosts' own
+and prints one Markdown table: time_us and algbw_GBps per size for each, and
+each one's algbw as a share of the raw stream. An all_sum across 2 hosts must
+send size_B out of each host (half in the reduce-scatter, half in the
+all-gather) however many ranks each host has, so algbw is at most the link's
+rate and the raw stream is its ceiling. With `--ranks-per-host 2` ringcomm
+runs 2 ranks on each host (hierarchical: shared memory inside a host, both
+local ranks' rings across), and `--with-tcp` adds ringcomm with
+RINGCOMM_TRANSPORT=tcp (the flat ring over all 4 ranks). The peers run one
+rank per host. Traffic goes only between the hosts' own
 addresses (and to the bridge address, where mpirun's daemons report back).
 Every process started here is ended and the hosts are removed on exit,
 Ctrl-C and SIGTERM included.
@@ -30,7 +36,6 @@ import os
 import re
 import shutil
 import signal
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -94,14 +99,18 @@ def stream(cluster: netns.Cluster, python: str, seconds: float) -> tuple[float |
     return float(json.loads(out)["GBps"]), ""
 
 
-def ringcomm_job(cluster: netns.Cluster, sizes: list[int]) -> peers.Job:
+def ringcomm_job(cluster: netns.Cluster, sizes: list[int], per_host: int = 1,
+                 transport: str = "auto") -> peers.Job:
     env = cluster.env()
     env["PYTHONPATH"] = str(REPO)
     env.pop("RINGCOMM_TIMEOUT", None)
     argv = [sys.executable, "-m", "ringcomm", "launch", "--hosts", ",".join(cluster.ips[:2]),
-            "-n", "1", "--no-stdin", "--env", f"PYTHONPATH={REPO}", "-m", "ringcomm.bench",
+            "-n", str(per_host), "--no-stdin", "--env", f"PYTHONPATH={REPO}",
+            "--env", f"RINGCOMM_TRANSPORT={transport}", "-m", "ringcomm.bench",
             "--json", "--sizes", ",".join(map(str, sizes))]
-    return peers.Job("ringcomm", ringcomm_transport("ring", "the shaped link"), [argv], env)
+    name = "ringcomm" if transport == "auto" else f"ringcomm-{transport}"
+    return peers.Job(name, f"{per_host} rank(s) per host, RINGCOMM_TRANSPORT={transport}",
+                     [argv], env)
 
 
 def peer_job(peer: str, cluster: netns.Cluster, sizes: list[int], root: Path,
@@ -127,10 +136,6 @@ def peer_job(peer: str, cluster: netns.Cluster, sizes: list[int], root: Path,
                 "--prtemca", "plm_rsh_agent", str(cluster.bin_dir / "ssh"),
                 "--prtemca", "oob_tcp_if_include", subnet,
                 "--mca", "oob_tcp_if_include", subnet,
-                # The test hosts share this machine's hostname, so OpenMPI takes both ranks
-                # for one node; its hierarchical collectives (han) then crash in
-                # Allreduce. Excluding han leaves the flat tuned algorithms.
-                "--mca", "coll", "^han",
                 "--mca", "pml", "ob1", "--mca", "btl", "self,tcp",
                 "--mca", "btl_tcp_if_include", subnet,
                 "-x", "PATH", "-x", "OMPI_ALLOW_RUN_AS_ROOT", "-x",
@@ -147,21 +152,23 @@ def peer_job(peer: str, cluster: netns.Cluster, sizes: list[int], root: Path,
     raise ValueError(f"unknown peer {peer!r}")
 
 
-def run_ringcomm(job: peers.Job, timeout: float) -> tuple[list[peers.Result], str]:
+def run_ringcomm(job: peers.Job, timeout: float) -> tuple[list[peers.Result], str, str]:
+    """Return ringcomm's rows, why it failed (else ""), and the paths its sizes took."""
     (code, out, err), = peers.run_together(job.argvs, job.env, timeout)
-    rows = [peers.Result("ringcomm", r["ranks"], r["size_B"], r["time_us"], r["algbw_GBps"],
-                         r["busbw_GBps"]) for r in parse_bench_json(out)]
+    found = parse_bench_json(out)
+    rows = [peers.Result(job.peer, r["ranks"], r["size_B"], r["time_us"], r["algbw_GBps"],
+                         r["busbw_GBps"]) for r in found]
     if code != 0 or not rows:
         tail = " | ".join(err.strip().splitlines()[-3:])
-        return rows, f"exit code {code}; {tail}"
-    return rows, ""
+        return rows, f"exit code {code}; {tail}", ""
+    return rows, "", ringcomm_transport(found)
 
 
 def table(rate: str, sizes: list[int], names: list[str],
           rows: dict[str, dict[int, peers.Result]], link: float | None) -> str:
     head = ["size_B"]
     for n in names:
-        head += [f"{n} time_us", f"{n} busbw_GBps"] + (["of stream"] if link else [])
+        head += [f"{n} time_us", f"{n} algbw_GBps"] + (["of stream"] if link else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for size in sizes:
         cells = [str(size)]
@@ -170,8 +177,8 @@ def table(rate: str, sizes: list[int], names: list[str],
             if r is None:
                 cells += ["n/a", "n/a"] + (["n/a"] if link else [])
             else:
-                cells += [f"{r.time_us:.1f}", f"{r.busbw_GBps:.3f}"]
-                cells += [f"{r.busbw_GBps / link:.0%}"] if link else []
+                cells += [f"{r.time_us:.1f}", f"{r.algbw_GBps:.3f}"]
+                cells += [f"{r.algbw_GBps / link:.0%}"] if link else []
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -188,6 +195,10 @@ def main() -> int:
     ap.add_argument("--peers", default=",".join(peers.PEERS),
                     help=f"comma-separated peers (default {','.join(peers.PEERS)})")
     ap.add_argument("--stream-seconds", type=float, default=3.0)
+    ap.add_argument("--ranks-per-host", type=int, default=1, choices=range(1, 9), metavar="N",
+                    help="ringcomm's ranks on each host (default 1; the peers run 1)")
+    ap.add_argument("--with-tcp", action="store_true",
+                    help="also run ringcomm with RINGCOMM_TRANSPORT=tcp")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per benchmark")
     args = ap.parse_args()
     try:
@@ -224,13 +235,16 @@ def main() -> int:
                              args.stream_seconds)
         if error:
             notes.append(error)
-        jobs = [ringcomm_job(cluster, sizes)]
+        jobs = [ringcomm_job(cluster, sizes, args.ranks_per_host)]
+        if args.with_tcp:
+            jobs.append(ringcomm_job(cluster, sizes, args.ranks_per_host, "tcp"))
         jobs += [peer_job(p, cluster, sizes, root, workdir) for p in names]
         for job in jobs:
             print(f"running {job.peer}", file=sys.stderr, flush=True)
             transports[job.peer] = job.transport
-            if job.peer == "ringcomm":
-                got, error = run_ringcomm(job, args.timeout)
+            if job.peer.startswith("ringcomm"):
+                got, error, paths = run_ringcomm(job, args.timeout)
+                transports[job.peer] += f"; {paths}"
             else:
                 got, error = peers.run_job(job, args.timeout)
             rows[job.peer] = {r.size_B: r for r in got}
@@ -252,11 +266,12 @@ def main() -> int:
                 print(f"multihost: could not remove {left}", file=sys.stderr)
         shutil.rmtree(workdir, ignore_errors=True)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    names = ["ringcomm", *names]
+    names = ["ringcomm", *(["ringcomm-tcp"] if args.with_tcp else []), *names]
     ranks = {r.ranks for got in rows.values() for r in got.values()} or {2}
-    print(f"float32 all_sum, 2 hosts x 1 rank (p={statistics.mode(ranks)}), each host's "
-          f"egress shaped to {args.rate} (tbf); time_us = rank 0's median; busbw in GB/s "
-          "(1e9 B/s); 'of stream' = busbw / raw TCP stream")
+    print(f"float32 all_sum, 2 hosts; ringcomm {args.ranks_per_host} rank(s) per host, peers 1 "
+          f"(p={sorted(ranks)}); each host's egress shaped to {args.rate} (tbf); time_us = "
+          "rank 0's median; algbw = size / time in GB/s (1e9 B/s); 'of stream' = algbw / raw "
+          "TCP stream")
     print(f"raw TCP stream host 1 -> host 2: {link:.3f} GB/s" if link else
           "raw TCP stream: not measured")
     print("transports: " + "; ".join(f"{k}: {v}" for k, v in transports.items()))

@@ -34,7 +34,7 @@ _BUS_FACTOR = {"all_sum": lambda p: 2 * (p - 1) / p, "all_gather": lambda p: (p 
                "broadcast": lambda p: 1.0}
 _DEFAULT_SIZES = "4,4096,65536,1048576,16777216,67108864"
 _UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-_HEADER = ("size_B", "count", "dtype", "time_us", "algbw_GBps", "busbw_GBps")
+_HEADER = ("size_B", "count", "dtype", "time_us", "algbw_GBps", "busbw_GBps", "path")
 # Below this many seconds a run shows no progress line: it would only flicker.
 _PROGRESS_AFTER_S = 2.0
 
@@ -53,17 +53,18 @@ class Row:
     time_us: float
     algbw_GBps: float
     busbw_GBps: float
+    path: str = ""  # the transport and algorithm the op took (shm-slot, tcp-pipeline, ...)
 
     def line(self) -> str:
         """Return the row in the table's columns."""
         return (f"{self.size_B:>12} {self.count:>11} {self.dtype:>8} {self.time_us:>10.1f} "
-                f"{self.algbw_GBps:>10.3f} {self.busbw_GBps:>10.3f}")
+                f"{self.algbw_GBps:>10.3f} {self.busbw_GBps:>10.3f}  {self.path}")
 
 
 def _table_head(op: str, ranks: int, backend: str) -> str:
     return (f"# ringcomm {op} p={ranks} backend={backend}; time_us is rank 0's median; "
             f"GBps = 1e9 bytes/s\n" + " ".join(f"{h:>{w}}" for h, w in
-                                              zip(_HEADER, (12, 11, 8, 10, 10, 10))))
+                                              zip(_HEADER, (12, 11, 8, 10, 10, 10))) + "  path")
 
 
 def measure(op: str, nbytes: int, dtype: np.dtype, iters: int | None = None) -> Row:
@@ -95,7 +96,7 @@ def measure(op: str, nbytes: int, dtype: np.dtype, iters: int | None = None) -> 
     alg = size / med
     return Row(op=op, ranks=p, backend=world.backend, size_B=size, count=count,
                dtype=str(dtype), iters=iters, time_us=med * 1e6, algbw_GBps=alg / 1e9,
-               busbw_GBps=alg * _BUS_FACTOR[op](p) / 1e9)
+               busbw_GBps=alg * _BUS_FACTOR[op](p) / 1e9, path=world._backend.path)
 
 
 def plot(series: Mapping[str, Sequence[Mapping[str, float]]], path: str, title: str = "") -> None:

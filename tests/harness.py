@@ -181,13 +181,44 @@ def assert_none_survive(marker: str | None = None,
     while True:
         left = survivors(marker, pids() if callable(pids) else pids)
         if not left:
-            return
+            return assert_no_segments_left(what)
         if time.monotonic() > deadline:
             break
         time.sleep(0.05)
     described = _describe(left)
     kill(left)
     raise AssertionError(f"processes outlived {what} by more than {within:g} s: {described}")
+
+
+def segments_left() -> list[str]:
+    """Return ringcomm shared-memory segments in /dev/shm whose creating process is gone.
+
+    A segment lives under its name only while the ranks of a host attach; one whose
+    creator (the pid in its name) has exited was never unlinked.
+    """
+    from ringcomm.transport import shm
+
+    left = []
+    for name in shm.leftovers():
+        try:
+            pid = int(name[len(shm.PREFIX):].split("-", 1)[0])
+        except ValueError:
+            left.append(name)
+            continue
+        if not shm.alive(pid):
+            left.append(name)
+    return left
+
+
+def assert_no_segments_left(what: str = "the job") -> None:
+    """Fail (and remove them) when segments outlived their creators."""
+    left = segments_left()
+    for name in left:
+        try:
+            os.unlink(f"/dev/shm/{name}")
+        except OSError:
+            pass
+    assert not left, f"shared-memory segments outlived {what}: {left}"
 
 
 # -- starting jobs --------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 
 BENCH = [sys.executable, "-m", "ringcomm", "bench"]
 ROW_KEYS = {"op", "ranks", "backend", "size_B", "count", "dtype", "iters", "time_us",
-            "algbw_GBps", "busbw_GBps"}
+            "algbw_GBps", "busbw_GBps", "path"}
 
 
 def _bench(*args: str, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
@@ -75,6 +75,7 @@ def test_json_prints_one_checked_row_per_op_and_size_at_two_ranks() -> None:
         assert set(row) == ROW_KEYS
         assert (row["ranks"], row["dtype"], row["iters"]) == (2, "float32", 3)
         assert row["count"] == row["size_B"] // 4
+        assert row["path"] == "shm-slot"  # two ranks of one host: shared memory
         assert row["time_us"] > 0
         assert row["algbw_GBps"] == pytest.approx(row["size_B"] / row["time_us"] / 1e3)
         factor = 1.0 if row["op"] == "all_sum" else 0.5  # 2(p-1)/p and (p-1)/p at p=2

@@ -60,6 +60,11 @@ class Backend(ABC):
     def size(self) -> int:
         """Return the number of ranks in the group."""
 
+    @property
+    def path(self) -> str:
+        """Return the transport and algorithm the last call took (for benchmarks and traces)."""
+        return self.name
+
     def all_reduce(self, buf: np.ndarray, op: ReduceOp) -> None:
         """Reduce `buf` elementwise over all ranks, in place; every rank gets the same bits."""
         self.all_reduce_into(buf, buf, op)

@@ -125,7 +125,7 @@ class RingBackend(Backend):
         self._watch = ep.watch
         self._tracer = ep.tracer
         ep.watch.groups[gid] = GroupInfo(label, tuple(members))
-        self._path = "local"  # the path the current call takes: for the trace and the log
+        self._path = "self"  # the path the current call takes: for the trace, the log and bench
         self._debug = log.isEnabledFor(logging.DEBUG)
         self._arrived = 0.0  # when the current call first had a peer's header (traced calls)
         self._local: Local | None = None  # the host's ranks of this group, through shared memory
@@ -150,6 +150,11 @@ class RingBackend(Backend):
         return self._rank
 
     @property
+    def path(self) -> str:
+        """Return the transport and algorithm the last call took (shm-slot, tcp-pipeline, ...)."""
+        return self._path
+
+    @property
     def size(self) -> int:
         return self._size
 
@@ -164,7 +169,7 @@ class RingBackend(Backend):
         self._ep.raise_if_aborted()
         self._seq += 1
         self._watch.activity = Activity(op.label, self._gid, self._seq, -1, time.monotonic(), True)
-        self._path = "local"
+        self._path = "self"  # until a path that moves data is taken
         return Signature(op, self._seq, self._gid, a.dtype, tuple(a.shape), self._rank, arg)
 
     def _checker(self, mine: Signature, src: int) -> Callable[[memoryview], None]:
@@ -261,7 +266,7 @@ class RingBackend(Backend):
         Each slot is a header followed by the data, so one send and usually one
         receive per step carry both, and a forwarded header still names its origin.
         """
-        self._took("latency", sig)
+        self._took("tcp-latency", sig)
         p, r, hs = self._size, self._rank, header.SIZE
         n = flat.nbytes
         slot = hs + n
@@ -289,7 +294,7 @@ class RingBackend(Backend):
     def _run(self, src: np.ndarray, data: np.ndarray, blocks: list[tuple[int, int]], n_rs: int,
              n_ag: int, ufunc: Callable | None, sig: Signature) -> None:
         """Run the pipelined ring over all lanes in both directions, from `src` into `data`."""
-        self._took("pipeline", sig)
+        self._took("tcp-pipeline", sig)
         transfer = pipeline.Transfer(data, src, ufunc, sig, self._ep.timeout)
         lanes = pipeline.lanes(self._rank, self._size, self._right, self._left, blocks, n_rs,
                                n_ag, self._peer, lambda frm: self._checker(sig, frm))
@@ -475,7 +480,7 @@ class RingBackend(Backend):
         """Reduce on this host, then across hosts (each local rank its slice), then share."""
         local, across = self._local, self._across
         assert local is not None and across is not None
-        self._took("hierarchical", sig)
+        self._took("shm+tcp-hierarchical", sig)
         bounds = _even(flat.size, local.size)
         a, b = bounds[local.rank]
         mine = dst[a:b]
@@ -577,7 +582,7 @@ class RingBackend(Backend):
             # the chain then sends its header to the root once it has all the data, so the
             # root, which needs nobody else's data, returns only when the chain finished.
             self._gather_small(raw[:0], sig)
-            self._took("relay", sig)
+            self._took("tcp-relay", sig)
             last = (r + 1) % p == root
             for a, b in pipeline.chunks(0, raw.size, pipeline.CHUNK_BYTES):
                 piece = raw[a:b].data
@@ -618,7 +623,7 @@ class RingBackend(Backend):
         with ep.p2p_lock:
             seq = ep.next_seq(("out" if op == "send" else "in", w))
         ep.watch.enter(op, self._gid, seq, w)
-        self._path = "p2p"
+        self._path = "tcp-p2p"
         return w, seq
 
     @_tracked
