@@ -87,7 +87,8 @@ def test_the_table_names_the_unit_of_every_column() -> None:
     r = _bench("-n", "2", "--sizes", "4", "--iters", "3", timeout=100)
     assert r.returncode == 0, r.stderr
     header = next(line for line in r.stdout.splitlines() if not line.startswith("#"))
-    assert header.split() == ["size_B", "count", "dtype", "time_us", "algbw_GBps", "busbw_GBps"]
+    assert header.split() == ["size_B", "count", "dtype", "time_us", "algbw_GBps", "busbw_GBps",
+                              "path"]
     assert len(r.stdout.splitlines()) == 3
 
 

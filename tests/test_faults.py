@@ -83,10 +83,13 @@ def test_a_frozen_rank_is_named_by_the_survivors_and_by_a_stall_line() -> None:
         assert "not arrived: rank 1 (127.0.0.1:" in stall[0] and "not answering" in stall[0]
 
 
-@pytest.mark.parametrize("seed", [random.randrange(1 << 30) for _ in range(2)])
-def test_a_rank_killed_at_a_random_op_is_named_by_every_survivor(seed: int) -> None:
+@pytest.mark.parametrize("transport", ["auto", "tcp"])
+def test_a_rank_killed_at_a_random_op_is_named_by_every_survivor(transport: str) -> None:
+    # auto: the three ranks share memory; tcp: the ring's sockets.
+    seed = random.randrange(1 << 30)
     print(f"seed {seed}")  # shown on failure: rerun with this seed
-    ranks = run_direct(3, "faults.py", "kill", str(seed), timeout=90, RINGCOMM_TIMEOUT="30")
+    ranks = run_direct(3, "faults.py", "kill", str(seed), timeout=90, RINGCOMM_TIMEOUT="30",
+                       RINGCOMM_TRANSPORT=transport)
     victims = [r for r, job in enumerate(ranks) if job.returncode == 3]
     assert len(victims) == 1, [j.returncode for j in ranks]
     victim = victims[0]
@@ -96,7 +99,19 @@ def test_a_rank_killed_at_a_random_op_is_named_by_every_survivor(seed: int) -> N
         kind, seconds, message = _outcome(job, r)
         assert kind in ("PeerError", "PeerAbortedError"), (seed, r, kind, message)
         assert f"rank {victim}" in message, (seed, r, message)
-        assert seconds < 60, (seed, r, seconds)
+        assert seconds < (2 if transport == "auto" else 60), (seed, r, seconds)
+
+
+@pytest.mark.parametrize("transport", ["auto", "tcp"])
+def test_a_rank_killed_mid_collective_is_named_by_every_survivor(transport: str) -> None:
+    ranks = run_direct(3, "faults.py", "kill9", timeout=90, RINGCOMM_TIMEOUT="30",
+                       RINGCOMM_TRANSPORT=transport)
+    assert ranks[1].returncode == -9, ranks[1].returncode
+    for r in (0, 2):
+        kind, seconds, message = _outcome(ranks[r], r)
+        assert kind in ("PeerError", "PeerAbortedError"), (r, kind, message)
+        assert "rank 1 " in message, (r, message)
+        assert seconds < 2.5, (r, seconds, message)  # the loop's start to the error
 
 
 def test_two_hundred_silent_strangers_cost_a_bounded_number_of_threads() -> None:
@@ -130,7 +145,7 @@ def test_a_trace_has_one_span_per_call_and_merge_joins_the_ranks(tmp_path) -> No
         names = [e["name"] for e in events]
         assert names == ["all_sum", "all_sum", "broadcast", "barrier", last], names
         paths = [e["args"]["path"] for e in events]
-        assert paths == ["latency", "pipeline", "latency", "latency", "p2p"], paths
+        assert paths == ["shm-slot", "shm-chunked", "shm-slot", "shm-slot", "tcp-p2p"], paths
         assert events[1]["args"]["bytes"] == 8 << 20
         assert all(e["dur"] >= 0 and e["args"]["wait_us"] >= 0 for e in events)
     n = trace.merge(sorted(out.glob("rank*.json")), out / "trace.json")

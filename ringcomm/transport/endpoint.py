@@ -17,6 +17,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .. import environment
@@ -103,6 +104,7 @@ class Endpoint:
             [listen(a) for a in addrs[rank]] if len(addrs) > 1 else [])
         self.host_names: list[str] | None = None  # which ranks share a host, where known
         self.shared_memory = False  # whether groups use shared memory between a host's ranks
+        self.on_abort: list[Callable[[], None]] = []  # called once when the job stops
         for ls in self._listeners:
             threading.Thread(target=self._accept_loop, args=(ls,), daemon=True,
                              name="ringcomm-listen").start()
@@ -293,6 +295,8 @@ class Endpoint:
                 self._cond.notify_all()
             socks = list(self._socks) + list(self._filed.values())
         if first:
+            for hook in self.on_abort:
+                hook()
             for s in socks:
                 try:
                     s.shutdown(socket.SHUT_RDWR)

@@ -8,7 +8,7 @@ mapped and goes with the last process, however that process ends.
 
 Each local rank owns one region of the segment and writes only there:
 
-    control line (64 B): posted count, sleeping flag
+    control line (64 B): posted count, sleeping flag, abandoned flag
     two slots: a 128-byte call header, then a small message (alternating by post)
     two halves of staging memory for large messages (alternating by chunk)
 
@@ -57,7 +57,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..errors import CommTimeoutError, PeerError
+from ..errors import CommTimeoutError, PeerAbortedError, PeerError
 
 try:
     import _posixshmem  # type: ignore[import-not-found]
@@ -267,6 +267,7 @@ class Shared:
         words = self.region // 8
         self._posted_at = [j * words for j in range(count)]
         self._sleep_at = [j * words + 1 for j in range(count)]
+        self._gone_at = [j * words + 2 for j in range(count)]
         self._others = [j for j in range(count) if j != index]
         self.posts = int(self._q[self._posted_at[index]])
         raw = np.frombuffer(mem, dtype=np.uint8)
@@ -316,7 +317,7 @@ class Shared:
         pending = [j for j in (self._others if only is None else [only]) if q[at[j]] < goal]
         if not pending:
             acquire()
-            return
+            return self._abandoned(what)
         start = time.perf_counter()
         spin_until = start + self._spin
         while pending and time.perf_counter() < spin_until:
@@ -328,7 +329,24 @@ class Shared:
         if pending:
             self._sleep(pending, goal, start, what)
         acquire()
+        self._abandoned(what)
 
+    def abandon(self) -> None:
+        """Mark this rank as gone from the job: a late peer must not complete a call with it."""
+        try:
+            self._q[self._gone_at[self.index]] = 1
+        except ValueError:
+            return  # closed already
+        full_fence()
+
+    def _abandoned(self, what: str) -> None:
+        """Raise when a local peer has left the job (failed or gave up), even after it posted."""
+        q, gone = self._q, self._gone_at
+        for j in self._others:
+            if q[gone[j]]:
+                self._check()  # its reason, when it has reached this rank
+                raise PeerAbortedError(f"{what}: {self.names(j)} on this host left the job "
+                                       "(it failed or gave up; its own error says why)")
     def _sleep(self, pending: list[int], goal: int, start: float, what: str) -> None:
         q, at, me = self._q, self._posted_at, self._sleep_at[self.index]
         deadline = start + self.timeout
@@ -348,10 +366,8 @@ class Shared:
             if now >= deadline:
                 q[me] = 0
                 who = ", ".join(self.names(j) for j in pending)
-                raise CommTimeoutError(
-                    f"{what}: waited {self.timeout:g} s for {who} on this host to arrive "
-                    "(shared memory); is it running and did it make the same call? "
-                    "(RINGCOMM_TIMEOUT sets the deadline)")
+                raise CommTimeoutError(f"{what}: {who} sent nothing within {self.timeout:g} s "
+                                       "(shared memory)")
             select.select([self._wake], [], [], min(SLEEP_SECONDS, deadline - now))
             q[me] = 0
             try:

@@ -8,6 +8,7 @@ argv[1] is the fault:
 - frozen: rank 1 stops itself (SIGSTOP) before the second all_sum, for argv[2] seconds;
 - kill: rank `victim` exits at op number `at` of a random sequence drawn from
   `seed` (argv[2]); every rank draws the same sequence;
+- kill9: rank 1 sends itself SIGKILL 0.3 s into a loop of 16 MiB all_sums (mid-collective);
 - strangers: rank 0 opens 200 silent connections to rank 1, then the job runs
   an all_sum; rank 1 reports its thread count while they are open.
 
@@ -109,6 +110,13 @@ try:
         ringcomm.all_sum(x)
     elif fault == "kill":
         random_ops(int(sys.argv[2]))
+    elif fault == "kill9":
+        big = np.ones(4 << 20, dtype=np.float32)
+        if R == 1:
+            threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGKILL)).start()
+        t0 = time.monotonic()
+        while True:
+            ringcomm.all_sum(big)
     elif fault == "strangers":
         socks = []
         if R == 0:

@@ -411,6 +411,7 @@ class RingBackend(Backend):
             return
         assert shared is not None
         self._local = Local(shared, self._label)
+        self._ep.on_abort.append(shared.abandon)
         if len(hosts) > 1:
             across = [members[index] for members in hosts.values()]
             self._across = RingBackend(self._ep, [self._world(r) for r in across],

@@ -59,6 +59,7 @@ class Local:
                          for j in range(self.size)]
         self._hdr = b""
         self._templates: dict[tuple, bytes] = {}
+        self._views: dict[tuple, np.ndarray] = {}
         self._chunks = 0  # staging halves alternate by chunk, across calls
 
     def _half(self) -> int:
@@ -108,6 +109,18 @@ class Local:
                 f"{sig.describe()} but rank {j} called {other.describe()}: {what}; every rank "
                 "must make the same calls in the same order with the same dtype and shape")
 
+    def _rows(self, s: int, dtype: np.dtype, count: int) -> np.ndarray:
+        """Return the (size, count) view of every rank's slot `s` as `dtype` (cached)."""
+        key = (s, dtype, count)
+        view = self._views.get(key)
+        if view is None:
+            if len(self._views) > 64:
+                self._views.clear()
+            view = self._views[key] = np.ndarray(
+                (self.size, count), dtype, buffer=self._mem, offset=self._slot_at[0][s] + HEADER,
+                strides=(self.sh.region, dtype.itemsize))
+        return view
+
     def _row(self, j: int, s: int, dtype: np.dtype, count: int) -> np.ndarray:
         return np.frombuffer(self._mem, dtype, count, self._slot_at[j][s] + HEADER)
 
@@ -130,22 +143,23 @@ class Local:
         mem = self._mem
         mem[at:at + HEADER] = self._hdr
         if flat.nbytes:
-            mem[at + HEADER:at + HEADER + flat.nbytes] = flat.view(np.uint8).data
+            mem[at + HEADER:at + HEADER + flat.nbytes] = flat  # type: ignore[call-overload]
         self.sh.post()
         self.sh.wait(sig.op.label)
         self._compare(sig, s)
         return s
 
-    def all_reduce(self, flat: np.ndarray, out: np.ndarray, ufunc: Callable,
+    def all_reduce(self, flat: np.ndarray, out: np.ndarray, ufunc: np.ufunc,
                    sig: Signature) -> str:
         """Reduce `flat` over the host's ranks into `out` (may be `flat`); return the path taken."""
         p, n, dt = self.size, flat.size, flat.dtype
         if flat.nbytes <= self.small:
             s = self._gather_small(flat, sig)
-            rows = [self._row(j, s, dt, n) for j in range(p)]
-            ufunc(rows[0], rows[1], out=out)
-            for row in rows[2:]:  # rank order on every rank: the same bits everywhere
-                ufunc(out, row, out=out)
+            # Rank order on every rank: the same bits everywhere.
+            if p == 2:
+                ufunc(self._row(0, s, dt, n), self._row(1, s, dt, n), out=out)
+            else:  # one reduction over a strided view of every slot (row after row)
+                ufunc.reduce(self._rows(s, dt, n), axis=0, out=out)
             return "shm-slot"
         self.begin(sig)
         i, halves, C = self.rank, self.sh.halves, self._chunk(dt)
