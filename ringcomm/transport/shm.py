@@ -69,7 +69,7 @@ __all__ = ["PREFIX", "Shared", "alive", "available", "leftovers", "sweep"]
 PREFIX = "ringcomm-"
 LINE = 64
 HEADER = 128  # a call's header at the start of each slot (transport.header.SIZE)
-SLOT_BYTES = 64 << 10  # header + small message
+SLOT_BYTES = (64 << 10) + 128  # header + small message (64 KiB)
 CHUNK_BYTES = 4 << 20  # one half of a rank's staging memory
 MIN_CHUNK_BYTES = 256 << 10
 # All local ranks' staging memory together stays under this, so a container's small /dev/shm

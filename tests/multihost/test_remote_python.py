@@ -84,3 +84,21 @@ def test_mpi_across_hosts_runs_the_conformance_suite(cluster: netns.Cluster) -> 
     assert sorted(line.split(":")[0] for line in passed) == [f"rank {i}/3" for i in range(3)], \
         r.stdout
     harness.assert_none_survive(pids=cluster.strays, within=5.0, what="the job on the hosts")
+
+
+def test_the_ring_across_two_hosts_of_two_ranks_is_hierarchical_and_passes_the_suite(
+        cluster: netns.Cluster, tmp_path: Path) -> None:
+    # Two ranks per host: shared memory inside each host, one ring across hosts per local rank.
+    from tests.test_conformance import assert_suite_passed, paths_taken
+
+    hosts = ",".join(cluster.ips[:2])
+    argv = harness.launch_argv("--env", f"PYTHONPATH={harness.ROOT}", "--env",
+                               f"RINGCOMM_TRACE={tmp_path}", "--hosts", hosts, "-n", "2", "--",
+                               sys.executable, harness.script("conformance.py"), "ring")
+    r = harness.run(argv, timeout=220, environ=_env(cluster))
+    assert_suite_passed(r, 4, "ring")
+    # all_sum over both hosts is hierarchical; the other collectives check the call on the host
+    # and across, then take the flat ring; groups split within a host use shared memory.
+    paths = paths_taken(tmp_path, 4)
+    assert {"shm+tcp-hierarchical", "tcp-latency", "tcp-pipeline"} <= paths, paths
+    harness.assert_none_survive(pids=cluster.strays, within=5.0, what="the job on the hosts")

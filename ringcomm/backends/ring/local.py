@@ -53,7 +53,7 @@ class Local:
         self.label = label
         self.rank = shared.index
         self.size = shared.count
-        self.small = SLOT_BYTES - HEADER
+        self.small = (SLOT_BYTES - HEADER) // max(1, shared.count // 2)
         self._mem = shared.mem
         self._slot_at = [[j * shared.region + LINE + s * SLOT_BYTES for s in range(2)]
                          for j in range(self.size)]
