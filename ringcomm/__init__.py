@@ -16,7 +16,7 @@ from .errors import (
     PeerError,
     RingcommError,
 )
-from .group import Group, init, is_available
+from .group import Group, Work, init, is_available
 from .ops import (
     all_gather,
     all_max,
@@ -29,7 +29,13 @@ from .ops import (
     send,
     sum_scatter,
 )
-from .training import average_gradients, tree_flatten, tree_map, tree_unflatten
+from .training import (
+    GradientReducer,
+    average_gradients,
+    tree_flatten,
+    tree_map,
+    tree_unflatten,
+)
 
 
 def _version() -> str:
@@ -44,10 +50,10 @@ def _version() -> str:
 __version__ = _version()
 
 __all__ = [
-    "Group", "init", "is_available",
+    "Group", "Work", "init", "is_available",
     "all_sum", "all_max", "all_min", "all_gather", "sum_scatter",
     "send", "recv", "recv_like", "broadcast", "barrier",
-    "tree_map", "tree_flatten", "tree_unflatten", "average_gradients",
+    "tree_map", "tree_flatten", "tree_unflatten", "average_gradients", "GradientReducer",
     "RingcommError", "InitError", "ConnectError", "PeerError", "PeerAbortedError",
     "CommTimeoutError", "MismatchError",
     "__version__",

@@ -18,10 +18,10 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -75,8 +75,10 @@ def measure(op: str, nbytes: int, dtype: np.dtype, iters: int | None = None) -> 
     p, r = world.size(), world.rank()
     count = max(1, nbytes // dtype.itemsize)
     x = np.full(count, r + 1, dtype=dtype)
-    fn = {"all_sum": ringcomm.all_sum, "all_gather": ringcomm.all_gather,
-          "broadcast": ringcomm.broadcast}[op]
+    ops: dict[str, Callable[..., Any]] = {"all_sum": ringcomm.all_sum,
+                                          "all_gather": ringcomm.all_gather,
+                                          "broadcast": ringcomm.broadcast}
+    fn = ops[op]
     if iters is None:
         iters = max(5, min(200, int(2e8 // max(nbytes, 1))))
     for _ in range(3):

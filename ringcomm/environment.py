@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "BACKEND",
+    "DEBUG",
     "DEFAULT_TIMEOUT",
     "HOSTFILE",
     "HOSTFILE_VARS",
@@ -41,6 +42,7 @@ __all__ = [
     "RankHostfileError",
     "Rendezvous",
     "RingLaunch",
+    "debug",
     "dump_rank_hostfile",
     "expand_nodelist",
     "format_address",
@@ -67,6 +69,7 @@ RDZV_PORT = "RINGCOMM_RDZV_PORT"
 RESTART = "RINGCOMM_RESTART"
 TRACE = "RINGCOMM_TRACE"
 TRANSPORT = "RINGCOMM_TRANSPORT"
+DEBUG = "RINGCOMM_DEBUG"
 MLX_RANK = "MLX_RANK"
 MLX_HOSTFILE = "MLX_HOSTFILE"
 # Both launchers' variables are set, so a program written for either finds its rank.
@@ -165,7 +168,7 @@ def launcher_vars(backend: str, token: str, rank: int | None = None,
     if rank is not None:
         env[RANK] = env[MLX_RANK] = str(rank)
     source = os.environ if environ is None else environ
-    for name in (TIMEOUT, STALL_SECONDS, LOG_LEVEL, TRACE, TRANSPORT):
+    for name in (TIMEOUT, STALL_SECONDS, LOG_LEVEL, TRACE, TRANSPORT, DEBUG):
         value = source.get(name)
         if value is not None:
             env[name] = value
@@ -405,3 +408,8 @@ def transport(environ: Mapping[str, str]) -> str:
                          f"{', '.join(TRANSPORTS)}: auto uses shared memory between the ranks of "
                          "a host, tcp forces sockets everywhere")
     return value
+
+
+def debug(environ: Mapping[str, str]) -> bool:
+    """Return whether RINGCOMM_DEBUG asks for the costly checks (1, true, yes, on)."""
+    return environ.get(DEBUG, "").strip().lower() in ("1", "true", "yes", "on")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from typing import Any
 
 from . import backends, environment
 from .backends import BackendName
@@ -13,17 +17,100 @@ from .backends.base import Backend
 from .backends.mpi import detect as mpi_detect
 from .errors import InitError
 
-__all__ = ["Group", "init", "is_available", "world"]
+__all__ = ["Group", "Work", "init", "is_available", "world"]
 
 _lock = threading.Lock()
 _world: Group | None = None
 
 
+class Work(Future):
+    """A call made with ``async_op=True``: a `concurrent.futures.Future` of its result.
+
+    ``result(timeout=None)`` (or ``wait``) returns what the blocking call returns, or
+    raises the error it raises, with the same type. Calls of a group complete in the order
+    they were made. A call cannot be cancelled once made (the other ranks make it too):
+    `cancel` returns False.
+    """
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Return the call's result, waiting at most `timeout` seconds (None: until it is done)."""
+        return self.result(timeout)
+
+    def cancel(self) -> bool:
+        return False
+
+
+class Calls:
+    """One group's calls, run one at a time in the order they were made.
+
+    A call is a function of no arguments (the backend call with its arrays bound).
+    An asynchronous call queues and returns its Work; one worker thread per group runs
+    the queue. A blocking call is the same function: run at once in the caller's thread
+    when nothing is in flight, else queued behind the calls before it and waited for.
+    """
+
+    def __init__(self, label: str) -> None:
+        self._label = label
+        self._cond = threading.Condition()
+        self._queue: deque[tuple[Work, Callable[[], Any]]] = deque()
+        self._pending = 0  # calls queued or running in the worker
+        self._thread: threading.Thread | None = None
+
+    @property
+    def in_flight(self) -> int:
+        """Return how many asynchronous calls have not finished."""
+        return self._pending
+
+    def run(self, fn: Callable[[], Any], async_op: bool = False) -> Any:
+        """Run `fn` in call order; return its result, or its Work when `async_op`."""
+        if not async_op and self._pending == 0:
+            return fn()
+        work = Work()
+        with self._cond:
+            self._queue.append((work, fn))
+            self._pending += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, daemon=True,
+                                                name=f"ringcomm-calls-{self._label}")
+                self._thread.start()
+                atexit.register(self.drain)
+            self._cond.notify()
+        return work if async_op else work.result()
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until no call is in flight, at most `timeout` s (default RINGCOMM_TIMEOUT).
+
+        Runs at exit, so a call the program never waited on still happens; a peer
+        that is gone fails it at once, and a frozen one ends the wait at the deadline.
+        Return whether every call finished.
+        """
+        seconds = _timeout(timeout, os.environ)
+        with self._cond:
+            return self._cond.wait_for(lambda: self._pending == 0, seconds)
+
+    def _loop(self) -> None:
+        # A daemon thread: after `drain`, a rank exits even with a call stuck in flight.
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                work, fn = self._queue.popleft()
+            try:
+                work.set_result(fn())
+            except BaseException as e:  # handed to whoever waits on the Work
+                work.set_exception(e)
+            finally:
+                with self._cond:
+                    self._pending -= 1
+                    self._cond.notify_all()
+
+
 class Group:
     """A set of ranks that run collectives together; made by `init()` or `Group.split`."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, label: str = "world") -> None:
         self._backend = backend
+        self._calls = Calls(label)
 
     def rank(self) -> int:
         """Return this process's rank in the group."""
@@ -42,7 +129,8 @@ class Group:
         color, key = int(color), int(key)
         if color < 0:
             raise ValueError(f"split: color must be >= 0, got {color}")
-        return Group(self._backend.split(color, self.rank() if key == -1 else key))
+        k = self.rank() if key == -1 else key
+        return self._calls.run(lambda: Group(self._backend.split(color, k), f"split{color}"))
 
     @property
     def backend(self) -> str:

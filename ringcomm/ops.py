@@ -2,19 +2,25 @@
 
 Every function returns a new array in the caller's array type and leaves its
 input untouched. `stream=` is accepted and ignored, as a program written for
-MLX passes it.
+MLX passes it. With ``async_op=True`` every function returns a `Work` at once
+(a Future of what it would return); the caller must not modify an input until
+that Work is done (RINGCOMM_DEBUG=1 checks it). The blocking call is the same
+backend call, run in the group's call order (`group.Calls`).
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+import os
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar, overload
 
 import numpy as np
 
-from . import _pool
+from . import _pool, environment
 from .arrays import adapt, check_dtype
 from .backends.base import Backend, ReduceOp
-from .group import Group, world
+from .errors import RingcommError
+from .group import Group, Work, world
 
 __all__ = [
     "all_gather",
@@ -33,8 +39,12 @@ __all__ = [
 ArrayT = TypeVar("ArrayT")
 
 
+def _group(group: Group | None) -> Group:
+    return group if group is not None else world()
+
+
 def _backend(group: Group | None) -> Backend:
-    return (group if group is not None else world())._backend
+    return _group(group)._backend
 
 
 def _check_rank(op: str, name: str, r: int, b: Backend, *, peer: bool) -> int:
@@ -46,47 +56,118 @@ def _check_rank(op: str, name: str, r: int, b: Backend, *, peer: bool) -> int:
     return r
 
 
-def _reduce(op: str, rop: ReduceOp, x: ArrayT, group: Group | None) -> ArrayT:
+def _call(g: Group, op: str, fn: Callable[[], Any], async_op: bool,
+          inputs: tuple[np.ndarray, ...] = ()) -> Any:
+    """Run the backend call `fn` in the group's call order, now or (async_op) as a Work.
+
+    With RINGCOMM_DEBUG set, an asynchronous call also checks that the caller left its
+    inputs alone until the call was done.
+    """
+    if async_op and inputs and environment.debug(os.environ):
+        fn = _guarded(op, fn, inputs)
+    return g._calls.run(fn, async_op)
+
+
+def _guarded(op: str, fn: Callable[[], Any], inputs: tuple[np.ndarray, ...]) -> Callable[[], Any]:
+    copies = [a.copy() for a in inputs]
+
+    def run() -> Any:
+        result = fn()
+        for a, before in zip(inputs, copies):
+            if not np.array_equal(a, before, equal_nan=a.dtype.kind in "fc"):
+                raise RingcommError(
+                    f"{op}: its input was modified while the call was in flight "
+                    "(async_op=True); leave an input alone until its Work is done, or pass a copy")
+        return result
+    return run
+
+
+def _reduce(op: str, rop: ReduceOp, x: ArrayT, group: Group | None, async_op: bool) -> Any:
     ad = adapt(x)
     a = ad.array
     check_dtype(a.dtype, op)
     src = a if a.flags.c_contiguous else np.asarray(a, order="C")
     out = _pool.empty(src.shape, src.dtype)
-    _backend(group).all_reduce_into(src, out, rop)
-    return ad.wrap(out)
+    g = _group(group)
+    b = g._backend
+
+    def run() -> ArrayT:
+        b.all_reduce_into(src, out, rop)
+        return ad.wrap(out)
+    return _call(g, op, run, async_op, (src,))
 
 
-def all_sum(x: ArrayT, *, group: Group | None = None, stream: object = None) -> ArrayT:
+@overload
+def all_sum(x: ArrayT, *, group: Group | None = ..., stream: object = ...,
+            async_op: Literal[False] = ...) -> ArrayT: ...
+@overload
+def all_sum(x: ArrayT, *, group: Group | None = ..., stream: object = ...,
+            async_op: Literal[True]) -> Work: ...
+def all_sum(x: ArrayT, *, group: Group | None = None, stream: object = None,
+            async_op: bool = False) -> ArrayT | Work:
     """Return the elementwise sum of `x` over all ranks (logical or for bool)."""
-    return _reduce("all_sum", ReduceOp.SUM, x, group)
+    return _reduce("all_sum", ReduceOp.SUM, x, group, async_op)
 
 
-def all_max(x: ArrayT, *, group: Group | None = None, stream: object = None) -> ArrayT:
+@overload
+def all_max(x: ArrayT, *, group: Group | None = ..., stream: object = ...,
+            async_op: Literal[False] = ...) -> ArrayT: ...
+@overload
+def all_max(x: ArrayT, *, group: Group | None = ..., stream: object = ...,
+            async_op: Literal[True]) -> Work: ...
+def all_max(x: ArrayT, *, group: Group | None = None, stream: object = None,
+            async_op: bool = False) -> ArrayT | Work:
     """Return the elementwise maximum of `x` over all ranks."""
-    return _reduce("all_max", ReduceOp.MAX, x, group)
+    return _reduce("all_max", ReduceOp.MAX, x, group, async_op)
 
 
-def all_min(x: ArrayT, *, group: Group | None = None, stream: object = None) -> ArrayT:
+@overload
+def all_min(x: ArrayT, *, group: Group | None = ..., stream: object = ...,
+            async_op: Literal[False] = ...) -> ArrayT: ...
+@overload
+def all_min(x: ArrayT, *, group: Group | None = ..., stream: object = ...,
+            async_op: Literal[True]) -> Work: ...
+def all_min(x: ArrayT, *, group: Group | None = None, stream: object = None,
+            async_op: bool = False) -> ArrayT | Work:
     """Return the elementwise minimum of `x` over all ranks."""
-    return _reduce("all_min", ReduceOp.MIN, x, group)
+    return _reduce("all_min", ReduceOp.MIN, x, group, async_op)
 
 
-def all_gather(x: ArrayT, *, group: Group | None = None, stream: object = None) -> ArrayT:
+@overload
+def all_gather(x: ArrayT, *, group: Group | None = ..., stream: object = ...,
+               async_op: Literal[False] = ...) -> ArrayT: ...
+@overload
+def all_gather(x: ArrayT, *, group: Group | None = ..., stream: object = ...,
+               async_op: Literal[True]) -> Work: ...
+def all_gather(x: ArrayT, *, group: Group | None = None, stream: object = None,
+               async_op: bool = False) -> ArrayT | Work:
     """Return every rank's `x` concatenated along axis 0 (a 0-d `x` counts as shape (1,))."""
     ad = adapt(x)
     check_dtype(ad.array.dtype, "all_gather")
-    b = _backend(group)
+    g = _group(group)
+    b = g._backend
     src = np.ascontiguousarray(ad.array.reshape(1) if ad.array.ndim == 0 else ad.array)
     out = _pool.empty((b.size * src.shape[0],) + src.shape[1:], src.dtype)
-    b.all_gather(src, out)
-    return ad.wrap(out)
+
+    def run() -> ArrayT:
+        b.all_gather(src, out)
+        return ad.wrap(out)
+    return _call(g, "all_gather", run, async_op, (src,))
 
 
-def sum_scatter(x: ArrayT, *, group: Group | None = None, stream: object = None) -> ArrayT:
+@overload
+def sum_scatter(x: ArrayT, *, group: Group | None = ..., stream: object = ...,
+                async_op: Literal[False] = ...) -> ArrayT: ...
+@overload
+def sum_scatter(x: ArrayT, *, group: Group | None = ..., stream: object = ...,
+                async_op: Literal[True]) -> Work: ...
+def sum_scatter(x: ArrayT, *, group: Group | None = None, stream: object = None,
+                async_op: bool = False) -> ArrayT | Work:
     """Return rows [r*n/size, (r+1)*n/size) of the sum of `x` over ranks, on rank r."""
     ad = adapt(x)
     check_dtype(ad.array.dtype, "sum_scatter")
-    b = _backend(group)
+    g = _group(group)
+    b = g._backend
     a = ad.array
     if a.ndim == 0 or a.shape[0] % b.size:
         got = "a 0-d array" if a.ndim == 0 else f"{a.shape[0]} rows"
@@ -96,55 +177,110 @@ def sum_scatter(x: ArrayT, *, group: Group | None = None, stream: object = None)
         )
     src = np.asarray(a, order="C")
     out = np.empty((a.shape[0] // b.size,) + a.shape[1:], dtype=a.dtype)
-    b.reduce_scatter(src, out, ReduceOp.SUM)
-    return ad.wrap(out)
+
+    def run() -> ArrayT:
+        b.reduce_scatter(src, out, ReduceOp.SUM)
+        return ad.wrap(out)
+    return _call(g, "sum_scatter", run, async_op, (src,))
 
 
-def send(x: ArrayT, dst: int, *, group: Group | None = None, stream: object = None) -> ArrayT:
+@overload
+def send(x: ArrayT, dst: int, *, group: Group | None = ..., stream: object = ...,
+         async_op: Literal[False] = ...) -> ArrayT: ...
+@overload
+def send(x: ArrayT, dst: int, *, group: Group | None = ..., stream: object = ...,
+         async_op: Literal[True]) -> Work: ...
+def send(x: ArrayT, dst: int, *, group: Group | None = None, stream: object = None,
+         async_op: bool = False) -> ArrayT | Work:
     """Send `x` to rank `dst` of the group (any rank but this one) and return `x`."""
     ad = adapt(x)
     check_dtype(ad.array.dtype, "send")
-    b = _backend(group)
-    b.send(np.asarray(ad.array, order="C"), _check_rank("send", "dst", dst, b, peer=True))
-    return x
+    g = _group(group)
+    b = g._backend
+    dst = _check_rank("send", "dst", dst, b, peer=True)
+    src = np.asarray(ad.array, order="C")
+
+    def run() -> ArrayT:
+        b.send(src, dst)
+        return x
+    return _call(g, "send", run, async_op, (src,))
 
 
+@overload
+def recv(shape: Any, dtype: Any, src: int, *, group: Group | None = ..., stream: object = ...,
+         async_op: Literal[False] = ...) -> np.ndarray: ...
+@overload
+def recv(shape: Any, dtype: Any, src: int, *, group: Group | None = ..., stream: object = ...,
+         async_op: Literal[True]) -> Work: ...
 def recv(shape: Any, dtype: Any, src: int, *, group: Group | None = None,
-         stream: object = None) -> np.ndarray:
+         stream: object = None, async_op: bool = False) -> np.ndarray | Work:
     """Return an array of `shape` and `dtype` that rank `src` sent with `send`."""
     dt = np.dtype(dtype)
     check_dtype(dt, "recv")
-    b = _backend(group)
+    g = _group(group)
+    b = g._backend
     src = _check_rank("recv", "src", src, b, peer=True)
     dims = (int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)
     out = np.empty(dims, dtype=dt)
-    b.recv(out, src)
-    return out
+
+    def run() -> np.ndarray:
+        b.recv(out, src)
+        return out
+    return _call(g, "recv", run, async_op)
 
 
-def recv_like(x: ArrayT, src: int, *, group: Group | None = None, stream: object = None) -> ArrayT:
+@overload
+def recv_like(x: ArrayT, src: int, *, group: Group | None = ..., stream: object = ...,
+              async_op: Literal[False] = ...) -> ArrayT: ...
+@overload
+def recv_like(x: ArrayT, src: int, *, group: Group | None = ..., stream: object = ...,
+              async_op: Literal[True]) -> Work: ...
+def recv_like(x: ArrayT, src: int, *, group: Group | None = None, stream: object = None,
+              async_op: bool = False) -> ArrayT | Work:
     """Return an array like `x` (shape, dtype, array type) that rank `src` sent with `send`."""
     ad = adapt(x)
     check_dtype(ad.array.dtype, "recv_like")
-    b = _backend(group)
+    g = _group(group)
+    b = g._backend
     src = _check_rank("recv_like", "src", src, b, peer=True)
     out = np.empty(ad.array.shape, dtype=ad.array.dtype)
-    b.recv(out, src)
-    return ad.wrap(out)
+
+    def run() -> ArrayT:
+        b.recv(out, src)
+        return ad.wrap(out)
+    return _call(g, "recv_like", run, async_op)
 
 
+@overload
+def broadcast(x: ArrayT, root: int = ..., *, group: Group | None = ..., stream: object = ...,
+              async_op: Literal[False] = ...) -> ArrayT: ...
+@overload
+def broadcast(x: ArrayT, root: int = ..., *, group: Group | None = ..., stream: object = ...,
+              async_op: Literal[True]) -> Work: ...
 def broadcast(x: ArrayT, root: int = 0, *, group: Group | None = None,
-              stream: object = None) -> ArrayT:
+              stream: object = None, async_op: bool = False) -> ArrayT | Work:
     """Return root's `x` on every rank."""
     ad = adapt(x)
     check_dtype(ad.array.dtype, "broadcast")
-    b = _backend(group)
+    g = _group(group)
+    b = g._backend
     root = _check_rank("broadcast", "root", root, b, peer=False)
     buf = np.array(ad.array, order="C", copy=True)
-    b.broadcast(buf, root)
-    return ad.wrap(buf)
+
+    def run() -> ArrayT:
+        b.broadcast(buf, root)
+        return ad.wrap(buf)
+    return _call(g, "broadcast", run, async_op)
 
 
-def barrier(*, group: Group | None = None, stream: object = None) -> None:
+@overload
+def barrier(*, group: Group | None = ..., stream: object = ...,
+            async_op: Literal[False] = ...) -> None: ...
+@overload
+def barrier(*, group: Group | None = ..., stream: object = ...,
+            async_op: Literal[True]) -> Work: ...
+def barrier(*, group: Group | None = None, stream: object = None,
+            async_op: bool = False) -> Work | None:
     """Return once every rank of the group has called `barrier`."""
-    _backend(group).barrier()
+    g = _group(group)
+    return _call(g, "barrier", g._backend.barrier, async_op)

@@ -1,4 +1,4 @@
-"""Data-parallel training helpers: tree utilities and `average_gradients`.
+"""Data-parallel training helpers: tree utilities, `average_gradients`, `GradientReducer`.
 
 A *tree* is any nesting of dicts, lists and tuples (named tuples included)
 whose other values are *leaves* (arrays, numbers, None, ...). The utilities
@@ -25,9 +25,9 @@ import numpy as np
 
 from . import ops
 from .arrays import adapt, bfloat16
-from .group import Group, world
+from .group import Group, Work, world
 
-__all__ = ["average_gradients", "tree_flatten", "tree_map", "tree_unflatten"]
+__all__ = ["GradientReducer", "average_gradients", "tree_flatten", "tree_map", "tree_unflatten"]
 
 IsLeaf = Callable[[Any], bool] | None
 
@@ -244,7 +244,7 @@ DEFAULT_BUCKET_BYTES = 2 << 20
 
 def average_gradients(grads: Any, group: Group | None = None,
                       all_reduce_size: int = DEFAULT_BUCKET_BYTES,
-                      communication_type: Any = None) -> Any:
+                      communication_type: Any = None, *, async_op: bool = False) -> Any:
     """Return `grads` averaged over the ranks of `group`, as the same tree of the same array types.
 
     Arrays of one dtype are packed into flat buffers of at most
@@ -256,11 +256,19 @@ def average_gradients(grads: Any, group: Group | None = None,
     of size 1 `grads` comes back as is, without communication. Every rank
     must pass a tree of the same structure, shapes and dtypes. One packing
     buffer per dtype (at most `all_reduce_size` bytes, or the largest
-    bucket) is kept between calls.
+    bucket) is kept between blocking calls.
+
+    With ``async_op=True`` it returns a `Work` at once: every bucket's all_sum is
+    in flight, and ``work.result()`` is the averaged tree. The gradients are
+    packed before it returns, so they may change afterwards.
     """
     g = group if group is not None else world()
     size = g.size()
     if size == 1:
+        if async_op:
+            done = Work()
+            done.set_result(grads)
+            return done
         return grads
     wire = None if communication_type is None else _wire_dtype(communication_type)
     pairs = tree_flatten(grads)
@@ -274,25 +282,153 @@ def average_gradients(grads: Any, group: Group | None = None,
          for ad in adapted],
         all_reduce_size,
     )
-    results: list[Any] = list(leaves)
+    sums: list[Any] = []
     for bucket in plan:
         parts = [adapted[j].array for j in bucket.indices]
         bounds = np.cumsum([0] + [p.size for p in parts])
         comm = bucket.dtype if wire is None else wire
         if len(parts) == 1 and comm == bucket.dtype:
             sent = parts[0]  # nothing to pack or cast
+            if async_op:
+                sent = sent.copy()  # the caller may change its gradient while the sum runs
         else:
-            sent = _pack_buffer(comm, int(bounds[-1]))
+            # In flight, each bucket needs a buffer of its own.
+            n = int(bounds[-1])
+            sent = np.empty(n, dtype=comm) if async_op else _pack_buffer(comm, n)
             for p, lo, hi in zip(parts, bounds, bounds[1:]):
                 sent[lo:hi].reshape(p.shape)[...] = p  # one copy per leaf, strided or not
-        total = np.asarray(ops.all_sum(sent, group=g))
-        if total.dtype != bucket.dtype:
-            total = total.astype(bucket.dtype)
-        elif np.may_share_memory(total, sent):  # no result may alias the scratch or the input
-            total = total.copy()
-        np.divide(total, size, out=total, casting="unsafe")
-        flat = total.reshape(-1)
-        for j, p, lo, hi in zip(bucket.indices, parts, bounds, bounds[1:]):
-            results[live[j]] = adapted[j].wrap(flat[lo:hi].reshape(p.shape))
-    it = iter(results)
-    return tree_map(lambda _: next(it), grads)
+        sums.append(ops.all_sum(sent, group=g, async_op=async_op) if async_op
+                    else ops.all_sum(sent, group=g))
+
+    def finish() -> Any:
+        results: list[Any] = list(leaves)
+        for bucket, got in zip(plan, sums):
+            parts = [adapted[j].array for j in bucket.indices]
+            bounds = np.cumsum([0] + [p.size for p in parts])
+            total = np.asarray(got.result() if async_op else got)
+            if total.dtype != bucket.dtype:
+                total = total.astype(bucket.dtype)
+            elif any(np.may_share_memory(total, p) for p in parts):
+                total = total.copy()  # no result may alias the input
+            np.divide(total, size, out=total, casting="unsafe")
+            flat = total.reshape(-1)
+            for j, p, lo, hi in zip(bucket.indices, parts, bounds, bounds[1:]):
+                results[live[j]] = adapted[j].wrap(flat[lo:hi].reshape(p.shape))
+        it = iter(results)
+        return tree_map(lambda _: next(it), grads)
+
+    if async_op:  # after the sums in the group's call order, so their results are there
+        return g._calls.run(finish, async_op=True)
+    return finish()
+
+
+class GradientReducer:
+    """Average gradients over a group while the backward pass still produces them.
+
+    ``params`` are the model's parameters in forward order: torch parameters, or
+    NumPy arrays (or anything array-like) standing for them. They are grouped into
+    buckets of about `bucket_bytes`, last parameter first (backward produces
+    gradients from the last layer back); a bucket's all_sum starts, asynchronously,
+    as soon as its last gradient has arrived, so the reduction runs while the
+    backward pass goes on. Buckets start in the same order on every rank.
+
+    torch: the reducer hooks every parameter that requires a gradient
+    (``register_post_accumulate_grad_hook``) and ``wait()`` writes the averaged
+    gradients into ``p.grad``. NumPy: call ``ready(i, grad)`` as each gradient is
+    computed; ``wait()`` returns the averaged gradients in parameter order. A
+    parameter whose gradient never came counts as zeros, so every rank makes the
+    same calls. Call ``wait()`` once per step before the next backward pass.
+    """
+
+    def __init__(self, params: Iterable[Any], group: Group | None = None,
+                 bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
+        self._params = list(params)
+        self._group = group if group is not None else world()
+        self._size = self._group.size()
+        self._torch = bool(self._params) and type(self._params[0]).__module__.startswith("torch")
+        arrays = [self._shape_of(p) for p in self._params]
+        self._shapes = [shape for shape, _ in arrays]
+        self._dtypes = [dt for _, dt in arrays]
+        order = list(range(len(self._params)))[::-1]
+        plan = plan_buckets([(self._dtypes[i], int(np.prod(self._shapes[i], dtype=np.int64))
+                              * self._dtypes[i].itemsize) for i in order], bucket_bytes)
+        self._buckets = [[order[k] for k in b.indices] for b in plan]
+        self._bucket_of = {i: b for b, members in enumerate(self._buckets) for i in members}
+        self._buffers = [np.empty(sum(int(np.prod(self._shapes[i], dtype=np.int64))
+                                      for i in members), dtype=self._dtypes[members[0]])
+                         for members in self._buckets]
+        self._offsets = [np.cumsum([0] + [int(np.prod(self._shapes[i], dtype=np.int64))
+                                          for i in members]).tolist()
+                         for members in self._buckets]
+        self._hooks: list[Any] = []
+        self._reset()
+        if self._torch:
+            for i, p in enumerate(self._params):
+                if p.requires_grad:
+                    self._hooks.append(p.register_post_accumulate_grad_hook(
+                        lambda p, i=i: self.ready(i, p.grad)))
+
+    @staticmethod
+    def _shape_of(p: Any) -> tuple[tuple[int, ...], np.dtype]:
+        a = adapt(p).array if not type(p).__module__.startswith("torch") else \
+            adapt(p.detach()).array
+        _check_float(a.dtype, "a parameter")
+        return tuple(a.shape), a.dtype
+
+    def _reset(self) -> None:
+        self._missing = [len(members) for members in self._buckets]
+        self._arrived: set[int] = set()
+        self._works: list[Any] = []
+
+    def ready(self, i: int, grad: Any) -> None:
+        """Hand over parameter `i`'s gradient for this step (the torch hooks call this)."""
+        if i in self._arrived:
+            raise ValueError(f"GradientReducer: parameter {i}'s gradient came twice in one "
+                             "step; call wait() once per step")
+        b = self._bucket_of[i]
+        members = self._buckets[b]
+        k = members.index(i)
+        lo, hi = self._offsets[b][k], self._offsets[b][k + 1]
+        self._buffers[b][lo:hi] = adapt(grad).array.reshape(-1)
+        self._arrived.add(i)
+        self._missing[b] -= 1
+        self._launch()
+
+    def _launch(self) -> None:
+        """Start every complete bucket whose predecessors have started (the same order everywhere)."""
+        while len(self._works) < len(self._buckets) and self._missing[len(self._works)] == 0:
+            b = len(self._works)
+            self._works.append(ops.all_sum(self._buffers[b], group=self._group, async_op=True))
+
+    def wait(self) -> list[Any] | None:
+        """Finish the step: return the averaged gradients (NumPy), or write them into p.grad (torch)."""
+        for b, members in enumerate(self._buckets):  # gradients that never came count as zeros
+            for k, i in enumerate(members):
+                if i not in self._arrived:
+                    self._buffers[b][self._offsets[b][k]:self._offsets[b][k + 1]] = 0
+                    self._arrived.add(i)
+                    self._missing[b] -= 1
+        self._launch()
+        out: list[Any] = [None] * len(self._params)
+        for b, work in enumerate(self._works):
+            total = np.asarray(work.result())
+            np.divide(total, self._size, out=total, casting="unsafe")
+            for k, i in enumerate(self._buckets[b]):
+                avg = total[self._offsets[b][k]:self._offsets[b][k + 1]].reshape(self._shapes[i])
+                if self._torch:
+                    p = self._params[i]
+                    if p.grad is None:
+                        import torch
+
+                        p.grad = torch.zeros_like(p)
+                    adapt(p.grad).array[...] = avg
+                else:
+                    out[i] = avg
+        self._reset()
+        return None if self._torch else out
+
+    def close(self) -> None:
+        """Remove the torch hooks."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []

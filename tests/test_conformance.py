@@ -134,3 +134,28 @@ def test_many_collectives_of_random_sizes_agree_bit_for_bit(n: int, tmp_path) ->
     assert job.returncode == 0, f"seed {seed}: exit {job.returncode}\n{job.stdout}\n{job.stderr[-3000:]}"
     assert sorted(job.lines("rank ")) == [f"rank {r}: 1500 calls ok" for r in range(n)], job.stdout
     assert paths_taken(tmp_path, n) - {"self"} == {"shm-slot", "shm-chunked"}
+
+
+def assert_async_passed(job: harness.Job, n: int, backend: str) -> None:
+    from tests.ranks import async_calls
+
+    assert job.returncode == 0, f"exit {job.returncode}\n{job.stdout}\n{job.stderr[-3000:]}"
+    want = [f"rank {r}/{n}: {async_calls.expected(n)} async cases passed (backend {backend})"
+            for r in range(n)]
+    assert sorted(job.lines("rank ")) == want, job.stdout
+
+
+@pytest.mark.parametrize(("n", "transport"), [(1, "auto"), (2, "auto"), (4, "auto"), (3, "tcp")])
+@pytest.mark.timeout(240)
+def test_the_async_variant_of_every_op_with_calls_in_flight_on_the_ring(n: int,
+                                                                       transport: str) -> None:
+    job = harness.run_ranks(n, "async_calls.py", "ring", timeout=200, RINGCOMM_TRANSPORT=transport)
+    assert_async_passed(job, n, "ring")
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(240)
+def test_the_async_variant_of_every_op_with_calls_in_flight_on_mpi() -> None:
+    job = harness.run_ranks(3, "async_calls.py", "mpi", launcher=mpi_launcher(3), timeout=200,
+                            **ROOT_ENV)
+    assert_async_passed(job, 3, "mpi")

@@ -197,3 +197,33 @@ def test_launch_trace_merges_the_ranks_timelines(tmp_path) -> None:
     merged = json.loads((tmp_path / "tl" / "trace.json").read_text())
     spans = [e for e in merged["traceEvents"] if e["ph"] == "X"]
     assert [(e["pid"], e["name"]) for e in spans] == [(0, "all_sum")] * 3 + [(1, "all_sum")] * 3
+
+
+def test_an_input_changed_while_its_call_is_in_flight_is_an_error_in_debug_mode() -> None:
+    ranks = run_direct(2, "async_faults.py", "modified", timeout=60, RINGCOMM_DEBUG="1")
+    for r in (0, 1):
+        kind, _, message = _outcome(ranks[r], r)
+        assert kind == "RingcommError", (r, message)
+        assert "modified while the call was in flight (async_op=True)" in message, message
+
+
+def test_a_mismatched_async_call_raises_mismatch_from_its_work_on_every_rank() -> None:
+    ranks = run_direct(2, "async_faults.py", "mismatch", timeout=60)
+    for r in (0, 1):
+        kind, seconds, message = _outcome(ranks[r], r)
+        assert kind == "MismatchError" and seconds < 5, (r, kind, seconds, message)
+        assert "all_sum" in message and "all_max" in message, message
+
+
+def test_a_call_never_waited_on_still_happens_when_the_program_ends() -> None:
+    ranks = run_direct(2, "async_faults.py", "exit_in_flight", timeout=60)
+    assert [job.returncode for job in ranks] == [0, 0]
+    kind, _, message = _outcome(ranks[1], 1)
+    assert kind == "ok" and message == "[3. 3.]", (kind, message)
+
+
+def test_a_rank_that_exits_with_a_call_in_flight_fails_its_peers_work_and_hangs_nothing() -> None:
+    ranks = run_direct(2, "async_faults.py", "peer_gone", timeout=60, RINGCOMM_TIMEOUT="30")
+    kind, seconds, message = _outcome(ranks[1], 1)
+    assert kind in ("PeerError", "PeerAbortedError") and "rank 0" in message, (kind, message)
+    assert seconds < 5, (seconds, message)

@@ -1,0 +1,55 @@
+"""Asynchronous calls that go wrong: argv[1] is the case.
+
+- modified: with RINGCOMM_DEBUG=1 every rank changes its input while its all_sum is in flight;
+  the Work raises RingcommError.
+- mismatch: rank 1 queues an all_max where rank 0 queues an all_sum; both Works raise
+  MismatchError.
+- exit_in_flight: rank 0 queues an all_sum and returns from its program at once, never waiting;
+  the call still happens (at exit), and rank 1's blocking all_sum gets the sum.
+- peer_gone: rank 0 queues an all_sum and exits at once without running exit handlers
+  (os._exit); rank 1's Work raises PeerError naming rank 0, within the deadline.
+
+Each rank prints `rank R: <ErrorType or ok> after <s>s: <message>`.
+"""
+
+import os
+import sys
+import time
+
+import numpy as np
+
+import ringcomm
+
+world = ringcomm.init()
+R = world.rank()
+case = sys.argv[1]
+t0 = time.monotonic()
+result = "ok"
+message = ""
+try:
+    if case == "modified":
+        x = np.ones(4 << 20, dtype=np.float32)
+        work = ringcomm.all_sum(x, async_op=True)
+        x[0] = 5.0
+        work.result()
+    elif case == "mismatch":
+        x = np.ones(16, dtype=np.float32)
+        work = (ringcomm.all_sum if R == 0 else ringcomm.all_max)(x, async_op=True)
+        work.result()
+    elif case == "exit_in_flight":
+        x = np.full(1 << 20, R + 1.0, dtype=np.float32)
+        if R == 0:
+            ringcomm.all_sum(x, async_op=True)
+        else:
+            time.sleep(0.5)
+            message = str(ringcomm.all_sum(x)[:2])
+    elif case == "peer_gone":
+        x = np.ones(1 << 20, dtype=np.float32)
+        if R == 0:
+            ringcomm.all_sum(x, async_op=True)
+            os._exit(0)
+        time.sleep(0.5)
+        ringcomm.all_sum(x, async_op=True).result()
+except ringcomm.RingcommError as e:
+    result, message = type(e).__name__, str(e)
+print(f"rank {R}: {result} after {time.monotonic() - t0:.2f}s: {message}", flush=True)
