@@ -6,7 +6,9 @@
 Pure NumPy with hand-written backprop. Every rank builds the same model and
 the same shuffled global batches from one seed; rank r trains on its slice of
 each global batch, and `ringcomm.average_gradients` turns the per-rank mean
-gradients into the full-batch mean gradient. With float64 and a global batch
+gradients into the full-batch mean gradient. With `--overlap` a
+`ringcomm.GradientReducer` starts averaging each layer's gradients as soon as
+backprop has computed them, while it goes on with the layers below. With float64 and a global batch
 that divides evenly among the ranks, N ranks follow the same trajectory as
 one process, up to rounding.
 """
@@ -18,6 +20,7 @@ import json
 import sys
 import time
 import zlib
+from collections.abc import Callable
 
 import numpy as np
 from sklearn.datasets import load_digits
@@ -36,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print each rank's result as a JSON line")
+    p.add_argument("--overlap", action="store_true",
+                   help="average each gradient while backprop computes the next ones "
+                        "(ringcomm.GradientReducer) instead of all of them afterwards")
     return p.parse_args(argv)
 
 
@@ -67,8 +73,13 @@ def forward(p: Params, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a, e / e.sum(axis=1, keepdims=True)
 
 
-def loss_and_grads(p: Params, x: np.ndarray, y: np.ndarray) -> tuple[float, int, Params]:
-    """Return (summed cross-entropy, correct predictions, gradients of the mean loss)."""
+def loss_and_grads(p: Params, x: np.ndarray, y: np.ndarray,
+                   produced: Callable[[str, np.ndarray], None] | None = None,
+                   ) -> tuple[float, int, Params]:
+    """Return (summed cross-entropy, correct predictions, gradients of the mean loss).
+
+    `produced(name, grad)` is called as soon as each gradient is computed, last layer first.
+    """
     a, prob = forward(p, x)
     n = len(x)
     loss = -np.log(prob[np.arange(n), y] + 1e-12).sum()
@@ -76,8 +87,16 @@ def loss_and_grads(p: Params, x: np.ndarray, y: np.ndarray) -> tuple[float, int,
     dz = prob
     dz[np.arange(n), y] -= 1.0
     dz /= n
+    grads = {"b2": dz.sum(axis=0), "w2": a.T @ dz}
+    if produced is not None:
+        produced("b2", grads["b2"])
+        produced("w2", grads["w2"])
     da = (dz @ p["w2"].T) * (1.0 - a * a)
-    grads = {"w1": x.T @ da, "b1": da.sum(axis=0), "w2": a.T @ dz, "b2": dz.sum(axis=0)}
+    grads["b1"] = da.sum(axis=0)
+    grads["w1"] = x.T @ da
+    if produced is not None:
+        produced("b1", grads["b1"])
+        produced("w1", grads["w1"])
     return float(loss), correct, grads
 
 
@@ -132,6 +151,12 @@ def train(args: argparse.Namespace) -> dict[str, object]:
             f"global batch {args.batch_size} ({local} per rank), {args.epochs} epochs",
             flush=True,
         )
+    names = ["w1", "b1", "w2", "b2"]  # forward order
+    reducer = ringcomm.GradientReducer([params[k] for k in names]) if args.overlap else None
+
+    def produced(name: str, grad: np.ndarray) -> None:
+        assert reducer is not None
+        reducer.ready(names.index(name), grad)  # its bucket's all_sum starts when it is full
     order_rng = np.random.default_rng(args.seed + 2)
     stats = np.zeros(3)
     start = time.perf_counter()
@@ -143,8 +168,12 @@ def train(args: argparse.Namespace) -> dict[str, object]:
         for s in range(steps):
             batch = order[s * args.batch_size:(s + 1) * args.batch_size]
             mine = batch[rank * local:(rank + 1) * local]
-            loss, correct, grads = loss_and_grads(params, x_train[mine], y_train[mine])
-            grads = ringcomm.average_gradients(grads)
+            if reducer is None:
+                loss, correct, grads = loss_and_grads(params, x_train[mine], y_train[mine])
+                grads = ringcomm.average_gradients(grads)
+            else:
+                loss, correct, _ = loss_and_grads(params, x_train[mine], y_train[mine], produced)
+                grads = dict(zip(names, reducer.wait()))
             for k in params:
                 velocity[k] = args.momentum * velocity[k] + grads[k]
                 params[k] -= args.lr * velocity[k]

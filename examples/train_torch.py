@@ -7,7 +7,8 @@
 The torch version of train_digits.py: a torch model and optimizer, each rank
 on its slice of every global batch, and every parameter's `.grad` averaged
 over the ranks with one `ringcomm.average_gradients` call before
-`optimizer.step()`.
+`optimizer.step()`; or, with `--overlap`, by a `ringcomm.GradientReducer` whose
+hooks start averaging each bucket of gradients while backward computes the rest.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=96, help="global batch, split among ranks")
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overlap", action="store_true",
+                   help="average gradients during backward (ringcomm.GradientReducer hooks) "
+                        "instead of one average_gradients call after it")
     return p.parse_args()
 
 
@@ -60,6 +64,8 @@ def main() -> None:
     for p in model.parameters():  # start every rank from rank 0's weights
         p.data.copy_(ringcomm.broadcast(p.data, 0))
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
+    # With --overlap, hooks on every parameter start each bucket's all_sum during backward.
+    reducer = ringcomm.GradientReducer(model.parameters()) if args.overlap else None
     loss_fn = torch.nn.CrossEntropyLoss()
 
     steps = len(x_train) // args.batch_size
@@ -78,9 +84,12 @@ def main() -> None:
             out = model(x_train[mine])
             loss = loss_fn(out, y_train[mine])
             loss.backward()
-            params = [p for p in model.parameters() if p.grad is not None]
-            for p, g in zip(params, ringcomm.average_gradients([p.grad for p in params])):
-                p.grad = g
+            if reducer is not None:
+                reducer.wait()  # the averaged gradients are in p.grad
+            else:
+                params = [p for p in model.parameters() if p.grad is not None]
+                for p, g in zip(params, ringcomm.average_gradients([p.grad for p in params])):
+                    p.grad = g
             opt.step()
             stats += (loss.item() * len(mine), (out.argmax(1) == y_train[mine]).sum().item(), len(mine))
         total = ringcomm.all_sum(stats)

@@ -244,6 +244,31 @@ def test_digits_same_loss_and_identical_weights_on_1_2_4_ranks():
             assert x["test_acc"] == pytest.approx(ref["test_acc"], abs=1e-9)
 
 
+@pytest.mark.timeout(240)
+def test_digits_with_the_overlapping_reducer_follows_the_same_trajectory_bit_for_bit():
+    # Gradients averaged during backprop (GradientReducer) give the very weights that
+    # average_gradients after backprop gives: the same sums in the same rank order.
+    pytest.importorskip("sklearn")
+    plain = _results(_launched(3, DIGITS, *ARGS))
+    overlapped = _results(_launched(3, DIGITS, *ARGS, "--overlap"))
+    assert {x["checksum"] for x in overlapped} == {x["checksum"] for x in plain}
+    assert len({x["checksum"] for x in overlapped}) == 1
+    assert all(x["identical"] and x["test_acc"] > 0.9 for x in overlapped)
+
+
+@pytest.mark.timeout(240)
+def test_torch_example_with_the_overlapping_reducer_matches_average_gradients():
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    script = ROOT / "examples" / "train_torch.py"
+    plain = _launched(2, script, "--epochs", "1")
+    overlapped = _launched(2, script, "--epochs", "1", "--overlap")
+    final = re.compile(r"test accuracy (\S+) .*largest weight difference between ranks (\S+)")
+    a, b = final.search(plain), final.search(overlapped)
+    assert a and b, (plain, overlapped)
+    assert b.group(2) == "0" and abs(float(a.group(1)) - float(b.group(1))) < 0.02, (a, b)
+
+
 @pytest.mark.timeout(120)
 def test_average_gradients_counts_in_ranks():
     run_case(2, "training.py", "counts", RINGCOMM_TIMEOUT="60")
