@@ -109,3 +109,57 @@ def test_timeout_must_be_positive() -> None:
     with pytest.raises(InitError, match="positive"):
         group_mod._timeout(None, {"RINGCOMM_TIMEOUT": "-1"})
     assert group_mod._timeout(None, {}) == 300.0
+
+
+# --- asynchronous calls: the per-group queue, without ranks ------------------------
+
+
+def test_calls_run_in_the_order_they_were_made_and_blocking_calls_wait_their_turn() -> None:
+    import threading
+    import time
+
+    from ringcomm.group import Calls, Work
+
+    calls = Calls("test")
+    order: list[str] = []
+    gate = threading.Event()
+
+    def first() -> str:
+        gate.wait(5)
+        order.append("first")
+        return "a"
+
+    w1 = calls.run(first, async_op=True)
+    w2 = calls.run(lambda: order.append("second") or "b", async_op=True)
+    assert isinstance(w1, Work) and not w1.done() and calls.in_flight == 2
+    threading.Timer(0.2, gate.set).start()
+    t = time.monotonic()
+    assert calls.run(lambda: order.append("blocking") or "c") == "c"  # queued behind both
+    assert time.monotonic() - t >= 0.15
+    assert order == ["first", "second", "blocking"]
+    assert w1.wait() == "a" and w2.result(timeout=1) == "b"
+    assert not w1.cancel() and calls.drain(1.0)
+
+
+def test_a_calls_error_surfaces_from_its_work_with_its_type() -> None:
+    from ringcomm.errors import MismatchError
+    from ringcomm.group import Calls
+
+    calls = Calls("test")
+
+    def bad() -> None:
+        raise MismatchError("all_sum mismatch")
+
+    work = calls.run(bad, async_op=True)
+    with pytest.raises(MismatchError, match="all_sum mismatch"):
+        work.wait(timeout=5)
+    assert calls.run(lambda: 7) == 7  # the queue goes on
+
+
+def test_async_op_in_a_group_of_one_returns_a_work_of_the_result() -> None:
+    x = np.arange(4.0)
+    work = ringcomm.all_sum(x, async_op=True, group=ringcomm.init())
+    assert isinstance(work, ringcomm.Work)
+    assert np.array_equal(work.wait(timeout=5), x)
+    avg = ringcomm.average_gradients({"g": x}, async_op=True)
+    assert avg.result(timeout=5)["g"] is x
