@@ -63,9 +63,12 @@ def _call(g: Group, op: str, fn: Callable[[], Any], async_op: bool,
     With RINGCOMM_DEBUG set, an asynchronous call also checks that the caller left its
     inputs alone until the call was done.
     """
+    calls = g._calls
+    if not async_op and calls._pending == 0:
+        return fn()  # Calls.run's own fast path, without the call: the latency path
     if async_op and inputs and environment.debug(os.environ):
         fn = _guarded(op, fn, inputs)
-    return g._calls.run(fn, async_op)
+    return calls.run(fn, async_op)
 
 
 def _guarded(op: str, fn: Callable[[], Any], inputs: tuple[np.ndarray, ...]) -> Callable[[], Any]:
