@@ -183,6 +183,24 @@ def table(rate: str, sizes: list[int], names: list[str],
     return "\n".join(lines)
 
 
+def run_program(cluster: netns.Cluster, program: str, per_host: int, link: float | None,
+                rate: str, timeout: float) -> int:
+    """Run a ringcomm program with `per_host` ranks on each of two shaped hosts; print its output."""
+    env = cluster.env()
+    env["PYTHONPATH"] = str(REPO)
+    argv = [sys.executable, "-m", "ringcomm", "launch", "--hosts", ",".join(cluster.ips[:2]),
+            "-n", str(per_host), "--no-stdin", "--env", f"PYTHONPATH={REPO}",
+            "--env", "OPENBLAS_NUM_THREADS=1", "--env", "OMP_NUM_THREADS=1", "--",
+            sys.executable, *program.split()]
+    (code, out, err), = peers.run_together([argv], env, timeout)
+    print(f"2 hosts x {per_host} rank(s), each host's egress shaped to {rate}; raw TCP stream "
+          + (f"{link:.3f} GB/s" if link else "not measured"))
+    print(out, end="")
+    if code != 0:
+        print(f"note: the program exited {code}: {' | '.join(err.strip().splitlines()[-3:])}")
+    return code
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -200,6 +218,10 @@ def main() -> int:
     ap.add_argument("--with-tcp", action="store_true",
                     help="also run ringcomm with RINGCOMM_TRANSPORT=tcp")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per benchmark")
+    ap.add_argument("--program", metavar="'SCRIPT ARGS'",
+                    help="instead of the all_sum table, run this ringcomm program between the "
+                         "shaped hosts (ringcomm launch --hosts ... -n RANKS_PER_HOST) and print "
+                         "its output, e.g. --program 'benchmarks/overlap.py --case mlp'")
     args = ap.parse_args()
     try:
         rate_bits(args.rate)
@@ -235,6 +257,9 @@ def main() -> int:
                              args.stream_seconds)
         if error:
             notes.append(error)
+        if args.program:
+            return run_program(cluster, args.program, args.ranks_per_host, link, args.rate,
+                               args.timeout)
         jobs = [ringcomm_job(cluster, sizes, args.ranks_per_host)]
         if args.with_tcp:
             jobs.append(ringcomm_job(cluster, sizes, args.ranks_per_host, "tcp"))

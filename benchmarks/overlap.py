@@ -44,10 +44,11 @@ def slowest(fn: Callable[[], None], repeats: int) -> float:
 def matmuls(seconds: float) -> Callable[[], None]:
     """Return NumPy compute (float32 matrix products) that takes about `seconds` here."""
     a = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
+    ringcomm.barrier()  # calibrated while every rank computes, as in the step
     t = time.perf_counter()
-    for _ in range(20):
+    for _ in range(50):
         a @ a
-    per = (time.perf_counter() - t) / 20
+    per = float(ringcomm.all_max(np.array([(time.perf_counter() - t) / 50]))[0])
     n = max(1, round(seconds / per))
 
     def run() -> None:
@@ -59,7 +60,8 @@ def matmuls(seconds: float) -> Callable[[], None]:
 def overlap_case(kind: str, mib: int, repeats: int) -> list[str]:
     x = np.ones((mib << 20) // 4, dtype=np.float32)
     comm = slowest(lambda: ringcomm.all_sum(x), repeats)
-    path = ringcomm.init()._backend.path
+    ringcomm.all_sum(x)
+    path = ringcomm.init()._backend.path  # the path the all_sum took
     if kind == "sleep":
         compute = lambda: time.sleep(comm)  # noqa: E731 - the stand-in for accelerator work
         what = f"sleep {comm * 1e3:.1f} ms"
@@ -79,7 +81,7 @@ def overlap_case(kind: str, mib: int, repeats: int) -> list[str]:
             f"{both / best:.2f}x |"]
 
 
-def mlp_case(repeats: int, width: int, depth: int, batch: int) -> list[str]:
+def mlp_case(repeats: int, width: int, depth: int, batch: int, bucket: int) -> list[str]:
     import torch
 
     torch.set_num_threads(1)
@@ -100,13 +102,13 @@ def mlp_case(repeats: int, width: int, depth: int, batch: int) -> list[str]:
 
     def sequential() -> None:
         forward_backward()
-        avg = ringcomm.average_gradients([p.grad for p in params])
+        avg = ringcomm.average_gradients([p.grad for p in params], all_reduce_size=bucket)
         for p, g in zip(params, avg):
             p.grad.copy_(g)
 
     compute = slowest(forward_backward, repeats)
     seq = slowest(sequential, repeats)
-    reducer = ringcomm.GradientReducer(params)
+    reducer = ringcomm.GradientReducer(params, bucket_bytes=bucket)
 
     def overlapped() -> None:
         forward_backward()
@@ -114,8 +116,8 @@ def mlp_case(repeats: int, width: int, depth: int, batch: int) -> list[str]:
     over = slowest(overlapped, repeats)
     reducer.close()
     return [f"| torch MLP {depth}x{width} ({nbytes / 2**20:.1f} MiB of gradients), batch "
-            f"{batch} | {compute * 1e3:.2f} | {seq * 1e3:.2f} | {over * 1e3:.2f} | "
-            f"{over / seq:.2f}x |"]
+            f"{batch}, {bucket >> 20} MiB buckets | {compute * 1e3:.2f} | {seq * 1e3:.2f} | "
+            f"{over * 1e3:.2f} | {over / seq:.2f}x |"]
 
 
 def main() -> None:
@@ -126,6 +128,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=1024)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--bucket-mib", default="2", help="bucket sizes to try, e.g. 2,4,8")
     args = ap.parse_args()
     world = ringcomm.init()
     cases = args.case.split(",")
@@ -133,7 +136,8 @@ def main() -> None:
     for kind in ("sleep", "numpy"):
         if kind in cases:
             rows += overlap_case(kind, args.mib, args.repeats)
-    mlp = mlp_case(args.repeats, args.width, args.depth, args.batch) if "mlp" in cases else []
+    mlp = [row for mib in args.bucket_mib.split(",") if "mlp" in cases
+           for row in mlp_case(args.repeats, args.width, args.depth, args.batch, int(mib) << 20)]
     if world.rank() == 0:
         print(f"p={world.size()}, backend {world.backend}; ms, median over {args.repeats} steps "
               "of the slowest rank")

@@ -83,6 +83,7 @@ YIELD_SECONDS = 200e-6
 SLEEP_SECONDS = 0.01
 LIVENESS_SECONDS = 0.1
 
+_MAIN = threading.main_thread()
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 
 
@@ -319,7 +320,8 @@ class Shared:
             acquire()
             return self._abandoned(what)
         start = time.perf_counter()
-        spin_until = start + self._spin
+        # No polling for a call run in the background (async_op): the caller computes meanwhile.
+        spin_until = start + (self._spin if threading.current_thread() is _MAIN else 0.0)
         while pending and time.perf_counter() < spin_until:
             pending = [j for j in pending if q[at[j]] < goal]
         yield_until = start + YIELD_SECONDS

@@ -51,6 +51,7 @@ SMALL_BYTES = 4 << 20
 # rank that has to answer.
 SPIN_SECONDS = 20e-6
 _WORLD_ID = 1
+_MAIN = threading.main_thread()
 
 
 def _tracked(method: Callable[..., None]) -> Callable[..., None]:
@@ -277,10 +278,13 @@ class RingBackend(Backend):
         op = sig.op.label
         dst, src = self._peer((r + 1) % p), self._peer((r - 1) % p)
         check = self._checker(sig, (r - 1) % p)
+        # Polling helps a caller that waits for the reply; a call run in the background
+        # (async_op) would only take the core and the interpreter from the caller's compute.
+        spin = self._spin if threading.current_thread() is _MAIN else 0.0
         for s in range(p - 1):
             out_i, in_i = (r - s) % p, (r - s - 1) % p
             exchange(right, memoryview(slots[out_i]), left, memoryview(slots[in_i]), hs, check,
-                     self._ep.timeout, peer_out=dst, peer_in=src, op=op, spin=self._spin)
+                     self._ep.timeout, peer_out=dst, peer_in=src, op=op, spin=spin)
         return slots[:, hs:]
 
     def _reduce_small(self, flat: np.ndarray, out: np.ndarray, ufunc: Callable,
