@@ -227,3 +227,11 @@ def test_a_rank_that_exits_with_a_call_in_flight_fails_its_peers_work_and_hangs_
     kind, seconds, message = _outcome(ranks[1], 1)
     assert kind in ("PeerError", "PeerAbortedError") and "rank 0" in message, (kind, message)
     assert seconds < 5, (seconds, message)
+
+
+def test_a_call_in_flight_in_another_group_is_not_taken_for_a_deadlock() -> None:
+    ranks = run_direct(2, "async_faults.py", "concurrent_groups", timeout=60, RINGCOMM_TIMEOUT="20")
+    for r in (0, 1):
+        kind, seconds, message = _outcome(ranks[r], r)
+        assert kind == "ok" and message == "[2.]", (r, kind, message)
+        assert 1.4 < seconds < 5, (r, seconds)

@@ -39,6 +39,7 @@ __all__ = ["Activity", "GroupInfo", "Status", "Watch"]
 
 log = logging.getLogger("ringcomm")
 _now = time.monotonic
+_MAIN = threading.main_thread()
 
 # The calling thread's record is read this often.
 TICK = 0.2
@@ -83,6 +84,7 @@ class Status:
     sent: int  # messages it sent to the asker
     received: int  # messages it received from the asker
     sent_to: dict[int, int]  # world rank -> messages it sent there
+    concurrent: bool = False  # it has a call in flight off its main thread, or several
 
     def describe(self, groups: dict[int, GroupInfo]) -> str:
         if not self.busy:
@@ -109,6 +111,8 @@ class Watch:
         self._sent_to = sent_to  # sent_to() -> {peer: messages sent to it}
         self._stall = stall
         self.activity = Activity("start", 0, 0, -1, time.monotonic(), False)
+        self.busy: dict[int, Activity] = {}  # group id -> its call in flight in this process
+        self._background: set[int] = set()  # groups whose call runs off the main thread
         self.groups: dict[int, GroupInfo] = {}
         self.done: dict[int, int] = {}
         self._silent: dict[int, float] = {}  # world rank -> when it first did not answer
@@ -121,14 +125,38 @@ class Watch:
     # -- the calling thread's record ---------------------------------------------------------
 
     def enter(self, op: str, group: int, seq: int, peer: int = -1) -> None:
-        self.activity = Activity(op, group, seq, peer, _now(), True)
+        self.begin(Activity(op, group, seq, peer, _now(), True))
 
-    def leave(self) -> None:
-        a = self.activity
-        if a.busy:
-            if a.peer < 0:
-                self.done[a.group] = a.seq
-            self.activity = Activity(a.op, a.group, a.seq, a.peer, _now(), False)
+    def begin(self, a: Activity) -> None:
+        """Record a call that starts (several groups' calls may run at once: async_op)."""
+        self.busy[a.group] = a
+        if threading.current_thread() is _MAIN:
+            self._background.discard(a.group)
+        else:
+            self._background.add(a.group)
+        self.activity = a
+
+    @property
+    def concurrent(self) -> bool:
+        """Return whether this process runs a call off its main thread, or several at once.
+
+        Then a call that waits says nothing about what the program does next, so the
+        deadlock inferences (which assume one caller blocked in one call) are off.
+        """
+        return bool(self._background) or len(self.busy) > 1
+
+    def leave(self, group: int) -> None:
+        """Record that `group`'s call ended, however it ended."""
+        a = self.busy.pop(group, None)
+        self._background.discard(group)
+        if a is None:
+            return
+        if a.peer < 0:
+            self.done[a.group] = a.seq
+        if self.activity is a:
+            others = list(self.busy.values())
+            self.activity = others[-1] if others else Activity(
+                a.op, a.group, a.seq, a.peer, _now(), False)
 
     # -- answering ---------------------------------------------------------------------------
 
@@ -141,6 +169,7 @@ class Watch:
             "busy": a.busy, "seconds": round(time.monotonic() - a.started, 3),
             "done": {str(g): s for g, s in self.done.items()}, "sent": sent,
             "received": received, "sent_to": {str(r): n for r, n in self._sent_to().items()},
+            "concurrent": self.concurrent,
         }).encode()
 
     # -- asking ------------------------------------------------------------------------------
@@ -162,7 +191,8 @@ class Watch:
         return Status(int(raw["rank"]), str(raw["op"]), int(raw["group"]), int(raw["seq"]),
                       int(raw["peer"]), bool(raw["busy"]), float(raw["seconds"]),
                       {int(g): int(v) for g, v in raw["done"].items()}, int(raw["sent"]),
-                      int(raw["received"]), {int(r): int(v) for r, v in raw["sent_to"].items()})
+                      int(raw["received"]), {int(r): int(v) for r, v in raw["sent_to"].items()},
+                      bool(raw.get("concurrent", False)))
 
     def silent(self) -> dict[int, float]:
         """Return the world ranks that did not answer their last query, and since when."""
@@ -227,6 +257,8 @@ class Watch:
         mine = f"rank {me} called {a.op} {'from' if a.op == 'recv' else 'to'} rank {peer} [message #{a.seq}]"
         if a.op == "recv" and st.sent >= a.seq:
             return None  # the message was sent: it is on its way
+        if st.concurrent or self.concurrent:
+            return None  # a caller is free elsewhere (async_op): it may still make the call
         if a.op == "send" and st.received >= a.seq:
             return None
         if st.busy and st.op not in ("send", "recv") and st.group in self.groups \

@@ -8,6 +8,9 @@
   the call still happens (at exit), and rank 1's blocking all_sum gets the sum.
 - peer_gone: rank 0 queues an all_sum and exits at once without running exit handlers
   (os._exit); rank 1's Work raises PeerError naming rank 0, within the deadline.
+- concurrent_groups: rank 1 has an all_sum of a split group in flight (waiting for rank 0) and,
+  1.5 s later, sends to rank 0, which waits in recv meanwhile and then makes the all_sum: no
+  deadlock, and the watch must not call it one.
 
 Each rank prints `rank R: <ErrorType or ok> after <s>s: <message>`.
 """
@@ -50,6 +53,17 @@ try:
             os._exit(0)
         time.sleep(0.5)
         ringcomm.all_sum(x, async_op=True).result()
+    elif case == "concurrent_groups":
+        g = world.split(0)
+        x = np.ones(4, dtype=np.float32)
+        if R == 1:
+            work = ringcomm.all_sum(x, group=g, async_op=True)
+            time.sleep(1.5)
+            ringcomm.send(x, 0)
+            message = str(work.result()[:1])
+        else:
+            got = ringcomm.recv((4,), np.float32, 1)
+            message = str(ringcomm.all_sum(got, group=g)[:1])
 except ringcomm.RingcommError as e:
     result, message = type(e).__name__, str(e)
 print(f"rank {R}: {result} after {time.monotonic() - t0:.2f}s: {message}", flush=True)

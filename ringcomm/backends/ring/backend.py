@@ -67,7 +67,7 @@ def _tracked(method: Callable[..., None]) -> Callable[..., None]:
             try:
                 method(self, *args)
             finally:
-                self._watch.leave()
+                self._watch.leave(self._gid)
             return
         self._arrived = 0.0
         start = time.perf_counter()
@@ -78,9 +78,9 @@ def _tracked(method: Callable[..., None]) -> Callable[..., None]:
             error = type(e).__name__
             raise
         finally:
-            self._ep.watch.leave()
+            a = self._ep.watch.busy.get(self._gid, self._ep.watch.activity)
+            self._ep.watch.leave(self._gid)
             end = time.perf_counter()
-            a = self._ep.watch.activity
             arrived = self._arrived or start
             buf = args[0] if args and isinstance(args[0], np.ndarray) else None
             tracer.span(a.op, start, end, {
@@ -169,7 +169,7 @@ class RingBackend(Backend):
     def _sig(self, op: Op, a: np.ndarray, arg: int = 0) -> Signature:
         self._ep.raise_if_aborted()
         self._seq += 1
-        self._watch.activity = Activity(op.label, self._gid, self._seq, -1, time.monotonic(), True)
+        self._watch.begin(Activity(op.label, self._gid, self._seq, -1, time.monotonic(), True))
         self._path = "self"  # until a path that moves data is taken
         return Signature(op, self._seq, self._gid, a.dtype, tuple(a.shape), self._rank, arg)
 
