@@ -19,14 +19,21 @@ from .errors import (
 from .group import Group, Work, init, is_available
 from .ops import (
     all_gather,
+    all_gather_object,
     all_max,
     all_min,
     all_sum,
+    all_to_all,
     barrier,
     broadcast,
+    broadcast_object,
+    gather,
     recv,
     recv_like,
+    recv_object,
+    scatter,
     send,
+    send_object,
     sum_scatter,
 )
 from .training import (
@@ -53,6 +60,8 @@ __all__ = [
     "Group", "Work", "init", "is_available",
     "all_sum", "all_max", "all_min", "all_gather", "sum_scatter",
     "send", "recv", "recv_like", "broadcast", "barrier",
+    "all_to_all", "gather", "scatter",
+    "all_gather_object", "broadcast_object", "send_object", "recv_object",
     "tree_map", "tree_flatten", "tree_unflatten", "average_gradients", "GradientReducer",
     "RingcommError", "InitError", "ConnectError", "PeerError", "PeerAbortedError",
     "CommTimeoutError", "MismatchError",

@@ -11,6 +11,7 @@ backend call, run in the group's call order (`group.Calls`).
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar, overload
 
@@ -24,14 +25,21 @@ from .group import Group, Work, world
 
 __all__ = [
     "all_gather",
+    "all_gather_object",
+    "all_to_all",
     "all_max",
     "all_min",
     "all_sum",
     "barrier",
     "broadcast",
+    "broadcast_object",
+    "gather",
     "recv",
     "recv_like",
+    "recv_object",
+    "scatter",
     "send",
+    "send_object",
     "sum_scatter",
 ]
 
@@ -287,3 +295,166 @@ def barrier(*, group: Group | None = None, stream: object = None,
     """Return once every rank of the group has called `barrier`."""
     g = _group(group)
     return _call(g, "barrier", g._backend.barrier, async_op)
+
+
+def _blocks(op: str, a: np.ndarray, size: int) -> None:
+    if a.ndim == 0 or a.shape[0] % size:
+        got = "a 0-d array" if a.ndim == 0 else f"{a.shape[0]} rows"
+        raise ValueError(f"{op}: axis 0 must divide evenly among {size} ranks, got {got}; "
+                         "pad the array to a multiple of the group size")
+
+
+@overload
+def all_to_all(x: ArrayT, *, group: Group | None = ..., stream: object = ...,
+               async_op: Literal[False] = ...) -> ArrayT: ...
+@overload
+def all_to_all(x: ArrayT, *, group: Group | None = ..., stream: object = ...,
+               async_op: Literal[True]) -> Work: ...
+def all_to_all(x: ArrayT, *, group: Group | None = None, stream: object = None,
+               async_op: bool = False) -> ArrayT | Work:
+    """Split axis 0 of `x` into `size` blocks and send block j to rank j.
+
+    Returns an array of `x`'s shape whose block i is what rank i sent to this rank.
+    """
+    ad = adapt(x)
+    check_dtype(ad.array.dtype, "all_to_all")
+    g = _group(group)
+    b = g._backend
+    _blocks("all_to_all", ad.array, b.size)
+    src = np.ascontiguousarray(ad.array)
+    out = _pool.empty(src.shape, src.dtype)
+
+    def run() -> ArrayT:
+        b.all_to_all(src, out)
+        return ad.wrap(out)
+    return _call(g, "all_to_all", run, async_op, (src,))
+
+
+@overload
+def gather(x: ArrayT, root: int = ..., *, group: Group | None = ..., stream: object = ...,
+           async_op: Literal[False] = ...) -> ArrayT: ...
+@overload
+def gather(x: ArrayT, root: int = ..., *, group: Group | None = ..., stream: object = ...,
+           async_op: Literal[True]) -> Work: ...
+def gather(x: ArrayT, root: int = 0, *, group: Group | None = None, stream: object = None,
+           async_op: bool = False) -> ArrayT | Work:
+    """Return every rank's `x` concatenated along axis 0 on `root`; elsewhere an empty array.
+
+    The empty array has shape (0, *x.shape[1:]) and `x`'s dtype; a 0-d `x` counts as shape (1,).
+    """
+    ad = adapt(x)
+    check_dtype(ad.array.dtype, "gather")
+    g = _group(group)
+    b = g._backend
+    root = _check_rank("gather", "root", root, b, peer=False)
+    src = np.ascontiguousarray(ad.array.reshape(1) if ad.array.ndim == 0 else ad.array)
+    rows = b.size * src.shape[0] if b.rank == root else 0
+    out = _pool.empty((rows,) + src.shape[1:], src.dtype)
+
+    def run() -> ArrayT:
+        b.gather(src, out if b.rank == root else None, root)
+        return ad.wrap(out)
+    return _call(g, "gather", run, async_op, (src,))
+
+
+@overload
+def scatter(x: ArrayT, root: int = ..., *, group: Group | None = ..., stream: object = ...,
+            async_op: Literal[False] = ...) -> ArrayT: ...
+@overload
+def scatter(x: ArrayT, root: int = ..., *, group: Group | None = ..., stream: object = ...,
+            async_op: Literal[True]) -> Work: ...
+def scatter(x: ArrayT, root: int = 0, *, group: Group | None = None, stream: object = None,
+            async_op: bool = False) -> ArrayT | Work:
+    """Split root's `x` along axis 0 into `size` blocks; return block r on rank r.
+
+    Every rank passes an array of root's shape and dtype (only root's values are sent;
+    the others' are checked like any call's).
+    """
+    ad = adapt(x)
+    check_dtype(ad.array.dtype, "scatter")
+    g = _group(group)
+    b = g._backend
+    root = _check_rank("scatter", "root", root, b, peer=False)
+    _blocks("scatter", ad.array, b.size)
+    src = np.ascontiguousarray(ad.array)
+    out = np.empty((src.shape[0] // b.size,) + src.shape[1:], dtype=src.dtype)
+
+    def run() -> ArrayT:
+        b.scatter(src, out, root)
+        return ad.wrap(out)
+    return _call(g, "scatter", run, async_op, (src,))
+
+
+# -- objects: pickled, their size first, then the bytes; each step is a checked call ------------
+
+
+def _pickled(obj: Any) -> np.ndarray:
+    return np.frombuffer(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), dtype=np.uint8)
+
+
+def all_gather_object(obj: Any, *, group: Group | None = None, async_op: bool = False) -> Any:
+    """Return the list of every rank's `obj` (pickled), in rank order.
+
+    Unpickling runs code the other ranks chose: it trusts them as the job itself does.
+    """
+    g = _group(group)
+    b = g._backend
+    data = _pickled(obj)
+
+    def run() -> list[Any]:
+        sizes = np.empty(b.size, dtype=np.int64)
+        b.all_gather(np.array([data.size], dtype=np.int64), sizes)
+        width = int(sizes.max())
+        padded = np.zeros(width, dtype=np.uint8)
+        padded[:data.size] = data
+        every = np.empty(b.size * width, dtype=np.uint8)
+        b.all_gather(padded, every)
+        return [pickle.loads(every[i * width:i * width + int(n)].tobytes())
+                for i, n in enumerate(sizes)]
+    return _call(g, "all_gather_object", run, async_op)
+
+
+def broadcast_object(obj: Any, root: int = 0, *, group: Group | None = None,
+                     async_op: bool = False) -> Any:
+    """Return root's `obj` on every rank (root gets its own object back; the others a copy)."""
+    g = _group(group)
+    b = g._backend
+    root = _check_rank("broadcast_object", "root", root, b, peer=False)
+    data = _pickled(obj) if b.rank == root else np.empty(0, dtype=np.uint8)
+
+    def run() -> Any:
+        size = np.array([data.size], dtype=np.int64)
+        b.broadcast(size, root)
+        buf = data.copy() if b.rank == root else np.empty(int(size[0]), dtype=np.uint8)
+        b.broadcast(buf, root)
+        return obj if b.rank == root else pickle.loads(buf.tobytes())
+    return _call(g, "broadcast_object", run, async_op)
+
+
+def send_object(obj: Any, dst: int, *, group: Group | None = None,
+                async_op: bool = False) -> Any:
+    """Send `obj` (pickled) to rank `dst`, which takes it with `recv_object`."""
+    g = _group(group)
+    b = g._backend
+    dst = _check_rank("send_object", "dst", dst, b, peer=True)
+    data = _pickled(obj)
+
+    def run() -> None:
+        b.send(np.array([data.size], dtype=np.int64), dst)
+        b.send(data, dst)
+    return _call(g, "send_object", run, async_op)
+
+
+def recv_object(src: int, *, group: Group | None = None, async_op: bool = False) -> Any:
+    """Return the object rank `src` sent with `send_object`."""
+    g = _group(group)
+    b = g._backend
+    src = _check_rank("recv_object", "src", src, b, peer=True)
+
+    def run() -> Any:
+        size = np.empty(1, dtype=np.int64)
+        b.recv(size, src)
+        buf = np.empty(int(size[0]), dtype=np.uint8)
+        b.recv(buf, src)
+        return pickle.loads(buf.tobytes())
+    return _call(g, "recv_object", run, async_op)

@@ -53,13 +53,15 @@ def test_the_suite_covers_every_dtype_and_counts_every_op_at_every_size() -> Non
     assert {str(d) for d in suite.BIG_DTYPES} == {"bool", "int8", "float16", "float32",
                                                    "complex128", "bfloat16"}
     # Per dtype and shape: all_sum, all_max, all_min, input untouched, all_gather, sum_scatter,
-    # and a broadcast from each of the n roots; sum_scatter of the input itself when it divides.
+    # and a broadcast from each of the n roots; sum_scatter of the input itself when it divides;
+    # all_to_all, and a gather and a scatter from each root.
     for n in (1, 2, 3, 4):
-        per_shape = 6 + n
+        per_shape = 6 + n + 1 + 2 * n
         shapes = len(DTYPES) * len(suite.SHAPES) + len(suite.BIG_DTYPES)
         dividing = sum(1 for dt in suite.DTYPES for s, _ in suite.shapes_for(dt, "conformance")
                        if s and s[0] % n == 0)
-        group = shapes * per_shape + dividing + len(DTYPES) * 4 * (n - 1) + 3 + (n > 1)
+        objects = 1 + n + (n > 1)  # all_gather_object, broadcast_object per root, send/recv_object
+        group = shapes * per_shape + dividing + len(DTYPES) * 4 * (n - 1) + 3 + (n > 1) + objects
         assert suite.expected_cases("conformance", 0, n) == 2 * group + 2 + 9 + (n > 1)
 
 

@@ -235,3 +235,13 @@ def test_a_call_in_flight_in_another_group_is_not_taken_for_a_deadlock() -> None
         kind, seconds, message = _outcome(ranks[r], r)
         assert kind == "ok" and message == "[2.]", (r, kind, message)
         assert 1.4 < seconds < 5, (r, seconds)
+
+
+@pytest.mark.parametrize("transport", ["auto", "tcp"])
+@pytest.mark.parametrize("case", ["scatter_roots", "a2a_shapes", "object_vs_array"])
+def test_new_collectives_that_disagree_raise_mismatch_on_every_rank(case: str,
+                                                                    transport: str) -> None:
+    ranks = run_direct(2, "async_faults.py", case, timeout=60, RINGCOMM_TRANSPORT=transport)
+    for r in (0, 1):
+        kind, seconds, message = _outcome(ranks[r], r)
+        assert kind == "MismatchError" and seconds < 5, (case, r, kind, seconds, message)

@@ -92,6 +92,40 @@ class Backend(ABC):
         m = out.size
         out.reshape(-1)[...] = whole.reshape(-1)[self.rank * m:(self.rank + 1) * m]
 
+    def all_to_all(self, buf: np.ndarray, out: np.ndarray) -> None:
+        """Send block j of `buf` (axis 0 in `size` blocks) to rank j; fill block i of `out` from rank i.
+
+        The default gathers every rank's whole `buf`: correct, with `size` times the
+        traffic a direct exchange needs.
+        """
+        p, r = self.size, self.rank
+        n = buf.shape[0]
+        every = np.empty((p * n,) + buf.shape[1:], dtype=buf.dtype)
+        self.all_gather(buf, every)
+        m = n // p
+        for i in range(p):
+            out[i * m:(i + 1) * m] = every[i * n + r * m:i * n + (r + 1) * m]
+
+    def gather(self, buf: np.ndarray, out: np.ndarray | None, root: int) -> None:
+        """Fill root's `out` (shape (size*n, ...)) with every rank's `buf`; `out` is None elsewhere.
+
+        The default is an all_gather that only the root keeps.
+        """
+        every = out if out is not None else np.empty(
+            (self.size * buf.shape[0],) + buf.shape[1:], dtype=buf.dtype)
+        self.all_gather(buf, every)
+
+    def scatter(self, buf: np.ndarray, out: np.ndarray, root: int) -> None:
+        """Fill `out` on rank r with block r of root's `buf` (axis 0 in `size` blocks).
+
+        Every rank passes a `buf` of root's shape and dtype. The default broadcasts
+        root's whole `buf`.
+        """
+        whole = buf.copy()
+        self.broadcast(whole, root)
+        m = out.shape[0]
+        out[...] = whole[self.rank * m:(self.rank + 1) * m]
+
     @abstractmethod
     def send(self, buf: np.ndarray, dst: int) -> None:
         """Send `buf` to rank `dst` (any rank but this one)."""

@@ -33,6 +33,9 @@ class Op(enum.IntEnum):
     SEND = 8
     SPLIT = 9
     SETUP = 10  # a new group's set-up rounds (its shared memory)
+    ALL_TO_ALL = 11
+    GATHER = 12
+    SCATTER = 13
 
     @property
     def label(self) -> str:
@@ -68,7 +71,7 @@ class Signature(NamedTuple):
             return f"{self.op.label}() [call #{self.seq}]"
         shape = "(" + ", ".join("?" if d < 0 else str(d) for d in self.shape) + (
             ",)" if len(self.shape) == 1 else ")")
-        root = f", root={self.arg}" if self.op == Op.BROADCAST else ""
+        root = f", root={self.arg}" if self.op in (Op.BROADCAST, Op.GATHER, Op.SCATTER) else ""
         return f"{self.op.label}({self.dtype}, shape {shape}{root}) [call #{self.seq}]"
 
     def differs(self, other: Signature) -> str | None:

@@ -24,7 +24,8 @@ def expected(p: int) -> int:
     per = 6 if p > 1 else 5  # all_sum, all_max, all_min, all_gather, broadcast, sum_scatter
     collectives = len(DTYPES) * len(SIZES) * per
     p2p = 2 * len(P2P_SIZES) if p > 1 else 0  # recv and recv_like (sends return their input)
-    return collectives + p2p + 3  # blocking between, barrier, average_gradients
+    more = len(DTYPES) * 3 + 2 + (1 if p > 1 else 0)  # all_to_all, gather, scatter; objects
+    return collectives + p2p + more + 3  # blocking between, barrier, average_gradients
 
 
 def data(k: int, r: int, n: int, dt: type) -> np.ndarray:
@@ -69,6 +70,34 @@ def main() -> None:
                 whole = sum(e[:m] for e in every).astype(dt)
                 queue(ringcomm.sum_scatter(x[:m], async_op=True),
                       whole[R * (m // P):(R + 1) * (m // P)], "sum_scatter")
+    for dt in DTYPES:  # all_to_all, gather and scatter
+        k += 1
+        n = 3000 * P
+        x = data(k, R, n, dt)
+        every = [data(k, r, n, dt) for r in range(P)]
+        m, root = n // P, k % P
+        queue(ringcomm.all_to_all(x, async_op=True),
+              np.concatenate([e[R * m:(R + 1) * m] for e in every]), "all_to_all")
+        want = np.concatenate(every) if R == root else np.empty(0, dt)
+        queue(ringcomm.gather(x, root, async_op=True), want, "gather")
+        queue(ringcomm.scatter(x, root, async_op=True), every[root][R * m:(R + 1) * m], "scatter")
+    drain()
+    objs = ringcomm.all_gather_object(("rank", R, "x" * R), async_op=True)
+    got_b = ringcomm.broadcast_object({"from": 0} if R == 0 else None, 0, async_op=True)
+    if P > 1:
+        if R % 2 == 0:
+            ringcomm.send_object(["to", (R + 1) % P], (R + 1) % P, async_op=True)
+            got_o = ringcomm.recv_object((R - 1) % P, async_op=True)
+        else:
+            got_o = ringcomm.recv_object((R - 1) % P, async_op=True)
+            ringcomm.send_object(["to", (R + 1) % P], (R + 1) % P, async_op=True)
+    # The object calls' results are not arrays: checked here, all of them in flight until now.
+    assert objs.result() == [("rank", r, "x" * r) for r in range(P)], objs.result()
+    assert got_b.result() == {"from": 0}
+    cases += 2
+    if P > 1:
+        assert got_o.result() == ["to", R], got_o.result()
+        cases += 1
     # A blocking call behind calls in flight runs after them, in call order.
     first = ringcomm.all_sum(np.full(5, R, np.int64), async_op=True)
     now = ringcomm.all_sum(np.full(5, R + 1, np.int64))

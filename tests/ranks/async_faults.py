@@ -11,6 +11,9 @@
 - concurrent_groups: rank 1 has an all_sum of a split group in flight (waiting for rank 0) and,
   1.5 s later, sends to rank 0, which waits in recv meanwhile and then makes the all_sum: no
   deadlock, and the watch must not call it one.
+- scatter_roots: rank 0 scatters from root 0, rank 1 from root 1: MismatchError on both.
+- a2a_shapes: all_to_all of 4 elements on rank 0 and 6 on rank 1: MismatchError on both.
+- object_vs_array: all_gather_object on rank 0 against all_gather of an array on rank 1.
 
 Each rank prints `rank R: <ErrorType or ok> after <s>s: <message>`.
 """
@@ -64,6 +67,15 @@ try:
         else:
             got = ringcomm.recv((4,), np.float32, 1)
             message = str(ringcomm.all_sum(got, group=g)[:1])
+    elif case == "scatter_roots":
+        ringcomm.scatter(np.arange(4.0), root=R)
+    elif case == "a2a_shapes":
+        ringcomm.all_to_all(np.arange(4.0 + 2 * R))
+    elif case == "object_vs_array":
+        if R == 0:
+            ringcomm.all_gather_object({"a": 1})
+        else:
+            ringcomm.all_gather(np.arange(3.0))
 except ringcomm.RingcommError as e:
     result, message = type(e).__name__, str(e)
 print(f"rank {R}: {result} after {time.monotonic() - t0:.2f}s: {message}", flush=True)

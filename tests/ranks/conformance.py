@@ -81,9 +81,11 @@ def _group_cases(p: int, mode: str) -> int:
     for dt in DTYPES:
         for shape, _ in shapes_for(dt, mode):
             # all_sum, all_max, all_min, input untouched, all_gather, a broadcast from every
-            # root, sum_scatter of a scatter-shaped input, and of this one when it divides.
-            n += 5 + p + 1 + (1 if shape and shape[0] % p == 0 else 0)
+            # root, sum_scatter of a scatter-shaped input, and of this one when it divides;
+            # all_to_all of the scatter-shaped input, a gather and a scatter from every root.
+            n += 5 + p + 1 + (1 if shape and shape[0] % p == 0 else 0) + 1 + 2 * p
         n += 4 * (p - 1)  # two sends to and two receives from every other rank
+    n += 1 + p + (1 if p > 1 else 0)  # all_gather_object, broadcast_object, send/recv_object
     n += 3  # non-contiguous all_sum
     if p > 1 and mode != "chunked":
         n += 1  # the large message around the ring
@@ -204,7 +206,16 @@ def group_suite(group: ringcomm.Group, ranks: list[int], tag: str, mode: str) ->
             k = sshape[0] // p
             same(ringcomm.sum_scatter(scat[r], group=group),
                  reduced(scat, "sum", dt)[r * k:(r + 1) * k], f"sum_scatter {tag} {dt} {sshape}")
+            blocks = [a.reshape((p, k) + sshape[1:]) for a in scat]
+            same(ringcomm.all_to_all(scat[r], group=group),
+                 np.concatenate([blocks[q][r] for q in range(p)]), f"all_to_all {tag} {dt} {sshape}")
+            for root in range(p):
+                want = np.concatenate(rows) if r == root else np.empty((0,) + rows[r].shape[1:], dt)
+                same(ringcomm.gather(x, root, group=group), want, f"gather root {root} {name}")
+                same(ringcomm.scatter(scat[r], root, group=group), scat[root][r * k:(r + 1) * k],
+                     f"scatter root {root} {tag} {dt} {sshape}")
         point_to_point(group, ranks, dt, tag)
+    objects(group, ranks, tag)
     # Non-contiguous views of one array: every op reads them as the caller sees them.
     base = np.arange(4 * 6 * p, dtype=np.float64).reshape(4 * p, 6)
     want = sum(base + q for q in ranks)
@@ -223,6 +234,30 @@ def group_suite(group: ringcomm.Group, ranks: list[int], tag: str, mode: str) ->
             ringcomm.send(big, (r + 1) % p, group=group)
         same(got, np.arange(MESSAGE, dtype=np.float32) + ranks[src], f"recv_like {tag} large")
     ringcomm.barrier(group=group)
+
+
+def objects(group: ringcomm.Group, ranks: list[int], tag: str) -> None:
+    """The object calls: pickled Python values of different sizes on different ranks."""
+    r, p = group.rank(), group.size()
+
+    def thing(q: int) -> dict:
+        return {"rank": q, "tag": tag, "items": list(range(3 * q)), "blob": b"x" * (q * 1000)}
+
+    check(ringcomm.all_gather_object(thing(ranks[r]), group=group) == [thing(q) for q in ranks],
+          f"all_gather_object {tag}")
+    for root in range(p):
+        got = ringcomm.broadcast_object(thing(ranks[root]) if r == root else None, root,
+                                        group=group)
+        check(got == thing(ranks[root]), f"broadcast_object root {root} {tag}: got {got!r:.80}")
+    if p > 1:
+        to, frm = (r + 1) % p, (r - 1) % p
+        if r % 2 == 0:
+            ringcomm.send_object(thing(ranks[r]), to, group=group)
+            got = ringcomm.recv_object(frm, group=group)
+        else:
+            got = ringcomm.recv_object(frm, group=group)
+            ringcomm.send_object(thing(ranks[r]), to, group=group)
+        check(got == thing(ranks[frm]), f"recv_object from {frm} {tag}")
 
 
 def point_to_point(group: ringcomm.Group, ranks: list[int], dt: np.dtype, tag: str) -> None:

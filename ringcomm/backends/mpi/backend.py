@@ -278,6 +278,38 @@ class MPIBackend(Backend):
                 finally:
                     spaced.Free()
 
+    def all_to_all(self, buf: np.ndarray, out: np.ndarray) -> None:
+        block = buf.nbytes // self._size
+        if block > _CHUNK_BYTES:  # counts in bytes must fit an int: through the chunked gather
+            return super().all_to_all(buf, out)
+        with self._call("all_to_all", buf):
+            self._agree(Op.ALL_TO_ALL, buf.dtype, buf.shape)
+            if buf.size:
+                BYTE = self._MPI.BYTE
+                self._comm.Alltoall([_raw(buf), block, BYTE], [_raw(out), block, BYTE])
+
+    def gather(self, buf: np.ndarray, out: np.ndarray | None, root: int) -> None:
+        n = buf.nbytes
+        if n > _CHUNK_BYTES:
+            return super().gather(buf, out, root)
+        with self._call("gather", buf):
+            self._agree(Op.GATHER, buf.dtype, buf.shape, root)
+            if n:
+                BYTE = self._MPI.BYTE
+                recv = [_raw(out), n, BYTE] if out is not None else None
+                self._comm.Gather([_raw(buf), n, BYTE], recv, root=root)
+
+    def scatter(self, buf: np.ndarray, out: np.ndarray, root: int) -> None:
+        n = out.nbytes
+        if n > _CHUNK_BYTES:
+            return super().scatter(buf, out, root)
+        with self._call("scatter", buf):
+            self._agree(Op.SCATTER, buf.dtype, buf.shape, root)
+            if n:
+                BYTE = self._MPI.BYTE
+                send = [_raw(buf), n, BYTE] if self._rank == root else None
+                self._comm.Scatter(send, [_raw(out), n, BYTE], root=root)
+
     def reduce_scatter(self, buf: np.ndarray, out: np.ndarray, op: ReduceOp) -> None:
         if op is not ReduceOp.SUM:  # pragma: no cover - ops.py offers sum_scatter only
             raise ValueError(f"mpi backend: reduce_scatter supports only SUM, got {op}")

@@ -509,8 +509,9 @@ class RingBackend(Backend):
         self._run_or_fail(sig.op.label, lambda: self._gather_small(buf.reshape(-1)[:0], sig))
 
     @_tracked
-    def all_gather(self, buf: np.ndarray, out: np.ndarray, op: Op = Op.ALL_GATHER) -> None:
-        sig = self._sig(op, buf)
+    def all_gather(self, buf: np.ndarray, out: np.ndarray, op: Op = Op.ALL_GATHER,
+                   arg: int = 0) -> None:
+        sig = self._sig(op, buf, arg)
         p, n = self._size, buf.size
         if p == 1 or n == 0:
             out.reshape(-1)[:n] = buf.reshape(-1)
@@ -558,8 +559,8 @@ class RingBackend(Backend):
         out.reshape(-1)[...] = work[self._rank * m:(self._rank + 1) * m]
 
     @_tracked
-    def broadcast(self, buf: np.ndarray, root: int) -> None:
-        sig = self._sig(Op.BROADCAST, buf, root)
+    def broadcast(self, buf: np.ndarray, root: int, kind: Op = Op.BROADCAST) -> None:
+        sig = self._sig(kind, buf, root)
         p, r = self._size, self._rank
         if p == 1:
             return
@@ -615,6 +616,37 @@ class RingBackend(Backend):
         self._check_call(sig, token)
         if self._across is not None:  # no rank leaves before every host has arrived
             self._shared(sig, lambda local: local.check(sig))
+
+    # all_to_all, gather and scatter: shared memory does all_to_all directly; elsewhere they
+    # are an all_gather or a broadcast that checks the call under its own name.
+
+    @_tracked
+    def _all_to_all_shared(self, buf: np.ndarray, out: np.ndarray) -> None:
+        sig = self._sig(Op.ALL_TO_ALL, buf)
+        if buf.size == 0:
+            return self._check_call(sig, buf)
+        self._shared(sig, lambda local: local.all_to_all(buf.reshape(-1), out.reshape(-1), sig))
+
+    def all_to_all(self, buf: np.ndarray, out: np.ndarray) -> None:
+        if self._local is not None and self._across is None:
+            return self._all_to_all_shared(buf, out)
+        p, r, n = self._size, self._rank, buf.shape[0]
+        every = np.empty((p * n,) + buf.shape[1:], dtype=buf.dtype)
+        self.all_gather(buf, every, Op.ALL_TO_ALL)
+        m = n // p
+        for i in range(p):
+            out[i * m:(i + 1) * m] = every[i * n + r * m:i * n + (r + 1) * m]
+
+    def gather(self, buf: np.ndarray, out: np.ndarray | None, root: int) -> None:
+        every = out if out is not None else np.empty(
+            (self._size * buf.shape[0],) + buf.shape[1:], dtype=buf.dtype)
+        self.all_gather(buf, every, Op.GATHER, root)
+
+    def scatter(self, buf: np.ndarray, out: np.ndarray, root: int) -> None:
+        whole = buf.copy()
+        self.broadcast(whole, root, Op.SCATTER)
+        m = out.shape[0]
+        out[...] = whole[self._rank * m:(self._rank + 1) * m]
 
     # -- point to point ----------------------------------------------------------------------
 

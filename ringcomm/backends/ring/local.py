@@ -261,6 +261,27 @@ class Local:
                     out[lo + o:lo + o + c] = halves[j][h][:c * dt.itemsize].view(dt)
         return "shm-chunked"
 
+    def all_to_all(self, flat: np.ndarray, out: np.ndarray, sig: Signature) -> str:
+        """Send block j of `flat` (size blocks) to rank j; block i of `out` comes from rank i."""
+        p, dt, i = self.size, flat.dtype, self.rank
+        m = flat.size // p
+        if flat.nbytes <= self.small:
+            s = self._gather_small(flat, sig)
+            for j in range(p):
+                out[j * m:(j + 1) * m] = self._row(j, s, dt, p * m)[i * m:(i + 1) * m]
+            return "shm-slot"
+        self.begin(sig)
+        halves, C = self.sh.halves, max(1, self._chunk(dt) // p)
+        blocks = flat.reshape(p, m)
+        for k, o in enumerate(range(0, m, C)):
+            c, h = min(C, m - o), self._half()
+            size = c * dt.itemsize
+            halves[i][h][:p * size].view(dt).reshape(p, c)[...] = blocks[:, o:o + c]
+            self._step(sig, k == 0)
+            for j in range(p):
+                out[j * m + o:j * m + o + c] = halves[j][h][i * size:(i + 1) * size].view(dt)
+        return "shm-chunked"
+
     def broadcast(self, raw: np.ndarray, root: int, sig: Signature) -> str:
         """Overwrite `raw` (bytes) on every rank with root's; return the path."""
         n = raw.size
