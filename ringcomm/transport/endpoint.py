@@ -84,6 +84,8 @@ class Endpoint:
         self._p2p_out: dict[int, socket.socket] = {}
         self._p2p_in: dict[int, socket.socket] = {}
         self.p2p_lock = threading.Lock()
+        # One message at a time per connection: calls of two groups may run at once (async_op).
+        self._wire_locks: dict[tuple[str, int], threading.Lock] = {}
         self._seqs: dict[tuple[str, int], int] = {}
         self._notified = False
         self._notifying: dict[int, threading.Thread] = {}
@@ -211,6 +213,11 @@ class Endpoint:
                     )
                 self._cond.wait(left)
             return self._filed.pop(key)
+
+    def wire_lock(self, way: str, peer: int) -> threading.Lock:
+        """Return the lock that keeps one message whole on the `way` ("out"/"in") connection."""
+        with self.p2p_lock:
+            return self._wire_locks.setdefault((way, peer), threading.Lock())
 
     def p2p_out(self, dst: int) -> socket.socket:
         """Return this process's sending connection to world rank `dst`, made on first use."""

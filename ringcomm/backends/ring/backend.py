@@ -670,11 +670,13 @@ class RingBackend(Backend):
         sig = Signature(Op.SEND, seq, self._gid, buf.dtype, tuple(buf.shape), self._rank)
 
         def go() -> None:
-            s = ep.p2p_out(w)
-            send_all(s, header.pack(sig), peer=self._peer(dst), op="send", timeout=self._ep.timeout)
-            if buf.nbytes:
-                send_all(s, buf.reshape(-1).view(np.uint8).data, peer=self._peer(dst),
-                         op="send", timeout=self._ep.timeout)
+            with ep.wire_lock("out", w):
+                s = ep.p2p_out(w)
+                send_all(s, header.pack(sig), peer=self._peer(dst), op="send",
+                         timeout=self._ep.timeout)
+                if buf.nbytes:
+                    send_all(s, buf.reshape(-1).view(np.uint8).data, peer=self._peer(dst),
+                             op="send", timeout=self._ep.timeout)
         self._run_or_fail("send", go)
 
     @_tracked
@@ -684,6 +686,10 @@ class RingBackend(Backend):
         mine = Signature(Op.SEND, seq, self._gid, out.dtype, tuple(out.shape), self._rank)
 
         def go() -> None:
+            with ep.wire_lock("in", w):
+                receive()
+
+        def receive() -> None:
             s = ep.p2p_in(w, f"recv from {self._peer(src)}")
             hdr = bytearray(header.SIZE)
             recv_exact(s, memoryview(hdr), peer=self._peer(src), op="recv", timeout=self._ep.timeout)
