@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from ringcomm.transport.shm import alive
+
 ROOT = Path(__file__).resolve().parents[1]
 RANKS = Path(__file__).resolve().parent / "ranks"
 MARKER_VAR = "RINGCOMM_TEST_JOB"
@@ -115,15 +117,6 @@ def free_ports(n: int) -> list[int]:
 
 
 # -- the survivor detector ------------------------------------------------------------------
-
-
-def alive(pid: int) -> bool:
-    """Return whether `pid` runs; a zombie awaiting its reaper has ended."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _carries(pid: int, marker: bytes) -> bool:

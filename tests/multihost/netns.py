@@ -37,6 +37,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ringcomm.transport.shm import alive  # a zombie awaiting its reaper counts as gone
+
 __all__ = ["Cluster", "Host", "build", "cleanup_stale", "skip_reason", "teardown"]
 
 SSHD = "/usr/sbin/sshd"
@@ -188,23 +190,6 @@ def _kill_netns_pids(netns: str, deadline: float) -> None:
         deadline = time.monotonic() + 2.0
 
 
-def _pid_alive(pid: int) -> bool:
-    """Return whether ``pid`` runs; a zombie awaiting its reaper counts as gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                return False
-    except (FileNotFoundError, IndexError):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def cleanup_stale() -> list[str]:
     """Remove namespaces and bridges left by runs whose process is gone."""
     removed: list[str] = []
@@ -212,7 +197,7 @@ def cleanup_stale() -> list[str]:
     for entry in json.loads(listing) if listing else []:
         name = entry.get("name", "")
         m = _NAME_RE.match(name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not alive(int(m.group(1))):
             _kill_netns_pids(name, time.monotonic() + 2.0)
             _run(["ip", "netns", "del", name], check=False)
             removed.append(name)
@@ -220,7 +205,7 @@ def cleanup_stale() -> list[str]:
     for entry in json.loads(links) if links else []:
         name = entry.get("ifname", "")
         m = re.match(rf"^{PREFIX}b(\d+)[a-z]$", name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not alive(int(m.group(1))):
             _run(["ip", "link", "del", name], check=False)
             removed.append(name)
     return removed

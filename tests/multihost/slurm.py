@@ -48,6 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ringcomm.transport.shm import alive
 from tests.multihost import netns
 
 __all__ = ["Node", "SlurmCluster", "cleanup_stale", "skip_reason", "start", "stop"]
@@ -444,13 +445,7 @@ def _all_pids() -> list[int]:
 
 
 def _pid_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return not alive(pid)
 
 
 def cleanup_stale() -> list[str]:

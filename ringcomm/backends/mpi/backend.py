@@ -17,7 +17,7 @@ import importlib.util
 import os
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -288,27 +288,30 @@ class MPIBackend(Backend):
                 BYTE = self._MPI.BYTE
                 self._comm.Alltoall([_raw(buf), block, BYTE], [_raw(out), block, BYTE])
 
+    def _rooted(self, op: Op, buf: np.ndarray, root: int, n: int,
+                run: Callable[[Any], None]) -> bool:
+        """Run a rooted call of `n` bytes per rank in one MPI call; False when it is too large."""
+        if n > _CHUNK_BYTES:  # counts in bytes must fit an int: the caller takes the chunked way
+            return False
+        with self._call(op.label, buf):
+            self._agree(op, buf.dtype, buf.shape, root)
+            if n:
+                run(self._MPI.BYTE)
+        return True
+
     def gather(self, buf: np.ndarray, out: np.ndarray | None, root: int) -> None:
         n = buf.nbytes
-        if n > _CHUNK_BYTES:
-            return super().gather(buf, out, root)
-        with self._call("gather", buf):
-            self._agree(Op.GATHER, buf.dtype, buf.shape, root)
-            if n:
-                BYTE = self._MPI.BYTE
-                recv = [_raw(out), n, BYTE] if out is not None else None
-                self._comm.Gather([_raw(buf), n, BYTE], recv, root=root)
+        if not self._rooted(Op.GATHER, buf, root, n, lambda BYTE: self._comm.Gather(
+                [_raw(buf), n, BYTE], [_raw(out), n, BYTE] if out is not None else None,
+                root=root)):
+            super().gather(buf, out, root)
 
     def scatter(self, buf: np.ndarray, out: np.ndarray, root: int) -> None:
         n = out.nbytes
-        if n > _CHUNK_BYTES:
-            return super().scatter(buf, out, root)
-        with self._call("scatter", buf):
-            self._agree(Op.SCATTER, buf.dtype, buf.shape, root)
-            if n:
-                BYTE = self._MPI.BYTE
-                send = [_raw(buf), n, BYTE] if self._rank == root else None
-                self._comm.Scatter(send, [_raw(out), n, BYTE], root=root)
+        if not self._rooted(Op.SCATTER, buf, root, n, lambda BYTE: self._comm.Scatter(
+                [_raw(buf), n, BYTE] if self._rank == root else None, [_raw(out), n, BYTE],
+                root=root)):
+            super().scatter(buf, out, root)
 
     def reduce_scatter(self, buf: np.ndarray, out: np.ndarray, op: ReduceOp) -> None:
         if op is not ReduceOp.SUM:  # pragma: no cover - ops.py offers sum_scatter only
