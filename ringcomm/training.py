@@ -283,9 +283,11 @@ def average_gradients(grads: Any, group: Group | None = None,
         all_reduce_size,
     )
     sums: list[Any] = []
+    layout: list[tuple[list[np.ndarray], np.ndarray]] = []  # each bucket's leaves and offsets
     for bucket in plan:
         parts = [adapted[j].array for j in bucket.indices]
         bounds = np.cumsum([0] + [p.size for p in parts])
+        layout.append((parts, bounds))
         comm = bucket.dtype if wire is None else wire
         if len(parts) == 1 and comm == bucket.dtype:
             sent = parts[0]  # nothing to pack or cast
@@ -302,9 +304,7 @@ def average_gradients(grads: Any, group: Group | None = None,
 
     def finish() -> Any:
         results: list[Any] = list(leaves)
-        for bucket, got in zip(plan, sums):
-            parts = [adapted[j].array for j in bucket.indices]
-            bounds = np.cumsum([0] + [p.size for p in parts])
+        for bucket, got, (parts, bounds) in zip(plan, sums, layout):
             total = np.asarray(got.result() if async_op else got)
             if total.dtype != bucket.dtype:
                 total = total.astype(bucket.dtype)

@@ -23,8 +23,12 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .signature import Op
 
 __all__ = ["Backend", "ReduceOp"]
 
@@ -101,7 +105,9 @@ class Backend(ABC):
         p, r = self.size, self.rank
         n = buf.shape[0]
         every = np.empty((p * n,) + buf.shape[1:], dtype=buf.dtype)
-        self.all_gather(buf, every)
+        from .signature import Op  # signature.py imports this module
+
+        self._all_gather_as(buf, every, Op.ALL_TO_ALL, 0)
         m = n // p
         for i in range(p):
             out[i * m:(i + 1) * m] = every[i * n + r * m:i * n + (r + 1) * m]
@@ -113,7 +119,9 @@ class Backend(ABC):
         """
         every = out if out is not None else np.empty(
             (self.size * buf.shape[0],) + buf.shape[1:], dtype=buf.dtype)
-        self.all_gather(buf, every)
+        from .signature import Op
+
+        self._all_gather_as(buf, every, Op.GATHER, root)
 
     def scatter(self, buf: np.ndarray, out: np.ndarray, root: int) -> None:
         """Fill `out` on rank r with block r of root's `buf` (axis 0 in `size` blocks).
@@ -121,10 +129,21 @@ class Backend(ABC):
         Every rank passes a `buf` of root's shape and dtype. The default broadcasts
         root's whole `buf`.
         """
+        from .signature import Op
+
         whole = buf.copy()
-        self.broadcast(whole, root)
+        self._broadcast_as(whole, root, Op.SCATTER)
         m = out.shape[0]
         out[...] = whole[self.rank * m:(self.rank + 1) * m]
+
+    def _all_gather_as(self, buf: np.ndarray, out: np.ndarray, op: Op, root: int) -> None:
+        """The all_gather under the defaults above; a backend that checks calls by name
+        overrides it to check the call as `op` (with `root`)."""
+        self.all_gather(buf, out)
+
+    def _broadcast_as(self, buf: np.ndarray, root: int, op: Op) -> None:
+        """The broadcast under `scatter`'s default; overridden like `_all_gather_as`."""
+        self.broadcast(buf, root)
 
     @abstractmethod
     def send(self, buf: np.ndarray, dst: int) -> None:

@@ -630,23 +630,13 @@ class RingBackend(Backend):
     def all_to_all(self, buf: np.ndarray, out: np.ndarray) -> None:
         if self._local is not None and self._across is None:
             return self._all_to_all_shared(buf, out)
-        p, r, n = self._size, self._rank, buf.shape[0]
-        every = np.empty((p * n,) + buf.shape[1:], dtype=buf.dtype)
-        self.all_gather(buf, every, Op.ALL_TO_ALL)
-        m = n // p
-        for i in range(p):
-            out[i * m:(i + 1) * m] = every[i * n + r * m:i * n + (r + 1) * m]
+        super().all_to_all(buf, out)
 
-    def gather(self, buf: np.ndarray, out: np.ndarray | None, root: int) -> None:
-        every = out if out is not None else np.empty(
-            (self._size * buf.shape[0],) + buf.shape[1:], dtype=buf.dtype)
-        self.all_gather(buf, every, Op.GATHER, root)
+    def _all_gather_as(self, buf: np.ndarray, out: np.ndarray, op: Op, root: int) -> None:
+        self.all_gather(buf, out, op, root)
 
-    def scatter(self, buf: np.ndarray, out: np.ndarray, root: int) -> None:
-        whole = buf.copy()
-        self.broadcast(whole, root, Op.SCATTER)
-        m = out.shape[0]
-        out[...] = whole[self._rank * m:(self._rank + 1) * m]
+    def _broadcast_as(self, buf: np.ndarray, root: int, op: Op) -> None:
+        self.broadcast(buf, root, op)
 
     # -- point to point ----------------------------------------------------------------------
 

@@ -136,18 +136,12 @@ class Local:
         return "shm-slot"
 
     def _gather_small(self, flat: np.ndarray, sig: Signature) -> int:
-        """Write the header and `flat` into this rank's slot, post, wait, check; return the slot."""
+        """Write `flat` into this rank's next slot, then take a checked step; return the slot."""
         self.begin(sig)
-        s = (self.sh.posts + 1) & 1
-        at = self._slot_at[self.rank][s]
-        mem = self._mem
-        mem[at:at + HEADER] = self._hdr
         if flat.nbytes:
-            mem[at + HEADER:at + HEADER + flat.nbytes] = flat  # type: ignore[call-overload]
-        self.sh.post()
-        self.sh.wait(sig.op.label)
-        self._compare(sig, s)
-        return s
+            at = self._slot_at[self.rank][(self.sh.posts + 1) & 1] + HEADER
+            self._mem[at:at + flat.nbytes] = flat  # type: ignore[call-overload]
+        return self._step(sig, True)
 
     def all_reduce(self, flat: np.ndarray, out: np.ndarray, ufunc: np.ufunc,
                    sig: Signature) -> str:
