@@ -348,18 +348,22 @@ def run_together(commands: list[tuple[list[str], dict[str, str]]], *, timeout: f
             s.__exit__(None, None, None)
 
 
-def run_direct(n: int, name: str, *args: str, timeout: float = 60, **extra_env: str) -> list[Job]:
+def run_direct(n: int, name: str, *args: str, timeout: float = 60, ips: list[str] | None = None,
+               **extra_env: str) -> list[Job]:
     """Start `n` ranks of tests/ranks/NAME without a launcher; return each rank's result.
 
     For backend tests where a launcher's stopping of the other ranks would hide what
-    they do on their own when a peer fails.
+    they do on their own when a peer fails, and for layouts of hosts on one machine:
+    `ips` gives each rank's address (default 127.0.0.1 for all), and ranks with
+    different loopback addresses count as different hosts.
     """
     import json
     import secrets
     import tempfile
 
+    ips = ips if ips is not None else ["127.0.0.1"] * n
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump([[f"127.0.0.1:{p}"] for p in free_ports(n)], f)
+        json.dump([[f"{ip}:{p}"] for ip, p in zip(ips, free_ports(n), strict=True)], f)
     base = env(RINGCOMM_HOSTFILE=f.name, RINGCOMM_TOKEN=secrets.token_hex(8), **extra_env)
     argv = [sys.executable, script(name), *args]
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pathlib
 import random
 import re
+import socket
 import sys
 
 import pytest
@@ -65,13 +66,14 @@ def test_the_suite_covers_every_dtype_and_counts_every_op_at_every_size() -> Non
         assert suite.expected_cases("conformance", 0, n) == 2 * group + 2 + 9 + (n > 1)
 
 
-def paths_taken(trace_dir: pathlib.Path, n: int) -> set[str]:
-    """Return the paths (shm-slot, pipeline, ...) the ranks' collectives took, from their traces."""
+def paths_taken(trace_dir: pathlib.Path, n: int, p2p: bool = False) -> set[str]:
+    """Return the paths (shm-slot, tcp-pipeline, ...) the ranks' collectives took, from their
+    traces; with `p2p`, those their sends and receives took."""
     from ringcomm import trace
 
     return {e["args"]["path"] for r in range(n)
             for e in trace.read_events(trace_dir / f"rank{r}.json")
-            if e.get("ph") == "X" and e["name"] not in ("send", "recv")}
+            if e.get("ph") == "X" and (e["name"] in ("send", "recv")) == p2p}
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
@@ -83,6 +85,7 @@ def test_the_ring_passes_the_suite_through_ringcomm_launch(n: int, tmp_path) -> 
     if n > 1:
         # ("self": a split group of one rank.)
         assert paths_taken(tmp_path, n) - {"self"} == {"shm-slot", "shm-chunked"}
+        assert paths_taken(tmp_path, n, p2p=True) == {"shm-p2p"}
 
 
 @pytest.mark.parametrize("n", [2, 3])
@@ -92,6 +95,40 @@ def test_the_tcp_ring_passes_the_suite_when_forced(n: int, tmp_path) -> None:
                             RINGCOMM_TRANSPORT="tcp")
     assert_suite_passed(job, n, "ring")
     assert paths_taken(tmp_path, n) - {"self"} == {"tcp-latency", "tcp-pipeline", "tcp-relay"}
+    assert paths_taken(tmp_path, n, p2p=True) == {"tcp-p2p"}
+
+
+def _second_loopback_missing() -> str | None:
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.2", 0))
+    except OSError as e:
+        return f"127.0.0.2 is not an address of this machine ({e}); Linux has all of 127/8"
+    return None
+
+
+@pytest.mark.skipif(_second_loopback_missing() is not None,
+                    reason=str(_second_loopback_missing()))
+@pytest.mark.timeout(300)
+def test_a_ring_over_hosts_of_different_sizes_links_neighbours_on_one_host(tmp_path) -> None:
+    # Three ranks on one host and one on another, told apart by their loopback addresses:
+    # the flat ring joins neighbours on one host through shared-memory links and the
+    # others through sockets; send/recv take shared memory inside the host.
+    n = 4
+    ranks = harness.run_direct(n, "conformance.py", "ring", timeout=260,
+                               ips=["127.0.0.1"] * 3 + ["127.0.0.2"], RINGCOMM_TRACE=str(tmp_path))
+    want = suite.expected_cases("conformance", 0, n)
+    for r, job in enumerate(ranks):
+        assert job.returncode == 0, f"rank {r}: exit {job.returncode}\n{job.stderr[-3000:]}"
+        assert job.lines("rank ") == [f"rank {r}/{n}: {want} cases passed (conformance, "
+                                      "backend ring)"], job.stdout
+    paths = paths_taken(tmp_path, n)
+    # Every algorithm of the ring ran on ranks with a link of each kind (mixed) and on ranks
+    # whose two neighbours share their host (shm); a split of host one's ranks alone uses
+    # shared memory as memory.
+    assert {"mixed-latency", "mixed-pipeline", "mixed-relay"} <= paths, paths
+    assert {"shm-latency", "shm-pipeline", "shm-relay", "shm-slot"} <= paths, paths
+    assert paths_taken(tmp_path, n, p2p=True) == {"shm-p2p", "tcp-p2p"}
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4])

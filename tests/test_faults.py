@@ -145,7 +145,7 @@ def test_a_trace_has_one_span_per_call_and_merge_joins_the_ranks(tmp_path) -> No
         names = [e["name"] for e in events]
         assert names == ["all_sum", "all_sum", "broadcast", "barrier", last], names
         paths = [e["args"]["path"] for e in events]
-        assert paths == ["shm-slot", "shm-chunked", "shm-slot", "shm-slot", "tcp-p2p"], paths
+        assert paths == ["shm-slot", "shm-chunked", "shm-slot", "shm-slot", "shm-p2p"], paths
         assert events[1]["args"]["bytes"] == 8 << 20
         assert all(e["dur"] >= 0 and e["args"]["wait_us"] >= 0 for e in events)
     n = trace.merge(sorted(out.glob("rank*.json")), out / "trace.json")

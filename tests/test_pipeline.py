@@ -46,14 +46,17 @@ def test_neighbours_agree_on_what_travels(size: int) -> None:
 
 
 def test_lanes_cover_every_block_once_per_direction() -> None:
-    right, left = ["R0", "R1"], ["L0", "L1"]  # two connections per neighbour
+    right, left = ["R0", "R1"], ["L0", "L1"]  # two links per neighbour
     blocks = [(0, 10), (10, 20), (20, 30)]
-    lanes = _pipeline.lanes(1, 3, right, left, blocks, 2, 2, lambda r: f"rank {r}",
-                            lambda r: (lambda raw: None))
+    checked = []
+    lanes = _pipeline.lanes(1, 3, right, left, blocks, 2, 2,  # type: ignore[arg-type]
+                            lambda r: (lambda raw: checked.append(r)))
     assert len(lanes) == 4
-    assert [(lane.send_sock, lane.recv_sock) for lane in lanes] == [
+    assert [(lane.send_link, lane.recv_link) for lane in lanes] == [
         ("R0", "L0"), ("R1", "L1"), ("L0", "R0"), ("L1", "R1")]
-    assert lanes[0].send_peer == "rank 2" and lanes[2].send_peer == "rank 0"
+    for lane in lanes:  # each lane checks the header of the rank it receives from
+        lane.check(memoryview(b""))
+    assert checked == [0, 0, 2, 2]
     # Every element of every block is reduced by exactly one lane.
     owned = sorted(lane.steps[1].recv for lane in lanes)  # the block this rank owns, per lane
     covered = [i for a, b in owned for i in range(a, b)]

@@ -24,7 +24,9 @@ from .. import environment
 from ..errors import CommTimeoutError, MismatchError, PeerAbortedError, RingcommError
 from . import handshake
 from .handshake import Hello, Kind
+from .link import Link
 from .net import Address, connect, listen, tune
+from .tcp import TcpLink
 from .watch import Watch, reply
 
 if TYPE_CHECKING:
@@ -81,8 +83,10 @@ class Endpoint:
         self._aborted: str | None = None
         self._abort_kind = Reason.ECHO
         self._abort_remote = False
-        self._p2p_out: dict[int, socket.socket] = {}
-        self._p2p_in: dict[int, socket.socket] = {}
+        self._p2p_out: dict[int, Link] = {}
+        self._p2p_in: dict[int, Link] = {}
+        # Links to the ranks of this host through shared memory (set up by the world group).
+        self.local_links: dict[int, Link] = {}
         self.p2p_lock = threading.Lock()
         # One message at a time per connection: calls of two groups may run at once (async_op).
         self._wire_locks: dict[tuple[str, int], threading.Lock] = {}
@@ -219,21 +223,27 @@ class Endpoint:
         with self.p2p_lock:
             return self._wire_locks.setdefault((way, peer), threading.Lock())
 
-    def p2p_out(self, dst: int) -> socket.socket:
-        """Return this process's sending connection to world rank `dst`, made on first use."""
-        s = self._p2p_out.get(dst)
-        if s is None:
-            deadline = time.monotonic() + self.timeout
-            s = self._p2p_out[dst] = self.connect(dst, Hello(Kind.P2P, self.rank, 0), deadline)
-        return s
+    def p2p_out(self, dst: int) -> Link:
+        """Return this process's sending link to world rank `dst`.
 
-    def p2p_in(self, src: int, what: str) -> socket.socket:
-        """Return the connection world rank `src` sends on to this process."""
-        s = self._p2p_in.get(src)
-        if s is None:
+        A rank of this host (with shared memory) gets the shared-memory link; any
+        other a TCP connection made on first use.
+        """
+        link = self.local_links.get(dst) or self._p2p_out.get(dst)
+        if link is None:
             deadline = time.monotonic() + self.timeout
-            s = self._p2p_in[src] = self.take(Kind.P2P, src, 0, 0, deadline, what)
-        return s
+            s = self.connect(dst, Hello(Kind.P2P, self.rank, 0), deadline)
+            link = self._p2p_out[dst] = TcpLink(s, self.peer(dst), self.timeout)
+        return link
+
+    def p2p_in(self, src: int, what: str) -> Link:
+        """Return the link world rank `src` sends on to this process."""
+        link = self.local_links.get(src) or self._p2p_in.get(src)
+        if link is None:
+            deadline = time.monotonic() + self.timeout
+            s = self.take(Kind.P2P, src, 0, 0, deadline, what)
+            link = self._p2p_in[src] = TcpLink(s, self.peer(src), self.timeout)
+        return link
 
     def _counts(self, peer: int) -> tuple[int, int]:
         """Return (messages this process started to send to `peer`, receives it started from it)."""

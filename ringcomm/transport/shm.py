@@ -11,6 +11,8 @@ Each local rank owns one region of the segment and writes only there:
     control line (64 B): posted count, sleeping flag, abandoned flag
     two slots: a 128-byte call header, then a small message (alternating by post)
     two halves of staging memory for large messages (alternating by chunk)
+    with links: one channel to each other local rank per set of links (a line
+      the sender writes, a line the receiver writes, a ring buffer)
 
 A rank *posts* when its region holds what the others need: it bumps its
 posted count. The others *wait* until every peer's count reaches the same
@@ -35,6 +37,17 @@ local rank), then yields the core (`os.sched_yield`), then blocks on a
 datagram socket that posters write to when a waiter's sleeping flag is set.
 A blocked waiter also wakes every SLEEP_SECONDS to check the job's abort
 state, its deadline, and whether the peers it waits for are alive.
+
+Links (`ShmLink`, the shared-memory kind of `transport.link.Link`) carry a
+byte stream each way between two local ranks, for send/recv and for rings
+whose neighbours share a host. A channel is a single-producer,
+single-consumer ring buffer: the sender writes bytes at `head`, then
+publishes `head` (a release, as above); the receiver reads up to `head`,
+then publishes `tail` (a release too: its reads are done before the sender
+may overwrite them). Each end waits the same way as a post does, on wake-up
+sockets of its own per channel and direction, so several threads of one
+rank (the pipelined ring's senders and receivers) never take each other's
+wake-ups.
 """
 
 from __future__ import annotations
@@ -58,13 +71,14 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import CommTimeoutError, PeerAbortedError, PeerError
+from .link import Link
 
 try:
     import _posixshmem  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - Windows
     _posixshmem = None
 
-__all__ = ["PREFIX", "Shared", "alive", "available", "leftovers", "sweep"]
+__all__ = ["PREFIX", "Shared", "ShmLink", "alive", "available", "leftovers", "sweep"]
 
 PREFIX = "ringcomm-"
 LINE = 64
@@ -75,6 +89,11 @@ MIN_CHUNK_BYTES = 256 << 10
 # All local ranks' staging memory together stays under this, so a container's small /dev/shm
 # (64 MiB under Docker) holds a job of several ranks.
 STAGING_BUDGET = 32 << 20
+# Every local pair's two link channels together stay under this; a channel holds at most
+# LINK_BYTES, at least MIN_LINK_BYTES (powers of two).
+LINK_BUDGET = 8 << 20
+LINK_BYTES = 1 << 20
+MIN_LINK_BYTES = 64 << 10
 
 # Waiting: spin this long (when every local rank has a core), then yield the core until
 # YIELD_SECONDS have passed, then block, waking at least every SLEEP_SECONDS.
@@ -186,8 +205,17 @@ def chunk_bytes(count: int) -> int:
     return max(MIN_CHUNK_BYTES, min(CHUNK_BYTES, per_rank & ~(LINE - 1)))
 
 
-def region_bytes(chunk: int) -> int:
-    size = LINE + 2 * SLOT_BYTES + 2 * chunk
+def link_bytes(count: int, sets: int = 1) -> int:
+    """Return the ring buffer size of a link channel among `count` local ranks, `sets` per pair."""
+    per = LINK_BUDGET // max(1, sets * count * (count - 1))
+    size = MIN_LINK_BYTES
+    while size * 2 <= min(per, LINK_BYTES):
+        size *= 2
+    return size
+
+
+def region_bytes(chunk: int, channels: int = 0, cap: int = 0) -> int:
+    size = LINE + 2 * SLOT_BYTES + 2 * chunk + channels * (2 * LINE + cap)
     return (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
 
 
@@ -236,7 +264,7 @@ def unlink(name: str) -> None:
         pass
 
 
-def _wake_address(name: str, index: int) -> str:
+def _wake_address(name: str, index: int | str) -> str:
     if sys.platform.startswith("linux"):
         return f"\0{name}-{index}"  # the abstract namespace: nothing on disk to leave behind
     return os.path.join(tempfile.gettempdir(), f"{name}-{index}")
@@ -252,18 +280,22 @@ class Shared:
 
     def __init__(self, mem: mmap.mmap, name: str, index: int, count: int, chunk: int,
                  pids: list[int], timeout: float, spin: bool,
-                 names: Callable[[int], str], check: Callable[[], None]) -> None:
+                 names: Callable[[int], str], check: Callable[[], None], cap: int = 0,
+                 sets: int = 0) -> None:
         self.mem = mem
         self.name = name
         self.index = index
         self.count = count
         self.chunk = chunk
+        self.cap = cap
+        self.sets = sets if cap else 0
         self.pids = pids
         self.timeout = timeout
         self._spin = SPIN_SECONDS if spin else 0.0
         self.names = names
         self._check = check
-        self.region = region_bytes(chunk)
+        self.region = region_bytes(chunk, self.sets * (count - 1), cap)
+        self._links: dict[tuple[int, int], ShmLink] = {}
         self._q = memoryview(mem).cast("Q")
         words = self.region // 8
         self._posted_at = [j * words for j in range(count)]
@@ -284,10 +316,30 @@ class Shared:
         self._wake.bind(self._wake_to[index])
 
     @classmethod
-    def size_for(cls, count: int) -> tuple[int, int]:
-        """Return (segment bytes, chunk bytes) for `count` local ranks."""
-        chunk = chunk_bytes(count)
-        return region_bytes(chunk) * count, chunk
+    def size_for(cls, count: int, staging: bool = True, links: int = 0
+                 ) -> tuple[int, int, int]:
+        """Return (segment bytes, chunk bytes, link channel bytes) for `count` local ranks.
+
+        Without `staging` the segment has no staging halves (a group whose collectives
+        take the ring, over links); `links` is the number of links between every two
+        local ranks (one set for send/recv, one for a ring).
+        """
+        chunk = chunk_bytes(count) if staging else 0
+        cap = link_bytes(count, links) if links else 0
+        return region_bytes(chunk, links * (count - 1), cap) * count, chunk, cap
+
+    def channel_at(self, src: int, dst: int, k: int = 0) -> int:
+        """Return the offset of set `k`'s channel from local rank `src` to local rank `dst`."""
+        c = k * (self.count - 1) + (dst if dst < src else dst - 1)
+        return src * self.region + LINE + 2 * SLOT_BYTES + 2 * self.chunk + c * (2 * LINE + self.cap)
+
+    def link(self, j: int, k: int = 0) -> ShmLink:
+        """Return this rank's link of set `k` to local rank `j` (made on first use)."""
+        link = self._links.get((j, k))
+        if link is None:
+            assert k < self.sets and j != self.index, "this segment has no such link"
+            link = self._links[j, k] = ShmLink(self, j, k)
+        return link
 
     # -- posting and waiting ---------------------------------------------------------------
 
@@ -386,6 +438,8 @@ class Shared:
 
     def close(self) -> None:
         """Release this rank's mapping and wake-up socket (the name is long gone)."""
+        for link in self._links.values():
+            link.close()
         self._wake.close()
         if not sys.platform.startswith("linux"):
             try:
@@ -398,3 +452,214 @@ class Shared:
             self.mem.close()
         except BufferError:
             pass  # an array still views it; the mapping goes with the process
+
+
+class ShmLink(Link):
+    """A link between two ranks of one host: a channel each way in their shared segment.
+
+    Each end writes its own line of a channel: the sender its `head` (bytes
+    written so far) and its sleeping flag, the receiver its `tail` (bytes read)
+    and its sleeping flag. Counters only grow (64 bits never wrap), so
+    `head - tail` is what the channel holds.
+    """
+
+    kind = "shm"
+
+    def __init__(self, sh: Shared, j: int, k: int = 0) -> None:
+        super().__init__(sh.names(j), sh.timeout)
+        self.sh = sh
+        self.j = j
+        self.cap = sh.cap
+        self._mask = sh.cap - 1
+        self._mv = memoryview(sh.mem)
+        self._q = sh._q
+        out, inn = sh.channel_at(sh.index, j, k), sh.channel_at(j, sh.index, k)
+        # Words: the sender's line holds head and its sleeping flag, the receiver's tail and its.
+        self._out_head, self._out_sleep = out // 8, out // 8 + 1
+        self._out_tail, self._out_peer_sleep = (out + LINE) // 8, (out + LINE) // 8 + 1
+        self._in_head, self._in_peer_sleep = inn // 8, inn // 8 + 1
+        self._in_tail, self._in_sleep = (inn + LINE) // 8, (inn + LINE) // 8 + 1
+        self._out_data, self._in_data = out + 2 * LINE, inn + 2 * LINE
+        self._head = int(self._q[self._out_head])
+        self._tail = int(self._q[self._in_tail])
+        self._spin = sh._spin
+        self._gone = sh._gone_at[j]
+        self._next_live = 0.0
+        # Wake-up sockets: one for a sender waiting for room, one for a receiver waiting for data.
+        me, peer = sh.index, j
+        self._socks = []
+        for write in (True, False):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            s.setblocking(False)
+            s.bind(_wake_address(sh.name, _link_tag(k, me, peer, write)))
+            self._socks.append(s)
+        # Where the other end waits: for data (woken by our sends), for room (by our receives).
+        self._peer_reader = _wake_address(sh.name, _link_tag(k, peer, me, False))
+        self._peer_writer = _wake_address(sh.name, _link_tag(k, peer, me, True))
+
+    # -- moving bytes ----------------------------------------------------------------------
+
+    def send_some(self, data: memoryview, op: str) -> int:
+        q = self._q
+        head = self._head
+        free = self.cap - (head - q[self._out_tail])
+        n = min(free, len(data))
+        if n <= 0:
+            return 0
+        acquire()  # the receiver's reads of that room are done
+        pos = head & self._mask
+        first = min(n, self.cap - pos)
+        at = self._out_data + pos
+        self._mv[at:at + first] = data[:first]
+        if n > first:
+            self._mv[self._out_data:self._out_data + n - first] = data[first:n]
+        release()
+        self._head = head + n
+        q[self._out_head] = self._head
+        full_fence()
+        if q[self._out_peer_sleep]:
+            self._wake(self._peer_reader)
+        return n
+
+    def recv_some(self, view: memoryview, op: str) -> int:
+        q = self._q
+        tail = self._tail
+        n = min(q[self._in_head] - tail, len(view))
+        if n <= 0:
+            return 0
+        acquire()
+        pos = tail & self._mask
+        first = min(n, self.cap - pos)
+        at = self._in_data + pos
+        view[:first] = self._mv[at:at + first]
+        if n > first:
+            view[first:n] = self._mv[self._in_data:self._in_data + n - first]
+        release()  # the reads are done before the sender may write there again
+        self._tail = tail + n
+        q[self._in_tail] = self._tail
+        full_fence()
+        if q[self._in_peer_sleep]:
+            self._wake(self._peer_writer)
+        return n
+
+    def send(self, data: memoryview | bytes, op: str) -> None:
+        view = memoryview(data).cast("B")
+        sent, n = 0, len(view)
+        start = time.perf_counter()
+        while sent < n:
+            k = self.send_some(view[sent:], op)
+            sent += k
+            if not k:
+                self._block(True, start, op, f"took {sent} of {n} bytes")
+
+    def recv_into(self, view: memoryview, op: str) -> None:
+        got, n = 0, len(view)
+        start = time.perf_counter()
+        while got < n:
+            k = self.recv_some(view[got:], op)
+            got += k
+            if not k:
+                self._block(False, start, op, f"sent {got} of {n} bytes")
+
+    # -- waiting -----------------------------------------------------------------------------
+
+    def _ready(self, write: bool) -> bool:
+        q = self._q
+        if write:
+            return self._head - q[self._out_tail] < self.cap
+        return q[self._in_head] != self._tail
+
+    def _block(self, write: bool, start: float, op: str, moved: str) -> None:
+        """Wait until the channel has room (`write`) or data; the deadline runs from `start`."""
+        now = time.perf_counter()
+        spin_until = now + (self._spin if threading.current_thread() is _MAIN else 0.0)
+        while now < spin_until:
+            if self._ready(write):
+                return
+            now = time.perf_counter()
+        yield_until = now + YIELD_SECONDS
+        while now < yield_until:
+            os.sched_yield()
+            if self._ready(write):
+                return
+            now = time.perf_counter()
+        deadline = start + self.timeout
+        sock = self._socks[0 if write else 1]
+        while True:
+            if self.arm(write):
+                self.disarm(write)
+                return
+            try:
+                self.check(op)
+                now = time.perf_counter()
+                if now >= deadline:
+                    raise CommTimeoutError(f"{op}: {self.peer} {moved} within "
+                                           f"{self.timeout:g} s (shared memory)")
+                select.select([sock], [], [], min(SLEEP_SECONDS, deadline - now))
+            finally:
+                self.disarm(write)
+
+    def arm(self, write: bool) -> bool:
+        self._q[self._out_sleep if write else self._in_sleep] = 1
+        full_fence()
+        return self._ready(write)
+
+    def disarm(self, write: bool) -> None:
+        self._q[self._out_sleep if write else self._in_sleep] = 0
+        sock = self._socks[0 if write else 1]
+        try:
+            while sock.recv(64):
+                pass
+        except OSError:
+            pass
+
+    def _wake(self, address: str) -> None:
+        """Wake the other end's waiter at `address`."""
+        try:
+            self._socks[0].sendto(b"\1", address)
+        except OSError:
+            pass  # its queue is full (it wakes anyway) or it is gone
+
+    def fileno(self, write: bool) -> int:
+        return self._socks[0 if write else 1].fileno()
+
+    def rechecks(self) -> bool:
+        return True
+
+    def check(self, op: str) -> None:
+        self.sh._check()
+        if self._q[self._gone]:
+            raise PeerAbortedError(f"{op}: {self.peer} on this host left the job (it failed or "
+                                   "gave up; its own error says why)")
+        now = time.perf_counter()
+        if now >= self._next_live:
+            self._next_live = now + LIVENESS_SECONDS
+            pid = self.sh.pids[self.j]
+            if not alive(pid):
+                raise PeerError(f"{op}: {self.peer} (pid {pid}) on this host exited")
+
+    def shutdown(self) -> None:
+        for s in self._socks:  # a waiter of this process rechecks the job at once
+            try:
+                s.sendto(b"\1", s.getsockname())
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        try:
+            self._mv.release()
+        except BufferError:
+            pass  # a view of it is still alive; the mapping goes with the process
+        for s in self._socks:
+            name = s.getsockname()
+            s.close()
+            if isinstance(name, str) and name and not name.startswith("\0"):
+                try:
+                    os.unlink(name)
+                except OSError:
+                    pass
+
+
+def _link_tag(k: int, me: int, peer: int, write: bool) -> str:
+    """Return the wake-up socket tag of local rank `me`'s end of its link `k` to `peer`."""
+    return f"{k}.{me}.{peer}{'w' if write else 'r'}"

@@ -29,7 +29,9 @@ from ...errors import CommTimeoutError, MismatchError, PeerError, RingcommError
 from ...transport import header, shm
 from ...transport.endpoint import ABORT_GRACE, ECHO_PAUSE, Endpoint, Reason
 from ...transport.handshake import Hello, Kind
-from ...transport.net import exchange, parse_address, recv_exact, send_all
+from ...transport.link import Link, exchange
+from ...transport.net import parse_address
+from ...transport.tcp import TcpLink
 from ...transport.watch import Activity, GroupInfo
 from ..base import Backend, ReduceOp
 from ..signature import REDUCTIONS, Op, Signature
@@ -119,8 +121,8 @@ class RingBackend(Backend):
         self._splits = 0
         self._pool: ThreadPoolExecutor | None = None
         self._scratch = np.empty(0, dtype=np.uint8)
-        self._right: list = []
-        self._left: list = []
+        self._right: list[Link] = []  # one link per lane to the right neighbour
+        self._left: list[Link] = []
         self._lanes = min(len(ep.addrs[w]) for w in members)
         self._spin = SPIN_SECONDS if self._size <= _cores() else 0.0
         self._watch = ep.watch
@@ -130,14 +132,19 @@ class RingBackend(Backend):
         self._debug = log.isEnabledFor(logging.DEBUG)
         self._arrived = 0.0  # when the current call first had a peer's header (traced calls)
         self._local: Local | None = None  # the host's ranks of this group, through shared memory
+        self._shm: shm.Shared | None = None  # this group's segment on this host, if any
         self._across: RingBackend | None = None  # this rank's ring across hosts (hierarchical)
         if self._size > 1:
             right, left = self._world((self._rank + 1) % self._size), self._world(
                 (self._rank - 1) % self._size)
+            to, frm = self._peer((self._rank + 1) % self._size), self._peer(
+                (self._rank - 1) % self._size)
             try:
-                self._right = [ep.connect(right, Hello(Kind.RING, ep.rank, gid, c), deadline, c)
+                self._right = [TcpLink(ep.connect(right, Hello(Kind.RING, ep.rank, gid, c),
+                                                  deadline, c), to, ep.timeout)
                                for c in range(self._lanes)]
-                self._left = [ep.take(Kind.RING, left, gid, c, deadline, f"{label} set-up")
+                self._left = [TcpLink(ep.take(Kind.RING, left, gid, c, deadline,
+                                              f"{label} set-up"), frm, ep.timeout)
                               for c in range(self._lanes)]
             except RingcommError as e:
                 self._fail("set-up", e)
@@ -267,7 +274,7 @@ class RingBackend(Backend):
         Each slot is a header followed by the data, so one send and usually one
         receive per step carry both, and a forwarded header still names its origin.
         """
-        self._took("tcp-latency", sig)
+        self._took(self._kind("latency"), sig)
         p, r, hs = self._size, self._rank, header.SIZE
         n = flat.nbytes
         slot = hs + n
@@ -276,7 +283,6 @@ class RingBackend(Backend):
         slots[r, hs:] = flat.view(np.uint8)
         right, left = self._right[0], self._left[0]
         op = sig.op.label
-        dst, src = self._peer((r + 1) % p), self._peer((r - 1) % p)
         check = self._checker(sig, (r - 1) % p)
         # Polling helps a caller that waits for the reply; a call run in the background
         # (async_op) would only take the core and the interpreter from the caller's compute.
@@ -284,7 +290,7 @@ class RingBackend(Backend):
         for s in range(p - 1):
             out_i, in_i = (r - s) % p, (r - s - 1) % p
             exchange(right, memoryview(slots[out_i]), left, memoryview(slots[in_i]), hs, check,
-                     self._ep.timeout, peer_out=dst, peer_in=src, op=op, spin=spin)
+                     op=op, spin=spin)
         return slots[:, hs:]
 
     def _reduce_small(self, flat: np.ndarray, out: np.ndarray, ufunc: Callable,
@@ -298,10 +304,10 @@ class RingBackend(Backend):
     def _run(self, src: np.ndarray, data: np.ndarray, blocks: list[tuple[int, int]], n_rs: int,
              n_ag: int, ufunc: Callable | None, sig: Signature) -> None:
         """Run the pipelined ring over all lanes in both directions, from `src` into `data`."""
-        self._took("tcp-pipeline", sig)
-        transfer = pipeline.Transfer(data, src, ufunc, sig, self._ep.timeout)
+        self._took(self._kind("pipeline"), sig)
+        transfer = pipeline.Transfer(data, src, ufunc, sig)
         lanes = pipeline.lanes(self._rank, self._size, self._right, self._left, blocks, n_rs,
-                               n_ag, self._peer, lambda frm: self._checker(sig, frm))
+                               n_ag, lambda frm: self._checker(sig, frm))
         self._execute(sig.op.label, [(f, lane) for lane in lanes
                                      for f in (pipeline.run_sender, pipeline.run_receiver)],
                       transfer, lanes)
@@ -334,11 +340,13 @@ class RingBackend(Backend):
 
     def _wake(self) -> None:
         """Unblock every thread of this group's collective after one of them failed."""
-        for s in self._right + self._left:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        for link in self._right + self._left:
+            link.shutdown()
+
+    def _kind(self, algorithm: str) -> str:
+        """Return the path name of `algorithm` over this ring's links: tcp-, shm- or mixed-."""
+        kinds = {link.kind for link in self._right[:1] + self._left[:1]}
+        return f"{kinds.pop() if len(kinds) == 1 else 'mixed'}-{algorithm}"
 
     # -- shared memory -------------------------------------------------------------------------
 
@@ -356,26 +364,34 @@ class RingBackend(Backend):
     def _share(self, deadline: float) -> None:
         """Share memory with this group's ranks on this host, where the layout allows.
 
-        Every rank decides from the same table: all ranks on one host (shared memory
-        alone), or several hosts with the same number of ranks each (hierarchical:
-        shared memory inside a host, one ring across hosts per local rank). Two rounds
-        over the TCP ring make it all or nothing: when a rank cannot create or map the
-        segment, every rank of the group keeps TCP.
+        Every rank decides from the same table of hosts:
+        - all ranks on one host: the collectives use shared memory as memory (`Local`);
+        - several hosts with the same number of ranks each: hierarchical, `Local` inside a
+          host and one ring across hosts per local rank;
+        - hosts with different numbers of ranks: the flat ring, whose neighbours on one host
+          are joined by shared-memory links instead of sockets.
+        The world group's segment also holds a link between every two ranks of the host,
+        which send/recv take. Two rounds over the TCP ring make it all or nothing: when a
+        rank cannot create or map the segment, every rank of the group keeps TCP.
         """
         hosts: dict[str, list[int]] = {}
         for r in range(self._size):
             hosts.setdefault(self._host_of(r), []).append(r)
         counts = {len(v) for v in hosts.values()}
-        if len(counts) != 1 or counts == {1}:
-            return  # one rank per host, or hosts with different numbers of ranks: the TCP ring
+        if counts == {1}:
+            return  # one rank per host: TCP everywhere
+        even = len(counts) == 1
+        # Link sets: the world's for send/recv, an uneven layout's for its ring.
+        p2p, ring = int(self._gid == _WORLD_ID), int(not even)
+        links = p2p + ring
         local = hosts[self._host_of(self._rank)]
         index, count = local.index(self._rank), len(local)
-        size, chunk = shm.Shared.size_for(count)
+        size, chunk, cap = shm.Shared.size_for(count, staging=even, links=links)
         parts = (self._ep.key, self._gid, tuple(self._members), tuple(local))
         mem = None
         name = ""
         problem = ""
-        if index == 0:
+        if index == 0 and count > 1:
             shm.sweep()
             name = shm.segment_name(os.getpid(), *parts)
             try:
@@ -385,7 +401,7 @@ class RingBackend(Backend):
         table = self._setup_round(np.array([os.getpid(), 0 if problem else 1], dtype=np.int64))
         pids = [int(table[r, 0]) for r in local]
         shared = None
-        if table[:, 1].all():
+        if table[:, 1].all() and count > 1:
             try:
                 if index != 0:
                     name = shm.segment_name(pids[0], *parts)
@@ -397,10 +413,11 @@ class RingBackend(Backend):
                     assert mem is not None
                     shared = shm.Shared(mem, name, index, count, chunk, pids, self._ep.timeout,
                                         count <= _cores(), lambda j: self._peer(local[j]),
-                                        self._ep.raise_if_aborted)
+                                        self._ep.raise_if_aborted, cap, links)
             except OSError as e:
                 problem = f"could not map the shared memory {name}: {e}"
-        done = self._setup_round(np.array([0 if problem or shared is None else 1], dtype=np.int64))
+        ok = count == 1 or (not problem and shared is not None)
+        done = self._setup_round(np.array([1 if ok else 0], dtype=np.int64))
         if index == 0 and name:
             shm.unlink(name)  # every local rank has mapped it (or given up): the name can go
         if problem:
@@ -413,9 +430,30 @@ class RingBackend(Backend):
             elif mem is not None:
                 mem.close()
             return
-        assert shared is not None
-        self._local = Local(shared, self._label)
+        p = self._size
+        if not even and any(self._host_of(r) == self._host_of((r + 1) % p) for r in range(p)):
+            # Some neighbours share a host: a shared-memory link is one lane, and every rank
+            # (they all see the same table) runs one lane per neighbour.
+            for extra in self._right[1:] + self._left[1:]:
+                extra.close()
+            self._right, self._left, self._lanes = self._right[:1], self._left[:1], 1
+        if shared is None:
+            return  # the only rank of its host in an uneven layout: its links are TCP
         self._ep.on_abort.append(shared.abandon)
+        self._shm = shared
+        if self._gid == _WORLD_ID:
+            self._ep.local_links = {self._world(r): shared.link(j)
+                                    for j, r in enumerate(local) if j != index}
+        if not even:
+            right, left = (self._rank + 1) % p, (self._rank - 1) % p
+            if right in local:
+                self._right[0].close()
+                self._right = [shared.link(local.index(right), p2p)]
+            if left in local:
+                self._left[0].close()
+                self._left = [shared.link(local.index(left), p2p)]
+            return
+        self._local = Local(shared, self._label)
         if len(hosts) > 1:
             across = [members[index] for members in hosts.values()]
             self._across = RingBackend(self._ep, [self._world(r) for r in across],
@@ -579,8 +617,6 @@ class RingBackend(Backend):
                     raw[...] = rows[root]
             return self._run_or_fail(op, small)
         left, right = self._left[0], self._right[0]
-        to, frm = self._peer((r + 1) % p), self._peer((r - 1) % p)
-        timeout = self._ep.timeout
 
         def relay() -> None:
             # First every rank checks every call (the headers alone go around the ring), so a
@@ -588,19 +624,19 @@ class RingBackend(Backend):
             # the chain then sends its header to the root once it has all the data, so the
             # root, which needs nobody else's data, returns only when the chain finished.
             self._gather_small(raw[:0], sig)
-            self._took("tcp-relay", sig)
+            self._took(self._kind("relay"), sig)
             last = (r + 1) % p == root
             for a, b in pipeline.chunks(0, raw.size, pipeline.CHUNK_BYTES):
                 piece = raw[a:b].data
                 if r != root and b > a:
-                    recv_exact(left, piece, peer=frm, op=op, timeout=timeout)
+                    left.recv_into(piece, op)
                 if not last and b > a:
-                    send_all(right, piece, peer=to, op=op, timeout=timeout)
+                    right.send(piece, op)
             if last:
-                send_all(right, header.pack(sig), peer=to, op=op, timeout=timeout)
+                right.send(header.pack(sig), op)
             if r == root:
                 hdr = bytearray(header.SIZE)
-                recv_exact(left, memoryview(hdr), peer=frm, op=op, timeout=timeout)
+                left.recv_into(memoryview(hdr), op)
                 self._checker(sig, (r - 1) % p)(memoryview(hdr))
 
         self._run_or_fail(op, relay)
@@ -650,7 +686,7 @@ class RingBackend(Backend):
         with ep.p2p_lock:
             seq = ep.next_seq(("out" if op == "send" else "in", w))
         ep.watch.enter(op, self._gid, seq, w)
-        self._path = "tcp-p2p"
+        self._path = "p2p"  # until the link is known: shm-p2p or tcp-p2p
         return w, seq
 
     @_tracked
@@ -661,12 +697,11 @@ class RingBackend(Backend):
 
         def go() -> None:
             with ep.wire_lock("out", w):
-                s = ep.p2p_out(w)
-                send_all(s, header.pack(sig), peer=self._peer(dst), op="send",
-                         timeout=self._ep.timeout)
+                link = ep.p2p_out(w)
+                self._path = f"{link.kind}-p2p"
+                link.send(header.pack(sig), "send")
                 if buf.nbytes:
-                    send_all(s, buf.reshape(-1).view(np.uint8).data, peer=self._peer(dst),
-                             op="send", timeout=self._ep.timeout)
+                    link.send(buf.reshape(-1).view(np.uint8).data, "send")
         self._run_or_fail("send", go)
 
     @_tracked
@@ -680,9 +715,10 @@ class RingBackend(Backend):
                 receive()
 
         def receive() -> None:
-            s = ep.p2p_in(w, f"recv from {self._peer(src)}")
+            link = ep.p2p_in(w, f"recv from {self._peer(src)}")
+            self._path = f"{link.kind}-p2p"
             hdr = bytearray(header.SIZE)
-            recv_exact(s, memoryview(hdr), peer=self._peer(src), op="recv", timeout=self._ep.timeout)
+            link.recv_into(memoryview(hdr), "recv")
             theirs = header.unpack(hdr)
             if theirs is None:
                 raise PeerError(f"recv: {self._peer(src)} sent bytes that are not a message")
@@ -694,8 +730,7 @@ class RingBackend(Backend):
                     f"{theirs.describe()} as message #{theirs.seq} (expected #{seq}): {what}"
                 )
             if out.nbytes:
-                recv_exact(s, out.reshape(-1).view(np.uint8).data, peer=self._peer(src),
-                           op="recv", timeout=self._ep.timeout)
+                link.recv_into(out.reshape(-1).view(np.uint8).data, "recv")
         self._run_or_fail("recv", go)
 
     # -- groups ------------------------------------------------------------------------------
@@ -715,8 +750,8 @@ class RingBackend(Backend):
     def close(self) -> None:
         if self._across is not None:
             self._across.close()
-        if self._local is not None:
-            self._local.sh.close()
+        if self._shm is not None:
+            self._shm.close()
         if self._pool is not None:
             self._pool.shutdown(wait=False)
         if self._gid == _WORLD_ID:

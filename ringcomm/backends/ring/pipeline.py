@@ -2,8 +2,9 @@
 
 The buffer is cut into `size` blocks (block i belongs to rank i), each block
 into one slice per lane, each slice into chunks. A lane is one direction on one
-connection: clockwise lanes send to the right neighbour and receive from the
-left, counter-clockwise lanes the other way round. Each lane runs a sender and
+link (`transport.link`: a TCP connection or a shared-memory channel pair):
+clockwise lanes send to the right neighbour and receive from the left,
+counter-clockwise lanes the other way round. Each lane runs a sender and
 a receiver thread. At step t the sender forwards the segment the receiver
 finished at step t-1, chunk by chunk, as soon as each chunk is done, so
 sending chunk k+1 overlaps reducing chunk k.
@@ -15,7 +16,6 @@ buffer. Nothing else is copied.
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +24,7 @@ import numpy as np
 
 from ...errors import CommTimeoutError
 from ...transport import header
-from ...transport.net import recv_exact, send_all
+from ...transport.link import Link
 from ..signature import Signature
 
 __all__ = [
@@ -51,7 +51,6 @@ class Transfer:
     src: np.ndarray  # the input: the first reduction of each segment reads it (may be data)
     ufunc: Callable | None
     sig: Signature
-    timeout: float
     stopped: bool = False  # set when any lane failed: waiting senders give up at once
 
     def stop(self, lanes: list[Lane]) -> None:
@@ -64,12 +63,10 @@ class Transfer:
 
 @dataclass
 class Lane:
-    """A direction on a connection, with its steps and the progress of its receiver."""
+    """A direction on a link, with its steps and the progress of its receiver."""
 
-    send_sock: socket.socket
-    recv_sock: socket.socket
-    send_peer: str
-    recv_peer: str
+    send_link: Link
+    recv_link: Link
     steps: list[Step]
     check: Callable[[memoryview], None]  # raises on a header that does not match
     done: int = 0  # chunks the receiver has finished, in step order
@@ -86,14 +83,14 @@ def even(n: int, parts: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def lanes(rank: int, size: int, right: list[socket.socket], left: list[socket.socket],
-          blocks: list[tuple[int, int]], n_rs: int, n_ag: int, peer: Callable[[int], str],
+def lanes(rank: int, size: int, right: list[Link], left: list[Link],
+          blocks: list[tuple[int, int]], n_rs: int, n_ag: int,
           checker: Callable[[int], Callable[[memoryview], None]]) -> list[Lane]:
-    """Return a lane per connection and direction, each with its slice of every block.
+    """Return a lane per link and direction, each with its slice of every block.
 
-    Lane j < len(right) runs clockwise on connection j (sends right, receives
-    left); lane len(right) + j runs the other way on the same connection.
-    `peer(r)` names rank r for messages; `checker(r)` checks rank r's header.
+    Lane j < len(right) runs clockwise on link j (sends right, receives left);
+    lane len(right) + j runs the other way on the same links. `checker(r)`
+    checks rank r's header.
     """
     nl = len(right)
     parts = [even(b - a, 2 * nl) for a, b in blocks]
@@ -105,10 +102,10 @@ def lanes(rank: int, size: int, right: list[socket.socket], left: list[socket.so
             lo, hi = parts[i][j]
             return blocks[i][0] + lo, blocks[i][0] + hi
 
-        to, frm = (rank + d) % size, (rank - d) % size
-        send_sock, recv_sock = (right[c], left[c]) if d == 1 else (left[c], right[c])
-        out.append(Lane(send_sock, recv_sock, peer(to), peer(frm),
-                        steps(rank, size, d, seg, n_rs, n_ag), checker(frm)))
+        frm = (rank - d) % size
+        send_link, recv_link = (right[c], left[c]) if d == 1 else (left[c], right[c])
+        out.append(Lane(send_link, recv_link, steps(rank, size, d, seg, n_rs, n_ag),
+                        checker(frm)))
     return out
 
 
@@ -137,7 +134,9 @@ def run_sender(lane: Lane, transfer: Transfer) -> None:
     isz = data.itemsize
     per = max(1, CHUNK_BYTES // isz)
     src_raw = transfer.src.view(np.uint8)
-    send_all(lane.send_sock, header.pack(transfer.sig), peer=lane.send_peer, op=op, timeout=transfer.timeout)
+    link = lane.send_link
+    timeout = link.timeout
+    link.send(header.pack(transfer.sig), op)
     need = 0
     for t, step in enumerate(lane.steps):
         pieces = chunks(*step.send, per)
@@ -151,15 +150,14 @@ def run_sender(lane: Lane, transfer: Transfer) -> None:
                         return lane.done >= n or transfer.stopped
 
                     with lane.cond:
-                        lane.cond.wait_for(ready, transfer.timeout)
+                        lane.cond.wait_for(ready, timeout)
                     if transfer.stopped:
                         return  # another thread failed and reports why
                     if lane.done < need:
-                        raise CommTimeoutError(f"{op}: no progress from {lane.recv_peer} "
-                                               f"within {transfer.timeout:g} s")
+                        raise CommTimeoutError(f"{op}: no progress from {lane.recv_link.peer} "
+                                               f"within {timeout:g} s")
             if b > a:
-                send_all(lane.send_sock, out[a * isz:b * isz].data, peer=lane.send_peer,
-                         op=op, timeout=transfer.timeout)
+                link.send(out[a * isz:b * isz].data, op)
 
 
 def run_receiver(lane: Lane, transfer: Transfer) -> None:
@@ -168,8 +166,9 @@ def run_receiver(lane: Lane, transfer: Transfer) -> None:
     raw = data.view(np.uint8)
     isz = data.itemsize
     per = max(1, CHUNK_BYTES // isz)
+    link = lane.recv_link
     hdr = bytearray(header.SIZE)
-    recv_exact(lane.recv_sock, memoryview(hdr), peer=lane.recv_peer, op=op, timeout=transfer.timeout)
+    link.recv_into(memoryview(hdr), op)
     lane.check(memoryview(hdr))
     longest = max((s.recv[1] - s.recv[0] for s in lane.steps if s.reduce), default=0)
     tmp = np.empty(min(per, longest), dtype=data.dtype)  # the lane's one chunk buffer
@@ -178,13 +177,11 @@ def run_receiver(lane: Lane, transfer: Transfer) -> None:
             if b > a:
                 if step.reduce:
                     part = tmp[: b - a]
-                    recv_exact(lane.recv_sock, part.view(np.uint8).data,
-                               peer=lane.recv_peer, op=op, timeout=transfer.timeout)
+                    link.recv_into(part.view(np.uint8).data, op)
                     # Each segment is reduced once per rank: its other operand is the input.
                     transfer.ufunc(transfer.src[a:b], part, out=data[a:b])  # type: ignore[misc]
                 else:
-                    recv_exact(lane.recv_sock, raw[a * isz:b * isz].data,
-                               peer=lane.recv_peer, op=op, timeout=transfer.timeout)
+                    link.recv_into(raw[a * isz:b * isz].data, op)
             with lane.cond:
                 lane.done += 1
                 lane.cond.notify()
