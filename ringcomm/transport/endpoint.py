@@ -1,28 +1,27 @@
-"""One process's place in the job: its listeners, its connections, and the job's abort state.
+"""One process's place in the job: its listeners, its connections and links, its abort state.
 
 Every group of the process (the world and the groups split from it) shares
 one Endpoint. The listener threads accept connections, authenticate them and
 file them under their hello; group code takes them out by key. When any rank
-fails, the reason reaches every rank through a short ABORT connection, and
-every blocked socket of this process is shut down so no thread waits on.
+fails, the reason reaches every rank through a short ABORT connection (the
+protocol is `abort`), and every blocked socket of this process is shut down
+so no thread waits on.
 """
 
 from __future__ import annotations
 
 import atexit
-import enum
 import logging
 import socket
-import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .. import environment
-from ..errors import CommTimeoutError, MismatchError, PeerAbortedError, RingcommError
+from ..errors import CommTimeoutError, MismatchError, RingcommError
 from . import handshake
+from .abort import Abort, Reason, decode
 from .handshake import Hello, Kind
 from .link import Link
 from .net import Address, connect, listen, tune
@@ -32,31 +31,10 @@ from .watch import Watch, reply
 if TYPE_CHECKING:
     from ..trace import Tracer
 
-__all__ = ["Endpoint", "Reason"]
+__all__ = ["Endpoint"]
 
 log = logging.getLogger("ringcomm")
 
-_ABORT_NOTE = struct.Struct("<BI")
-
-
-class Reason(enum.IntEnum):
-    """How much an abort reason says, least first; a larger one replaces a smaller one."""
-
-    ECHO = 0
-    """A connection closed under a rank: only an echo of the failure that caused it."""
-    CAUSE = 1
-    """A timeout or an exception: the failure itself."""
-    MISMATCH = 2
-    """A cause that every rank re-raises as MismatchError."""
-
-# Time a rank that saw a peer vanish waits for that peer's reason to arrive.
-ABORT_GRACE = 1.0
-# Time a rank that saw a connection close waits for a notice before it sends its own: ranks
-# send their notices before they close anything, so a closed connection is often already
-# explained.
-ECHO_PAUSE = 0.1
-# Time to deliver abort notices to every other rank.
-NOTIFY_SECONDS = 2.0
 # Connections in their handshake at once, per process: each takes a thread. Beyond it, further
 # connections wait in the listen backlog. A ringcomm connector sends its first bytes at once and
 # finishes in milliseconds, so a silent stranger holds a place for FIRST_BYTES_SECONDS at most.
@@ -80,9 +58,6 @@ class Endpoint:
         self._cond = threading.Condition()
         self._filed: dict[tuple[int, int, int, int], socket.socket] = {}
         self._socks: list[socket.socket] = []
-        self._aborted: str | None = None
-        self._abort_kind = Reason.ECHO
-        self._abort_remote = False
         self._p2p_out: dict[int, Link] = {}
         self._p2p_in: dict[int, Link] = {}
         # Links to the ranks of this host through shared memory (set up by the world group).
@@ -91,9 +66,6 @@ class Endpoint:
         # One message at a time per connection: calls of two groups may run at once (async_op).
         self._wire_locks: dict[tuple[str, int], threading.Lock] = {}
         self._seqs: dict[tuple[str, int], int] = {}
-        self._notified = False
-        self._notifying: dict[int, threading.Thread] = {}
-        self._notify_deadline = 0.0
         self._handshakes = threading.BoundedSemaphore(MAX_HANDSHAKES)
         self._refusals = 0
         self._refused_logged = -REFUSED_LOG_SECONDS
@@ -101,6 +73,8 @@ class Endpoint:
         self.watch = Watch(rank, addrs, key, timeout,
                            lambda reason: self.abort(reason, Reason.MISMATCH, notify=True),
                            self._counts, self._sent_to, stall)
+        self.aborts = Abort(rank, len(addrs), self._send_notice, self.watch.silent)
+        self.aborts.hooks.append(self._wake_all)
         atexit.register(self.flush)  # notices started just before a normal exit still go out
         if listeners is not None and len(addrs) == 1:
             for ls in listeners:
@@ -110,7 +84,6 @@ class Endpoint:
             [listen(a) for a in addrs[rank]] if len(addrs) > 1 else [])
         self.host_names: list[str] | None = None  # which ranks share a host, where known
         self.shared_memory = False  # whether groups use shared memory between a host's ranks
-        self.on_abort: list[Callable[[], None]] = []  # called once when the job stops
         for ls in self._listeners:
             threading.Thread(target=self._accept_loop, args=(ls,), daemon=True,
                              name="ringcomm-listen").start()
@@ -159,10 +132,9 @@ class Endpoint:
                     reply(s, self.watch.status(hello.src))
                 return
             if hello.kind == Kind.ABORT:
-                kind, n = _ABORT_NOTE.unpack(handshake.read_exact(s, _ABORT_NOTE.size))
-                reason = handshake.read_exact(s, n).decode("utf-8", "replace")
+                reason, kind = decode(lambda n: handshake.read_exact(s, n))
                 s.close()
-                self.abort(reason, Reason(min(kind, Reason.MISMATCH)), notify=False, remote=True)
+                self.abort(reason, kind, notify=False, remote=True)
                 return
         except (handshake.HandshakeError, OSError, ValueError) as e:
             s.close()
@@ -171,7 +143,7 @@ class Endpoint:
         tune(s, self.timeout)
         key = (int(hello.kind), hello.src, hello.group, hello.lane)
         with self._cond:
-            if self._aborted is not None:
+            if self.aborts.reason is not None:
                 s.close()
                 return
             old = self._filed.pop(key, None)
@@ -258,114 +230,48 @@ class Endpoint:
         self._seqs[key] = self._seqs.get(key, 0) + 1
         return self._seqs[key]
 
-    # -- failure -----------------------------------------------------------------------------
+    # -- failure (the protocol is in `abort`) --------------------------------------------------
 
     @property
     def aborted(self) -> str | None:
         """Return why the job stopped, or None while it runs."""
-        return self._aborted
+        return self.aborts.reason
 
     def raise_if_aborted(self) -> None:
         """Raise if the job has been aborted by this rank or another."""
-        reason = self._aborted
-        if reason is not None:
-            if self._abort_kind == Reason.MISMATCH:
-                raise MismatchError(reason)
-            raise PeerAbortedError(reason)
-
-    def wait_reason(self, seconds: float) -> bool:
-        """Wait up to `seconds` for any reason to stop; return whether there is one."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._aborted is not None, seconds)
-
-    @property
-    def abort_kind(self) -> Reason:
-        """Return how much the recorded reason says."""
-        return self._abort_kind
-
-    @property
-    def announced(self) -> bool:
-        """Return whether this process sent abort notices of its own."""
-        return self._notified
-
-    def wait_cause(self, seconds: float) -> bool:
-        """Wait up to `seconds` for a failed peer's cause (not an echo); return whether it came."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._abort_kind >= Reason.CAUSE, seconds)
-
-    @property
-    def aborted_by_peer(self) -> bool:
-        """Return whether the abort came from another rank."""
-        return self._abort_remote
+        self.aborts.raise_if_stopped()
 
     def abort(self, reason: str, kind: Reason, *, notify: bool, remote: bool = False) -> None:
-        """Stop the job: wake every blocked thread and, with `notify`, tell every rank why.
-
-        The first reason stays, unless it was an echo and a cause arrives from a peer.
-        """
-        if notify:
-            self.notify(reason, kind)
-        with self._cond:
-            first = self._aborted is None
-            if first or (remote and kind > self._abort_kind == Reason.ECHO):
-                self._aborted, self._abort_kind, self._abort_remote = reason, kind, remote
-                self._cond.notify_all()
-            socks = list(self._socks) + list(self._filed.values())
-        if first:
-            for hook in self.on_abort:
-                hook()
-            for s in socks:
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-        if notify:
-            self.flush()
-
-    def notify(self, reason: str, kind: Reason) -> None:
-        """Start telling every other rank `reason`, once per process; return at once.
-
-        A rank that sees a peer fail tells the others before it waits for that
-        peer's own reason: otherwise each rank down the ring would wait out its
-        grace period in turn, and the last would give up before the reason came.
-        """
-        with self._cond:
-            if self._notified:
-                return
-            self._notified = True
-        note = reason.encode()[:60000]
-        body = _ABORT_NOTE.pack(kind, len(note)) + note
-        deadline = time.monotonic() + NOTIFY_SECONDS
-
-        def tell(dst: int) -> None:
-            try:
-                addr = self.addrs[dst][0]
-                # One attempt: a rank whose port refuses is gone and needs no notice.
-                s = connect(addr, deadline, what=f"rank {dst}", retry=False)
-                with s:
-                    s.settimeout(max(0.1, deadline - time.monotonic()))
-                    handshake.client(s, self.key, Hello(Kind.ABORT, self.rank, 0))
-                    s.sendall(body)
-            except (OSError, RingcommError):
-                pass  # that rank is gone or going; the launcher ends it
-
-        self._notifying = {r: threading.Thread(target=tell, args=(r,), daemon=True,
-                                               name="ringcomm-abort")
-                           for r in range(len(self.addrs)) if r != self.rank}
-        for t in self._notifying.values():
-            t.start()
-        self._notify_deadline = deadline
+        """Stop the job: wake every blocked thread and, with `notify`, tell every rank why."""
+        self.aborts.stop(reason, kind, notify=notify, remote=remote)
 
     def flush(self) -> None:
-        """Wait (at most NOTIFY_SECONDS) until every abort notice has gone out.
+        """Wait (at most a few seconds) until this process's abort notices have gone out."""
+        self.aborts.flush()
 
-        A rank that did not answer the watch's status queries is frozen or cut
-        off: its notice is still sent, but not waited for.
-        """
-        silent = self.watch.silent()
-        for r, t in self._notifying.items():
-            if r not in silent:
-                t.join(max(0.0, self._notify_deadline - time.monotonic()) + 0.1)
+    def _wake_all(self) -> None:
+        """Shut down every socket of this process (the abort hook of the TCP links)."""
+        with self._cond:
+            self._cond.notify_all()  # connections awaited in `take`
+            socks = list(self._socks) + list(self._filed.values())
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _send_notice(self, dst: int, body: bytes, deadline: float) -> None:
+        """Deliver an abort notice to world rank `dst` on a connection of its own."""
+        try:
+            addr = self.addrs[dst][0]
+            # One attempt: a rank whose port refuses is gone and needs no notice.
+            s = connect(addr, deadline, what=f"rank {dst}", retry=False)
+            with s:
+                s.settimeout(max(0.1, deadline - time.monotonic()))
+                handshake.client(s, self.key, Hello(Kind.ABORT, self.rank, 0))
+                s.sendall(body)
+        except (OSError, RingcommError):
+            pass  # that rank is gone or going; the launcher ends it
 
     def install_excepthook(self) -> None:
         """Tell every rank when this process dies of an uncaught exception."""

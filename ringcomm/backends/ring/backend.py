@@ -25,9 +25,9 @@ from typing import NoReturn
 import numpy as np
 
 from ... import environment, trace
-from ...errors import CommTimeoutError, MismatchError, PeerError, RingcommError
+from ...errors import MismatchError, PeerError, RingcommError
 from ...transport import header, shm
-from ...transport.endpoint import ABORT_GRACE, ECHO_PAUSE, Endpoint, Reason
+from ...transport.endpoint import Endpoint
 from ...transport.handshake import Hello, Kind
 from ...transport.link import Link, exchange
 from ...transport.net import parse_address
@@ -199,51 +199,9 @@ class RingBackend(Backend):
                 )
         return check
 
-    def _announce(self, op: str, exc: BaseException) -> tuple[str, Reason]:
-        """Tell every rank why this one fails, before any socket closes; return (reason, kind).
-
-        The notices go out first so that a neighbour learns who really failed
-        before it sees this rank's connections close and blames this rank. A
-        closed connection may already be explained by such a notice: wait a
-        moment for one before sending an echo of our own.
-        """
-        ep = self._ep
-        reason = f"rank {ep.rank} failed in {op}: {exc}"
-        if isinstance(exc, MismatchError):
-            kind = Reason.MISMATCH
-        elif isinstance(exc, PeerError) and not isinstance(exc, CommTimeoutError):
-            kind = Reason.ECHO  # a connection closed under us: the cause is elsewhere
-        else:
-            kind = Reason.CAUSE
-        if kind == Reason.ECHO and ep.aborted is None:
-            ep.wait_reason(ECHO_PAUSE)
-        if ep.aborted is None:
-            ep.notify(reason, kind)  # at once: ranks further away must not wait in turn
-            ep.flush()
-        return reason, kind
-
     def _fail(self, op: str, exc: BaseException) -> NoReturn:
         """Turn a failure into the error every rank raises, and tell the other ranks."""
-        ep = self._ep
-        if ep.aborted is not None and ep.abort_kind == Reason.MISMATCH \
-                and not isinstance(exc, MismatchError):
-            # This rank's watch found a deadlock and closed the connections under this call.
-            raise MismatchError(f"{op}: {ep.aborted}") from exc
-        blame = ep.watch.blame() if isinstance(exc, CommTimeoutError) else None
-        if blame is not None:
-            exc = CommTimeoutError(f"{exc}; {blame}")
-        reason, kind = self._announce(op, exc)
-        if kind == Reason.ECHO:
-            ep.wait_cause(ABORT_GRACE)  # the failed peer, or the rank that saw it, says why
-            # A peer's reason wins when it is a cause, or when it came before ours: an echo
-            # that came after ours is only this rank's own failure seen from the other side.
-            if ep.aborted_by_peer and (ep.abort_kind >= Reason.CAUSE or not ep.announced):
-                try:
-                    ep.raise_if_aborted()
-                except RingcommError as e:
-                    raise type(e)(f"{op}: {e}") from exc
-        ep.abort(reason, kind, notify=False)
-        raise exc
+        self._ep.aborts.fail(op, exc, self._ep.watch.blame)
 
     def _took(self, path: str, sig: Signature) -> None:
         """Note the path the current call takes (for the trace), and log it at DEBUG."""
@@ -327,7 +285,7 @@ class RingBackend(Backend):
                 transfer.stop(lanes)
                 if first:  # one thread tells the peers, and only then closes connections
                     if isinstance(e, RingcommError):
-                        self._announce(op, e)
+                        self._ep.aborts.announce(op, e)
                     self._wake()
 
         pool = self._pool_for(len(tasks))
@@ -439,7 +397,7 @@ class RingBackend(Backend):
             self._right, self._left, self._lanes = self._right[:1], self._left[:1], 1
         if shared is None:
             return  # the only rank of its host in an uneven layout: its links are TCP
-        self._ep.on_abort.append(shared.abandon)
+        self._ep.aborts.hooks.append(shared.abandon)
         self._shm = shared
         if self._gid == _WORLD_ID:
             self._ep.local_links = {self._world(r): shared.link(j)
