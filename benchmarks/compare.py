@@ -1,6 +1,7 @@
 """all_sum side by side: ringcomm's ring against MLX's ring, OpenMPI and gloo, in one run.
 
     python benchmarks/compare.py [-n 2] [--rounds 1] [--peers mlx,mpi,gloo] [--plot cmp.png]
+    python benchmarks/compare.py --op sendrecv --peers mpi --with-tcp
 
 Works from a clone: the peers' benchmarks are in benchmarks/peers/ and install
 MLX, OpenMPI (mpi4py) and torch into their own virtual environment on first
@@ -10,6 +11,8 @@ rounds of each one's float32 all_sum time (rank 0's median, µs) and busbw
 (GB/s), plus ringcomm's ratio against each peer: busbw ratio, except at 4 B
 where it is the latency ratio (peer time / ringcomm time). Above 1 means
 ringcomm is faster. The transport each one used is printed above the table.
+`--op sendrecv` compares a ping-pong between ranks 0 and 1 instead (one-way
+time, as `ringcomm bench --op sendrecv`; OpenMPI only).
 """
 
 from __future__ import annotations
@@ -51,12 +54,12 @@ def parse_bench_json(text: str) -> list[dict]:
 
 
 def run_ringcomm(n: int, sizes: list[int], timeout: float = 1800,
-                 transport: str = "auto") -> tuple[list[dict], str]:
-    """Return ringcomm bench's all_sum rows at `n` local ranks, and why it failed (else "").
+                 transport: str = "auto", op: str = "all_sum") -> tuple[list[dict], str]:
+    """Return ringcomm bench's `op` rows at `n` local ranks, and why it failed (else "").
 
     `transport` is RINGCOMM_TRANSPORT: auto (shared memory between local ranks) or tcp.
     """
-    cmd = [sys.executable, "-m", "ringcomm", "bench", "-n", str(n), "--json",
+    cmd = [sys.executable, "-m", "ringcomm", "bench", "-n", str(n), "--json", "--op", op,
            "--sizes", ",".join(map(str, sizes))]
     env = dict(os.environ, RINGCOMM_TRANSPORT=transport)
     (code, out, err), = peers.run_together([cmd], env, timeout)
@@ -67,13 +70,13 @@ def run_ringcomm(n: int, sizes: list[int], timeout: float = 1800,
 
 
 def table(n: int, rounds: int, sizes: list[int], med: dict[tuple[str, int], Sample],
-          names: list[str]) -> str:
+          names: list[str], op: str = "all_sum") -> str:
     """Return the Markdown table of medians and ratios."""
     nan = (float("nan"), float("nan"))
     head = ["size_B", "ringcomm time_us", "ringcomm busbw_GBps"]
     for p in names:
         head += [f"{p} time_us", f"{p} busbw_GBps", f"ringcomm/{p}"]
-    lines = [f"float32 all_sum, p={n}, median of {rounds} round(s); time_us = rank 0's median; "
+    lines = [f"float32 {op}, p={n}, median of {rounds} round(s); time_us = rank 0's median; "
              "busbw in GB/s (1e9 B/s); ratio = ringcomm busbw / peer busbw "
              "(at 4 B: peer time / ringcomm time); > 1 means ringcomm is faster",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -129,6 +132,8 @@ def main() -> int:
                     help="comma-separated sizes in bytes (default 4 B to 64 MiB)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per peer and round")
     ap.add_argument("--plot", metavar="FILE.png", help="also draw busbw and time against size")
+    ap.add_argument("--op", choices=("all_sum", "sendrecv"), default="all_sum",
+                    help="all_sum (default), or sendrecv: a ping-pong of ranks 0 and 1")
     ap.add_argument("--with-tcp", action="store_true",
                     help="also run ringcomm with RINGCOMM_TRANSPORT=tcp, as a column 'ringcomm-tcp'")
     args = ap.parse_args()
@@ -145,7 +150,10 @@ def main() -> int:
     failures: list[str] = []
     for rnd in range(args.rounds):
         for name in args.peers:
-            job = peers.local_job(name, args.n, sizes, root)
+            try:
+                job = peers.local_job(name, args.n, sizes, root, args.op)
+            except ValueError as e:
+                ap.error(str(e))
             transports[name] = job.transport
             print(f"round {rnd + 1}/{args.rounds}: {name}", file=sys.stderr, flush=True)
             rows, error = peers.run_job(job, args.timeout)
@@ -156,7 +164,7 @@ def main() -> int:
         print(f"round {rnd + 1}/{args.rounds}: ringcomm", file=sys.stderr, flush=True)
         for name, transport in [("ringcomm", "auto")] + ([("ringcomm-tcp", "tcp")]
                                                           if args.with_tcp else []):
-            rows, error = run_ringcomm(args.n, sizes, args.timeout, transport)
+            rows, error = run_ringcomm(args.n, sizes, args.timeout, transport, args.op)
             for r in rows:
                 samples[(name, r["size_B"])].append((r["time_us"], r["busbw_GBps"]))
             transports[name] = ringcomm_transport(rows)
@@ -165,11 +173,11 @@ def main() -> int:
     med = medians(samples)
     print("transports: " + "; ".join(f"{k}: {v}" for k, v in transports.items()))
     print(table(args.n, args.rounds, sizes, med,
-                args.peers + (["ringcomm-tcp"] if args.with_tcp else [])))
+                args.peers + (["ringcomm-tcp"] if args.with_tcp else []), args.op))
     for f in failures:
         print(f"failed: {f}")
     if args.plot:
-        plot_medians(args.plot, f"float32 all_sum, p={args.n}, this machine", med)
+        plot_medians(args.plot, f"float32 {args.op}, p={args.n}, this machine", med)
         print(f"wrote {args.plot}", file=sys.stderr)
     return 1 if failures else 0
 

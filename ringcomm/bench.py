@@ -8,6 +8,10 @@ benchmarks report theirs), algbw_GBps = size_B / time and busbw_GBps = algbw
 times the bytes each link carries per byte of the array: 2(p-1)/p for
 all_sum, (p-1)/p for all_gather, 1 for broadcast. GB/s are 1e9 bytes per
 second. Every result is checked, so a fast wrong answer fails the run.
+
+`sendrecv` is a ping-pong between ranks 0 and 1 (the others wait): rank 0
+sends, rank 1 receives and sends it back; time_us is half the round trip
+(one way, as OSU's latency test reports it) and busbw = algbw.
 """
 
 from __future__ import annotations
@@ -29,9 +33,9 @@ from . import environment
 
 __all__ = ["OPS", "Row", "main", "measure", "plot"]
 
-OPS = ("all_sum", "all_gather", "broadcast")
+OPS = ("all_sum", "all_gather", "broadcast", "sendrecv")
 _BUS_FACTOR = {"all_sum": lambda p: 2 * (p - 1) / p, "all_gather": lambda p: (p - 1) / p,
-               "broadcast": lambda p: 1.0}
+               "broadcast": lambda p: 1.0, "sendrecv": lambda p: 1.0}
 _DEFAULT_SIZES = "4,4096,65536,1048576,16777216,67108864"
 _UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 _HEADER = ("size_B", "count", "dtype", "time_us", "algbw_GBps", "busbw_GBps", "path")
@@ -75,15 +79,28 @@ def measure(op: str, nbytes: int, dtype: np.dtype, iters: int | None = None) -> 
     p, r = world.size(), world.rank()
     count = max(1, nbytes // dtype.itemsize)
     x = np.full(count, r + 1, dtype=dtype)
+    def sendrecv(x: np.ndarray) -> np.ndarray:
+        if r == 0:
+            ringcomm.send(x, 1)
+            return ringcomm.recv_like(x, 1)
+        if r == 1:
+            y = ringcomm.recv_like(x, 0)
+            ringcomm.send(y, 0)
+            return y
+        return np.ones_like(x)
+
     ops: dict[str, Callable[..., Any]] = {"all_sum": ringcomm.all_sum,
                                           "all_gather": ringcomm.all_gather,
-                                          "broadcast": ringcomm.broadcast}
+                                          "broadcast": ringcomm.broadcast,
+                                          "sendrecv": sendrecv}
+    if op == "sendrecv" and p < 2:
+        raise ValueError("sendrecv needs at least 2 ranks; try -n 2")
     fn = ops[op]
     if iters is None:
         iters = max(5, min(200, int(2e8 // max(nbytes, 1))))
     for _ in range(3):
         y = fn(x)
-    expected = {"all_sum": p * (p + 1) // 2, "broadcast": 1}.get(op)
+    expected = {"all_sum": p * (p + 1) // 2, "broadcast": 1, "sendrecv": 1}.get(op)
     if expected is not None and not (y == expected).all():
         raise AssertionError(f"{op} on {nbytes} bytes gave {y[:4]}, expected {expected}")
     times = []
@@ -93,7 +110,7 @@ def measure(op: str, nbytes: int, dtype: np.dtype, iters: int | None = None) -> 
         fn(x)
         times.append(time.perf_counter() - t)
     # Rank 0's median, as the peers' benchmarks report theirs, so the columns compare.
-    med = float(np.median(times))
+    med = float(np.median(times)) / (2 if op == "sendrecv" else 1)
     size = count * dtype.itemsize
     alg = size / med
     return Row(op=op, ranks=p, backend=world.backend, size_B=size, count=count,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -80,6 +81,18 @@ def test_json_prints_one_checked_row_per_op_and_size_at_two_ranks() -> None:
         assert row["algbw_GBps"] == pytest.approx(row["size_B"] / row["time_us"] / 1e3)
         factor = 1.0 if row["op"] == "all_sum" else 0.5  # 2(p-1)/p and (p-1)/p at p=2
         assert row["busbw_GBps"] == pytest.approx(row["algbw_GBps"] * factor)
+
+
+@pytest.mark.timeout(120)
+def test_sendrecv_is_a_ping_pong_of_ranks_0_and_1_over_the_link_between_them() -> None:
+    for transport, path in (("auto", "shm-p2p"), ("tcp", "tcp-p2p")):
+        r = _bench("-n", "3", "--sizes", "4,2m", "--op", "sendrecv", "--iters", "3", "--json",
+                   timeout=100, env=dict(os.environ, RINGCOMM_TRANSPORT=transport))
+        assert r.returncode == 0, r.stderr
+        rows = [json.loads(line) for line in r.stdout.splitlines()]
+        assert [(row["op"], row["size_B"], row["path"]) for row in rows] == [
+            ("sendrecv", 4, path), ("sendrecv", 2 << 20, path)]
+        assert all(row["busbw_GBps"] == row["algbw_GBps"] for row in rows)
 
 
 @pytest.mark.timeout(120)

@@ -29,11 +29,12 @@ def iterations(nbytes: int) -> int:
     return max(5, min(200, int(2e8 // max(nbytes, 1))))
 
 
-def line(peer: str, ranks: int, nbytes: int, seconds: float) -> str:
-    """Return one result line."""
+def line(peer: str, ranks: int, nbytes: int, seconds: float, bus: float | None = None) -> str:
+    """Return one result line; busbw is algbw times `bus` (default the all-reduce's 2(p-1)/p)."""
     alg = nbytes / seconds
+    bus = 2 * (ranks - 1) / ranks if bus is None else bus
     return (f"{peer} p={ranks} bytes={nbytes} median_us={seconds * 1e6:.1f} "
-            f"algbw_GBps={alg / 1e9:.3f} busbw_GBps={alg * 2 * (ranks - 1) / ranks / 1e9:.3f}")
+            f"algbw_GBps={alg / 1e9:.3f} busbw_GBps={alg * bus / 1e9:.3f}")
 
 
 Call = Callable[[], None]

@@ -94,11 +94,15 @@ def base_env(root: Path) -> dict[str, str]:
     return env
 
 
-def local_job(peer: str, n: int, sizes: list[int], root: Path) -> Job:
-    """Return `peer`'s benchmark on `n` ranks of this machine over loopback."""
+def local_job(peer: str, n: int, sizes: list[int], root: Path, op: str = "all_sum") -> Job:
+    """Return `peer`'s benchmark of `op` (all_sum, or sendrecv for mpi) on `n` ranks of this
+    machine over loopback."""
     bin_dir = peerenv.bin_dir(root)
     python = str(bin_dir / "python")
-    script = str(HERE / f"bench_{peer}.py")
+    script = str(HERE / (f"bench_{peer}.py" if op == "all_sum" else f"bench_{peer}_{op}.py"))
+    if not Path(script).exists():
+        raise ValueError(f"no {op} benchmark for {peer}; {op} compares with: "
+                         + ", ".join(p for p in PEERS if (HERE / f"bench_{p}_{op}.py").exists()))
     args = [str(s) for s in sizes]
     env = base_env(root)
     if peer == "mlx":
