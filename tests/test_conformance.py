@@ -131,6 +131,27 @@ def test_a_ring_over_hosts_of_different_sizes_links_neighbours_on_one_host(tmp_p
     assert paths_taken(tmp_path, n, p2p=True) == {"shm-p2p", "tcp-p2p"}
 
 
+@pytest.mark.skipif(_second_loopback_missing() is not None,
+                    reason=str(_second_loopback_missing()))
+@pytest.mark.timeout(300)
+def test_two_hosts_of_two_ranks_on_one_machine_pass_the_suite_hierarchically(tmp_path) -> None:
+    # all_sum reduces in shared memory, then across the hosts on one ring per local rank; the
+    # other collectives take the flat ring, whose neighbours on one host share a link.
+    n = 4
+    ranks = harness.run_direct(n, "conformance.py", "ring", timeout=260,
+                               ips=["127.0.0.1"] * 2 + ["127.0.0.2"] * 2,
+                               RINGCOMM_TRACE=str(tmp_path))
+    want = suite.expected_cases("conformance", 0, n)
+    for r, job in enumerate(ranks):
+        assert job.returncode == 0, f"rank {r}: exit {job.returncode}\n{job.stderr[-3000:]}"
+        assert job.lines("rank ") == [f"rank {r}/{n}: {want} cases passed (conformance, "
+                                      "backend ring)"], job.stdout
+    paths = paths_taken(tmp_path, n)
+    assert {"shm+tcp-hierarchical", "mixed-latency", "mixed-pipeline", "mixed-relay"} <= paths, \
+        paths
+    assert paths_taken(tmp_path, n, p2p=True) == {"shm-p2p", "tcp-p2p"}
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
 @pytest.mark.mpi
 @pytest.mark.timeout(240)

@@ -98,7 +98,10 @@ def test_the_ring_across_two_hosts_of_two_ranks_is_hierarchical_and_passes_the_s
     r = harness.run(argv, timeout=220, environ=_env(cluster))
     assert_suite_passed(r, 4, "ring")
     # all_sum over both hosts is hierarchical; the other collectives check the call on the host
-    # and across, then take the flat ring; groups split within a host use shared memory.
+    # and across, then take the flat ring, whose neighbours on one host share a link (mixed);
+    # a group split one rank per host is a TCP ring; send/recv inside a host take shared memory.
     paths = paths_taken(tmp_path, 4)
-    assert {"shm+tcp-hierarchical", "tcp-latency", "tcp-pipeline"} <= paths, paths
+    assert {"shm+tcp-hierarchical", "mixed-latency", "mixed-pipeline", "tcp-latency"} <= paths, \
+        paths
+    assert paths_taken(tmp_path, 4, p2p=True) == {"shm-p2p", "tcp-p2p"}
     harness.assert_none_survive(pids=cluster.strays, within=5.0, what="the job on the hosts")

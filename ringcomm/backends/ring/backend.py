@@ -326,8 +326,9 @@ class RingBackend(Backend):
         - all ranks on one host: the collectives use shared memory as memory (`Local`);
         - several hosts with the same number of ranks each: hierarchical, `Local` inside a
           host and one ring across hosts per local rank;
-        - hosts with different numbers of ranks: the flat ring, whose neighbours on one host
-          are joined by shared-memory links instead of sockets.
+        - hosts with different numbers of ranks: the flat ring.
+        Wherever the flat ring spans hosts (the collectives that are not hierarchical take
+        it too), its neighbours on one host are joined by shared-memory links, not sockets.
         The world group's segment also holds a link between every two ranks of the host,
         which send/recv take. Two rounds over the TCP ring make it all or nothing: when a
         rank cannot create or map the segment, every rank of the group keeps TCP.
@@ -339,8 +340,12 @@ class RingBackend(Backend):
         if counts == {1}:
             return  # one rank per host: TCP everywhere
         even = len(counts) == 1
-        # Link sets: the world's for send/recv, an uneven layout's for its ring.
-        p2p, ring = int(self._gid == _WORLD_ID), int(not even)
+        p = self._size
+        # Ring neighbours on one host (the ring spans hosts): joined by shared-memory links.
+        neighbours = len(hosts) > 1 and any(self._host_of(r) == self._host_of((r + 1) % p)
+                                            for r in range(p))
+        # Link sets: the world's for send/recv, one for the ring's neighbours on this host.
+        p2p, ring = int(self._gid == _WORLD_ID), int(neighbours)
         links = p2p + ring
         local = hosts[self._host_of(self._rank)]
         index, count = local.index(self._rank), len(local)
@@ -388,10 +393,9 @@ class RingBackend(Backend):
             elif mem is not None:
                 mem.close()
             return
-        p = self._size
-        if not even and any(self._host_of(r) == self._host_of((r + 1) % p) for r in range(p)):
-            # Some neighbours share a host: a shared-memory link is one lane, and every rank
-            # (they all see the same table) runs one lane per neighbour.
+        if neighbours:
+            # A shared-memory link is one lane, so every rank (they all see the same table)
+            # runs one lane per neighbour.
             for extra in self._right[1:] + self._left[1:]:
                 extra.close()
             self._right, self._left, self._lanes = self._right[:1], self._left[:1], 1
@@ -402,7 +406,7 @@ class RingBackend(Backend):
         if self._gid == _WORLD_ID:
             self._ep.local_links = {self._world(r): shared.link(j)
                                     for j, r in enumerate(local) if j != index}
-        if not even:
+        if neighbours:
             right, left = (self._rank + 1) % p, (self._rank - 1) % p
             if right in local:
                 self._right[0].close()
@@ -410,6 +414,7 @@ class RingBackend(Backend):
             if left in local:
                 self._left[0].close()
                 self._left = [shared.link(local.index(left), p2p)]
+        if not even:
             return
         self._local = Local(shared, self._label)
         if len(hosts) > 1:
