@@ -154,6 +154,12 @@ def test_an_abort_or_a_peer_that_left_ends_a_wait(pair: Pair) -> None:
     t.join(5)
     assert isinstance(result[0], PeerAbortedError) and "rank 5 failed" in str(result[0])
     pair.aborted = None
+    # A failure elsewhere in this rank's collective shuts the link down: its waits fail.
+    t, result = in_thread(lambda: pair.b.recv_into(memoryview(bytearray(8)), "recv"))
+    time.sleep(0.2)
+    pair.b.shutdown()
+    t.join(5)
+    assert isinstance(result[0], PeerError) and "was shut down" in str(result[0])
     pair.ends[1].abandon()  # local rank 1 failed: it marks its region
     with pytest.raises(PeerAbortedError, match="local rank 1 on this host left the job"):
         pair.a.recv_into(memoryview(bytearray(8)), "recv")

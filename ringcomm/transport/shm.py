@@ -488,6 +488,7 @@ class ShmLink(Link):
         self._spin = sh._spin
         self._gone = sh._gone_at[j]
         self._next_live = 0.0
+        self._shut = False  # set by shutdown: every wait on the link fails from then on
         # Wake-up sockets: one for a sender waiting for room, one for a receiver waiting for data.
         me, peer = sh.index, j
         self._socks = []
@@ -631,6 +632,8 @@ class ShmLink(Link):
 
     def check(self, op: str) -> None:
         self.sh._check()
+        if self._shut:
+            raise PeerError(f"{op}: the link to {self.peer} was shut down after a failure")
         if self._q[self._gone]:
             raise PeerAbortedError(f"{op}: {self.peer} on this host left the job (it failed or "
                                    "gave up; its own error says why)")
@@ -642,7 +645,8 @@ class ShmLink(Link):
                 raise PeerError(f"{op}: {self.peer} (pid {pid}) on this host exited")
 
     def shutdown(self) -> None:
-        for s in self._socks:  # a waiter of this process rechecks the job at once
+        self._shut = True
+        for s in self._socks:  # a waiter of this process wakes and fails at once
             try:
                 s.sendto(b"\1", s.getsockname())
             except OSError:
