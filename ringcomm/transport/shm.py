@@ -91,7 +91,7 @@ MIN_CHUNK_BYTES = 256 << 10
 STAGING_BUDGET = 32 << 20
 # Every local pair's two link channels together stay under this; a channel holds at most
 # LINK_BYTES, at least MIN_LINK_BYTES (powers of two).
-LINK_BUDGET = 8 << 20
+LINK_BUDGET = 16 << 20
 LINK_BYTES = 1 << 20
 MIN_LINK_BYTES = 64 << 10
 
