@@ -6,7 +6,7 @@ launched job it measures. One row per op and size: size_B and count of the
 array, dtype, time_us (rank 0's median over the timed iterations, as the peer
 benchmarks report theirs), algbw_GBps = size_B / time and busbw_GBps = algbw
 times the bytes each link carries per byte of the array: 2(p-1)/p for
-all_sum, (p-1)/p for all_gather, 1 for broadcast. GB/s are 1e9 bytes per
+all_sum, (p-1)/p for all_gather and all_to_all, 1 for broadcast. GB/s are 1e9 bytes per
 second. Every result is checked, so a fast wrong answer fails the run.
 
 `sendrecv` is a ping-pong between ranks 0 and 1 (the others wait): rank 0
@@ -33,9 +33,10 @@ from . import environment
 
 __all__ = ["OPS", "Row", "main", "measure", "plot"]
 
-OPS = ("all_sum", "all_gather", "broadcast", "sendrecv")
+OPS = ("all_sum", "all_gather", "broadcast", "all_to_all", "sendrecv")
 _BUS_FACTOR = {"all_sum": lambda p: 2 * (p - 1) / p, "all_gather": lambda p: (p - 1) / p,
-               "broadcast": lambda p: 1.0, "sendrecv": lambda p: 1.0}
+               "broadcast": lambda p: 1.0, "all_to_all": lambda p: (p - 1) / p,
+               "sendrecv": lambda p: 1.0}
 _DEFAULT_SIZES = "4,4096,65536,1048576,16777216,67108864"
 _UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 _HEADER = ("size_B", "count", "dtype", "time_us", "algbw_GBps", "busbw_GBps", "path")
@@ -78,6 +79,8 @@ def measure(op: str, nbytes: int, dtype: np.dtype, iters: int | None = None) -> 
     world = ringcomm.init()
     p, r = world.size(), world.rank()
     count = max(1, nbytes // dtype.itemsize)
+    if op == "all_to_all":  # a block per rank
+        count = max(p, count // p * p)
     x = np.full(count, r + 1, dtype=dtype)
     def sendrecv(x: np.ndarray) -> np.ndarray:
         if r == 0:
@@ -92,6 +95,7 @@ def measure(op: str, nbytes: int, dtype: np.dtype, iters: int | None = None) -> 
     ops: dict[str, Callable[..., Any]] = {"all_sum": ringcomm.all_sum,
                                           "all_gather": ringcomm.all_gather,
                                           "broadcast": ringcomm.broadcast,
+                                          "all_to_all": ringcomm.all_to_all,
                                           "sendrecv": sendrecv}
     if op == "sendrecv" and p < 2:
         raise ValueError("sendrecv needs at least 2 ranks; try -n 2")
@@ -103,6 +107,8 @@ def measure(op: str, nbytes: int, dtype: np.dtype, iters: int | None = None) -> 
     expected = {"all_sum": p * (p + 1) // 2, "broadcast": 1, "sendrecv": 1}.get(op)
     if expected is not None and not (y == expected).all():
         raise AssertionError(f"{op} on {nbytes} bytes gave {y[:4]}, expected {expected}")
+    if op == "all_to_all" and not (y.reshape(p, -1) == np.arange(1, p + 1).reshape(p, 1)).all():
+        raise AssertionError(f"all_to_all on {nbytes} bytes: block i is not rank i's")
     times = []
     for _ in range(iters):
         ringcomm.barrier() if nbytes > (1 << 20) else None

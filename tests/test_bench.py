@@ -96,6 +96,17 @@ def test_sendrecv_is_a_ping_pong_of_ranks_0_and_1_over_the_link_between_them() -
 
 
 @pytest.mark.timeout(120)
+def test_all_to_all_is_checked_block_by_block_and_takes_direct_links_over_tcp() -> None:
+    r = _bench("-n", "3", "--sizes", "12,1m", "--op", "all_to_all", "--iters", "3", "--json",
+               timeout=100, env=dict(os.environ, RINGCOMM_TRANSPORT="tcp"))
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(row["op"], row["count"] % 3, row["path"]) for row in rows] == [
+        ("all_to_all", 0, "tcp-pairs"), ("all_to_all", 0, "tcp-pairs")]
+    assert all(row["busbw_GBps"] == pytest.approx(row["algbw_GBps"] * 2 / 3) for row in rows)
+
+
+@pytest.mark.timeout(120)
 def test_the_table_names_the_unit_of_every_column() -> None:
     r = _bench("-n", "2", "--sizes", "4", "--iters", "3", timeout=100)
     assert r.returncode == 0, r.stderr

@@ -94,7 +94,8 @@ def test_the_tcp_ring_passes_the_suite_when_forced(n: int, tmp_path) -> None:
     job = harness.run_ranks(n, "conformance.py", "ring", timeout=200, RINGCOMM_TRACE=str(tmp_path),
                             RINGCOMM_TRANSPORT="tcp")
     assert_suite_passed(job, n, "ring")
-    assert paths_taken(tmp_path, n) - {"self"} == {"tcp-latency", "tcp-pipeline", "tcp-relay"}
+    assert paths_taken(tmp_path, n) - {"self"} == {"tcp-latency", "tcp-pipeline", "tcp-relay",
+                                                   "tcp-pairs"}
     assert paths_taken(tmp_path, n, p2p=True) == {"tcp-p2p"}
 
 
@@ -126,7 +127,7 @@ def test_a_ring_over_hosts_of_different_sizes_links_neighbours_on_one_host(tmp_p
     # Every algorithm of the ring ran on ranks with a link of each kind (mixed) and on ranks
     # whose two neighbours share their host (shm); a split of host one's ranks alone uses
     # shared memory as memory.
-    assert {"mixed-latency", "mixed-pipeline", "mixed-relay"} <= paths, paths
+    assert {"mixed-latency", "mixed-pipeline", "mixed-relay", "mixed-pairs"} <= paths, paths
     assert {"shm-latency", "shm-pipeline", "shm-relay", "shm-slot"} <= paths, paths
     assert paths_taken(tmp_path, n, p2p=True) == {"shm-p2p", "tcp-p2p"}
 
@@ -147,8 +148,8 @@ def test_two_hosts_of_two_ranks_on_one_machine_pass_the_suite_hierarchically(tmp
         assert job.lines("rank ") == [f"rank {r}/{n}: {want} cases passed (conformance, "
                                       "backend ring)"], job.stdout
     paths = paths_taken(tmp_path, n)
-    assert {"shm+tcp-hierarchical", "mixed-latency", "mixed-pipeline", "mixed-relay"} <= paths, \
-        paths
+    assert {"shm+tcp-hierarchical", "mixed-latency", "mixed-pipeline", "mixed-relay",
+            "mixed-pairs"} <= paths, paths
     assert paths_taken(tmp_path, n, p2p=True) == {"shm-p2p", "tcp-p2p"}
 
 

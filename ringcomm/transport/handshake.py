@@ -40,6 +40,7 @@ class Kind(enum.IntEnum):
     ABORT = 3  # one message: the reason a rank stopped
     QUERY = 4  # one question, one answer: what the listener's process is doing
     RDZV = 5  # a rank's report to rank 0's rendezvous, and the rank table back
+    PAIR = 6  # a group's link between two of its ranks for direct exchanges (all_to_all)
 
 
 @dataclass(frozen=True)

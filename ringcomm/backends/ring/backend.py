@@ -92,6 +92,10 @@ def _tracked(method: Callable[..., None]) -> Callable[..., None]:
     return call
 
 
+def _nothing(raw: memoryview) -> None:
+    return None
+
+
 def _child_id(parent: int, nth: int, color: int) -> int:
     digest = hashlib.blake2b(f"{parent}/{nth}/{color}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") | 2  # never the world's id
@@ -133,6 +137,9 @@ class RingBackend(Backend):
         self._arrived = 0.0  # when the current call first had a peer's header (traced calls)
         self._local: Local | None = None  # the host's ranks of this group, through shared memory
         self._shm: shm.Shared | None = None  # this group's segment on this host, if any
+        self._ring_set = -1  # the segment's set of links for the ring, if it has one
+        self._local_ranks: list[int] = []  # the group ranks on this host that share the segment
+        self._pairs: dict[int, Link] | None = None  # a link to every other rank (all_to_all)
         self._across: RingBackend | None = None  # this rank's ring across hosts (hierarchical)
         if self._size > 1:
             right, left = self._world((self._rank + 1) % self._size), self._world(
@@ -403,6 +410,9 @@ class RingBackend(Backend):
             return  # the only rank of its host in an uneven layout: its links are TCP
         self._ep.aborts.hooks.append(shared.abandon)
         self._shm = shared
+        self._local_ranks = local
+        if neighbours:
+            self._ring_set = p2p
         if self._gid == _WORLD_ID:
             self._ep.local_links = {self._world(r): shared.link(j)
                                     for j, r in enumerate(local) if j != index}
@@ -627,9 +637,66 @@ class RingBackend(Backend):
         self._shared(sig, lambda local: local.all_to_all(buf.reshape(-1), out.reshape(-1), sig))
 
     def all_to_all(self, buf: np.ndarray, out: np.ndarray) -> None:
+        if self._size == 1:
+            return super().all_to_all(buf, out)
         if self._local is not None and self._across is None:
             return self._all_to_all_shared(buf, out)
-        super().all_to_all(buf, out)
+        self._all_to_all_pairs(buf, out)
+
+    @_tracked
+    def _all_to_all_pairs(self, buf: np.ndarray, out: np.ndarray) -> None:
+        """all_to_all as p-1 direct exchanges: at step s, send block r+s and receive block r-s.
+
+        Every step first exchanges the call headers alone, so every rank checks every other
+        rank's call before any data moves; then the blocks go straight from `buf` into
+        `out`. Each byte crosses one link once (the ring would carry p times as much).
+        """
+        sig = self._sig(Op.ALL_TO_ALL, buf)
+        if buf.size == 0:
+            return self._check_call(sig, buf)
+        p, r, op = self._size, self._rank, sig.op.label
+        blocks = buf.reshape(p, -1).view(np.uint8)
+        got = out.reshape(p, -1).view(np.uint8)
+
+        def run() -> None:
+            links = self._pair_links(time.monotonic() + self._ep.timeout)
+            kinds = {link.kind for link in links.values()}
+            self._took(f"{kinds.pop() if len(kinds) == 1 else 'mixed'}-pairs", sig)
+            got[r] = blocks[r]
+            hdr = memoryview(header.pack(sig))
+            theirs = memoryview(bytearray(header.SIZE))
+            for s in range(1, p):
+                dst, src = (r + s) % p, (r - s) % p
+                exchange(links[dst], hdr, links[src], theirs, header.SIZE,
+                         self._checker(sig, src), op=op)
+                exchange(links[dst], memoryview(blocks[dst]), links[src],
+                         memoryview(got[src]), 0, _nothing, op=op)
+        self._run_or_fail(op, run)
+
+    def _pair_links(self, deadline: float) -> dict[int, Link]:
+        """Return a link to every other rank of the group, made on first use.
+
+        Ranks on this host share the ring's set of shared-memory links where the group
+        has one; the others get a TCP connection, opened by the lower group rank.
+        """
+        if self._pairs is not None:
+            return self._pairs
+        ep, r, local = self._ep, self._rank, self._local_ranks
+        pairs: dict[int, Link] = {}
+        for q in range(self._size):
+            if q == r:
+                continue
+            if self._shm is not None and self._ring_set >= 0 and q in local:
+                pairs[q] = self._shm.link(local.index(q), self._ring_set)
+            elif r < q:
+                s = ep.connect(self._world(q), Hello(Kind.PAIR, ep.rank, self._gid), deadline)
+                pairs[q] = TcpLink(s, self._peer(q), ep.timeout)
+            else:
+                s = ep.take(Kind.PAIR, self._world(q), self._gid, 0, deadline,
+                            f"{self._label} all_to_all set-up")
+                pairs[q] = TcpLink(s, self._peer(q), ep.timeout)
+        self._pairs = pairs
+        return pairs
 
     def _all_gather_as(self, buf: np.ndarray, out: np.ndarray, op: Op, root: int) -> None:
         self.all_gather(buf, out, op, root)
