@@ -214,6 +214,23 @@ def test_the_async_variant_of_every_op_with_calls_in_flight_on_the_ring(n: int,
     assert_async_passed(job, n, "ring")
 
 
+@pytest.mark.skipif(_second_loopback_missing() is not None,
+                    reason=str(_second_loopback_missing()))
+@pytest.mark.parametrize("hosts", [[3, 1], [2, 2]])
+@pytest.mark.timeout(240)
+def test_the_async_variant_of_every_op_on_hosts_of_several_ranks(hosts: list[int]) -> None:
+    # 3 + 1: a ring of shared-memory and TCP links; 2 + 2: hierarchical.
+    from tests.ranks import async_calls
+
+    ips = [ip for ip, k in zip(["127.0.0.1", "127.0.0.2"], hosts) for _ in range(k)]
+    n = len(ips)
+    ranks = harness.run_direct(n, "async_calls.py", "ring", timeout=200, ips=ips)
+    for r, job in enumerate(ranks):
+        assert job.returncode == 0, f"rank {r}: exit {job.returncode}\n{job.stderr[-3000:]}"
+        assert job.lines("rank ") == [f"rank {r}/{n}: {async_calls.expected(n)} async cases "
+                                      "passed (backend ring)"], job.stdout
+
+
 @pytest.mark.mpi
 @pytest.mark.timeout(240)
 def test_the_async_variant_of_every_op_with_calls_in_flight_on_mpi() -> None:
