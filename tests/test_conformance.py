@@ -197,6 +197,21 @@ def test_many_collectives_of_random_sizes_agree_bit_for_bit(n: int, tmp_path) ->
     assert paths_taken(tmp_path, n) - {"self"} == {"shm-slot", "shm-chunked"}
 
 
+@pytest.mark.skipif(_second_loopback_missing() is not None,
+                    reason=str(_second_loopback_missing()))
+@pytest.mark.timeout(240)
+def test_random_collectives_over_both_kinds_of_links_agree_bit_for_bit(tmp_path) -> None:
+    # 3 + 1 ranks: the ring's shared-memory links carry every size, and wrap their channels.
+    seed = random.randrange(1 << 30)
+    ranks = harness.run_direct(4, "stress.py", str(seed), "1500", timeout=200,
+                               ips=["127.0.0.1"] * 3 + ["127.0.0.2"], RINGCOMM_TRACE=str(tmp_path))
+    for r, job in enumerate(ranks):
+        assert job.returncode == 0, f"seed {seed}, rank {r}: exit {job.returncode}\n" \
+                                    f"{job.stderr[-3000:]}"
+        assert job.lines("rank ") == [f"rank {r}: 1500 calls ok"], job.stdout
+    assert {"mixed-latency", "mixed-pipeline"} <= paths_taken(tmp_path, 4)
+
+
 def assert_async_passed(job: harness.Job, n: int, backend: str) -> None:
     from tests.ranks import async_calls
 
