@@ -66,6 +66,10 @@ def test_the_suite_covers_every_dtype_and_counts_every_op_at_every_size() -> Non
         assert suite.expected_cases("conformance", 0, n) == 2 * group + 2 + 9 + (n > 1)
 
 
+# What every rank of the conformance suite prints on the ring (r, n and want filled in).
+SUITE_LINE = "rank {{r}}/{{n}}: {want} cases passed (conformance, backend ring)"
+
+
 def paths_taken(trace_dir: pathlib.Path, n: int, p2p: bool = False) -> set[str]:
     """Return the paths (shm-slot, tcp-pipeline, ...) the ranks' collectives took, from their
     traces; with `p2p`, those their sends and receives took."""
@@ -108,6 +112,18 @@ def _second_loopback_missing() -> str | None:
     return None
 
 
+def run_on_hosts(hosts: list[int], name: str, *args: str, line: str, **env: str) -> None:
+    """Run tests/ranks/NAME on loopback hosts of hosts[i] ranks each (127.0.0.1, 127.0.0.2, ...)
+    and assert that every rank exited 0 printing `line` (formatted with r and n)."""
+    ips = [f"127.0.0.{h + 1}" for h, k in enumerate(hosts) for _ in range(k)]
+    n = len(ips)
+    ranks = harness.run_direct(n, name, *args, timeout=260, ips=ips, **env)
+    for r, job in enumerate(ranks):
+        assert job.returncode == 0, f"{args}, rank {r}: exit {job.returncode}\n" \
+                                    f"{job.stderr[-3000:]}"
+        assert job.lines("rank ") == [line.format(r=r, n=n)], job.stdout
+
+
 @pytest.mark.skipif(_second_loopback_missing() is not None,
                     reason=str(_second_loopback_missing()))
 @pytest.mark.timeout(300)
@@ -116,13 +132,8 @@ def test_a_ring_over_hosts_of_different_sizes_links_neighbours_on_one_host(tmp_p
     # the flat ring joins neighbours on one host through shared-memory links and the
     # others through sockets; send/recv take shared memory inside the host.
     n = 4
-    ranks = harness.run_direct(n, "conformance.py", "ring", timeout=260,
-                               ips=["127.0.0.1"] * 3 + ["127.0.0.2"], RINGCOMM_TRACE=str(tmp_path))
-    want = suite.expected_cases("conformance", 0, n)
-    for r, job in enumerate(ranks):
-        assert job.returncode == 0, f"rank {r}: exit {job.returncode}\n{job.stderr[-3000:]}"
-        assert job.lines("rank ") == [f"rank {r}/{n}: {want} cases passed (conformance, "
-                                      "backend ring)"], job.stdout
+    run_on_hosts([3, 1], "conformance.py", "ring", line=SUITE_LINE.format(
+        want=suite.expected_cases("conformance", 0, n)), RINGCOMM_TRACE=str(tmp_path))
     paths = paths_taken(tmp_path, n)
     # Every algorithm of the ring ran on ranks with a link of each kind (mixed) and on ranks
     # whose two neighbours share their host (shm); a split of host one's ranks alone uses
@@ -139,14 +150,8 @@ def test_two_hosts_of_two_ranks_on_one_machine_pass_the_suite_hierarchically(tmp
     # all_sum reduces in shared memory, then across the hosts on one ring per local rank; the
     # other collectives take the flat ring, whose neighbours on one host share a link.
     n = 4
-    ranks = harness.run_direct(n, "conformance.py", "ring", timeout=260,
-                               ips=["127.0.0.1"] * 2 + ["127.0.0.2"] * 2,
-                               RINGCOMM_TRACE=str(tmp_path))
-    want = suite.expected_cases("conformance", 0, n)
-    for r, job in enumerate(ranks):
-        assert job.returncode == 0, f"rank {r}: exit {job.returncode}\n{job.stderr[-3000:]}"
-        assert job.lines("rank ") == [f"rank {r}/{n}: {want} cases passed (conformance, "
-                                      "backend ring)"], job.stdout
+    run_on_hosts([2, 2], "conformance.py", "ring", line=SUITE_LINE.format(
+        want=suite.expected_cases("conformance", 0, n)), RINGCOMM_TRACE=str(tmp_path))
     paths = paths_taken(tmp_path, n)
     assert {"shm+tcp-hierarchical", "mixed-latency", "mixed-pipeline", "mixed-relay",
             "mixed-pairs"} <= paths, paths
@@ -203,12 +208,8 @@ def test_many_collectives_of_random_sizes_agree_bit_for_bit(n: int, tmp_path) ->
 def test_random_collectives_over_both_kinds_of_links_agree_bit_for_bit(tmp_path) -> None:
     # 3 + 1 ranks: the ring's shared-memory links carry every size, and wrap their channels.
     seed = random.randrange(1 << 30)
-    ranks = harness.run_direct(4, "stress.py", str(seed), "1500", timeout=200,
-                               ips=["127.0.0.1"] * 3 + ["127.0.0.2"], RINGCOMM_TRACE=str(tmp_path))
-    for r, job in enumerate(ranks):
-        assert job.returncode == 0, f"seed {seed}, rank {r}: exit {job.returncode}\n" \
-                                    f"{job.stderr[-3000:]}"
-        assert job.lines("rank ") == [f"rank {r}: 1500 calls ok"], job.stdout
+    run_on_hosts([3, 1], "stress.py", str(seed), "1500", line="rank {r}: 1500 calls ok",
+                 RINGCOMM_TRACE=str(tmp_path))
     assert {"mixed-latency", "mixed-pipeline"} <= paths_taken(tmp_path, 4)
 
 
@@ -237,13 +238,9 @@ def test_the_async_variant_of_every_op_on_hosts_of_several_ranks(hosts: list[int
     # 3 + 1: a ring of shared-memory and TCP links; 2 + 2: hierarchical.
     from tests.ranks import async_calls
 
-    ips = [ip for ip, k in zip(["127.0.0.1", "127.0.0.2"], hosts) for _ in range(k)]
-    n = len(ips)
-    ranks = harness.run_direct(n, "async_calls.py", "ring", timeout=200, ips=ips)
-    for r, job in enumerate(ranks):
-        assert job.returncode == 0, f"rank {r}: exit {job.returncode}\n{job.stderr[-3000:]}"
-        assert job.lines("rank ") == [f"rank {r}/{n}: {async_calls.expected(n)} async cases "
-                                      "passed (backend ring)"], job.stdout
+    n = sum(hosts)
+    run_on_hosts(hosts, "async_calls.py", "ring", line="rank {r}/{n}: "
+                 f"{async_calls.expected(n)} async cases passed (backend ring)")
 
 
 @pytest.mark.mpi

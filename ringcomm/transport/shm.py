@@ -547,23 +547,21 @@ class ShmLink(Link):
         return n
 
     def send(self, data: memoryview | bytes, op: str) -> None:
-        view = memoryview(data).cast("B")
-        sent, n = 0, len(view)
-        start = time.perf_counter()
-        while sent < n:
-            k = self.send_some(view[sent:], op)
-            sent += k
-            if not k:
-                self._block(True, start, op, f"took {sent} of {n} bytes")
+        self._all(memoryview(data).cast("B"), op, True)
 
     def recv_into(self, view: memoryview, op: str) -> None:
-        got, n = 0, len(view)
+        self._all(view, op, False)
+
+    def _all(self, view: memoryview, op: str, write: bool) -> None:
+        """Move all of `view` (send it with `write`, else fill it); the deadline runs from now."""
+        move = self.send_some if write else self.recv_some
+        done, n = 0, len(view)
         start = time.perf_counter()
-        while got < n:
-            k = self.recv_some(view[got:], op)
-            got += k
+        while done < n:
+            k = move(view[done:], op)
+            done += k
             if not k:
-                self._block(False, start, op, f"sent {got} of {n} bytes")
+                self._block(write, start, op, f"{'took' if write else 'sent'} {done} of {n} bytes")
 
     # -- waiting -----------------------------------------------------------------------------
 
