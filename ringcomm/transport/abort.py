@@ -110,21 +110,6 @@ class Abort:
         """Return why the job stopped, or None while it runs."""
         return self._reason
 
-    @property
-    def kind(self) -> Reason:
-        """Return how much the recorded reason says."""
-        return self._kind
-
-    @property
-    def remote(self) -> bool:
-        """Return whether the recorded reason came from another rank."""
-        return self._remote
-
-    @property
-    def announced(self) -> bool:
-        """Return whether this process sent notices of its own."""
-        return self._notified
-
     def raise_if_stopped(self) -> None:
         """Raise the job's error if it has stopped."""
         reason = self._reason

@@ -20,8 +20,10 @@ What a link gives:
   PeerError naming it;
 - `send_some` / `recv_some`: as much as fits or has come, never blocking, for
   the non-blocking `exchange`;
-- readiness: `arm` prepares a wait and says whether the link is ready already,
-  `fileno` is what `select.poll` watches while it is not, `disarm` ends it;
+- readiness: `ready` says without waiting whether the link may move, `arm`
+  prepares a sleep and says whether it is ready already, `readiness` is the
+  descriptor and events `select.poll` watches while it is not, `disarm` ends
+  it;
 - `check`: raise when the peer is known to be gone (shared memory has no
   connection to reset, so it looks at the peer's process and region);
 - `shutdown` (wake every thread blocked on it, for an abort) and `close`.
@@ -32,6 +34,7 @@ compares it with its own call before it reads any data, on either kind.
 
 from __future__ import annotations
 
+import os
 import select
 import time
 from abc import ABC, abstractmethod
@@ -39,9 +42,11 @@ from collections.abc import Callable
 
 from ..errors import CommTimeoutError
 
-__all__ = ["Link", "exchange"]
+__all__ = ["Link", "exchange", "path", "wait"]
 
-# A wait on shared-memory links wakes at least this often to check the peer and the job.
+# A wait on links that `rechecks` (shared memory) yields the core until this much time has
+# passed before it sleeps, and wakes at least every RECHECK_SECONDS to check the peer and the job.
+YIELD_SECONDS = 200e-6
 RECHECK_SECONDS = 0.01
 
 
@@ -74,9 +79,13 @@ class Link(ABC):
         """Take what has come, up to len(view), without waiting; return how many bytes."""
 
     @abstractmethod
-    def fileno(self, write: bool) -> int:
-        """Return the descriptor `select.poll` watches while this link has no room (`write`) or
-        no data."""
+    def readiness(self, write: bool) -> tuple[int, int]:
+        """Return the descriptor and the events `select.poll` watches while this link has no
+        room (`write`) or no data."""
+
+    @abstractmethod
+    def ready(self, write: bool) -> bool:
+        """Return, without waiting or arming, whether the link has room (`write`) or data."""
 
     @abstractmethod
     def arm(self, write: bool) -> bool:
@@ -101,6 +110,12 @@ class Link(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release the link."""
+
+
+def path(links: list[Link], algorithm: str) -> str:
+    """Return the path name of `algorithm` over `links`: tcp-..., shm-..., or mixed-... ."""
+    kinds = {link.kind for link in links}
+    return f"{kinds.pop() if len(kinds) == 1 else 'mixed'}-{algorithm}"
 
 
 def exchange(out: Link, data: memoryview, inn: Link, view: memoryview, header: int,
@@ -145,36 +160,50 @@ def exchange(out: Link, data: memoryview, inn: Link, view: memoryview, header: i
         check(view[:header])
 
 
-def wait(ends: list[tuple[Link, bool]], op: str, spin: float = 0.0) -> None:
+def wait(ends: list[tuple[Link, bool]], op: str, spin: float = 0.0, start: float | None = None,
+         late: Callable[[], str] | None = None) -> None:
     """Wait until any of `ends` (link, for writing) may move; raise on the deadline.
 
-    The deadline is the links' timeout from the start of this wait. A short
-    `spin` first polls without sleeping.
+    First a short `spin` asks the links without sleeping; then, where a
+    link `rechecks` (shared memory), the core is yielded until YIELD_SECONDS have passed, so
+    that more ranks than cores never starve each other; then the wait sleeps in poll(),
+    waking every RECHECK_SECONDS to `check` those links. CommTimeoutError comes the links'
+    timeout after `start` (default: now), its message `late()` where given.
     """
-    start = time.perf_counter()
-    if spin > 0:
-        end = start + spin
-        while time.perf_counter() < end:
-            for link, write in ends:
-                if link.arm(write):
-                    link.disarm(write)
-                    return
-                link.disarm(write)
-    timeout = max(link.timeout for link, _ in ends)
+    now = time.perf_counter()
+    start = now if start is None else start
+
+    def ready() -> bool:
+        return any(link.ready(write) for link, write in ends)
+
+    spin_until = now + spin
+    while now < spin_until:
+        if ready():
+            return
+        now = time.perf_counter()
     recheck = any(link.rechecks() for link, _ in ends)
+    if recheck:
+        yield_until = now + YIELD_SECONDS
+        while now < yield_until:
+            os.sched_yield()
+            if ready():
+                return
+            now = time.perf_counter()
+    timeout = max(link.timeout for link, _ in ends)
     poller = select.poll()
     for link, write in ends:
-        poller.register(link.fileno(write), select.POLLOUT if write and link.kind == "tcp"
-                        else select.POLLIN)
+        poller.register(*link.readiness(write))
     while True:
         try:
-            ready = False
+            ready_now = False
             for link, write in ends:
-                ready = link.arm(write) or ready
-            if ready:
+                ready_now = link.arm(write) or ready_now
+            if ready_now:
                 return
             left = start + timeout - time.perf_counter()
             if left <= 0:
+                if late is not None:
+                    raise CommTimeoutError(f"{op}: {late()}")
                 names = " and ".join(sorted({link.peer for link, _ in ends}))
                 raise CommTimeoutError(f"{op}: nothing moved to or from {names} within "
                                        f"{timeout:g} s")

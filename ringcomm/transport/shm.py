@@ -67,11 +67,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
 from ..errors import CommTimeoutError, PeerAbortedError, PeerError
-from .link import Link
+from .link import RECHECK_SECONDS, YIELD_SECONDS, Link, wait
 
 try:
     import _posixshmem  # type: ignore[import-not-found]
@@ -98,8 +99,7 @@ MIN_LINK_BYTES = 64 << 10
 # Waiting: spin this long (when every local rank has a core), then yield the core until
 # YIELD_SECONDS have passed, then block, waking at least every SLEEP_SECONDS.
 SPIN_SECONDS = 50e-6
-YIELD_SECONDS = 200e-6
-SLEEP_SECONDS = 0.01
+SLEEP_SECONDS = RECHECK_SECONDS  # (YIELD_SECONDS too: the same as a link's wait)
 LIVENESS_SECONDS = 0.1
 
 _MAIN = threading.main_thread()
@@ -557,54 +557,31 @@ class ShmLink(Link):
         move = self.send_some if write else self.recv_some
         done, n = 0, len(view)
         start = time.perf_counter()
+        # No polling for a call run in the background (async_op): the caller computes meanwhile.
+        spin = self._spin if threading.current_thread() is _MAIN else 0.0
         while done < n:
             k = move(view[done:], op)
             done += k
             if not k:
-                self._block(write, start, op, f"{'took' if write else 'sent'} {done} of {n} bytes")
+                wait([(self, write)], op, spin, start, partial(self._late, write, done, n))
+
+    def _late(self, write: bool, done: int, n: int) -> str:
+        """Say what the peer did not do in time."""
+        return (f"{self.peer} {'took' if write else 'sent'} {done} of {n} bytes within "
+                f"{self.timeout:g} s (shared memory)")
 
     # -- waiting -----------------------------------------------------------------------------
 
-    def _ready(self, write: bool) -> bool:
+    def ready(self, write: bool) -> bool:
         q = self._q
         if write:
             return self._head - q[self._out_tail] < self.cap
         return q[self._in_head] != self._tail
 
-    def _block(self, write: bool, start: float, op: str, moved: str) -> None:
-        """Wait until the channel has room (`write`) or data; the deadline runs from `start`."""
-        now = time.perf_counter()
-        spin_until = now + (self._spin if threading.current_thread() is _MAIN else 0.0)
-        while now < spin_until:
-            if self._ready(write):
-                return
-            now = time.perf_counter()
-        yield_until = now + YIELD_SECONDS
-        while now < yield_until:
-            os.sched_yield()
-            if self._ready(write):
-                return
-            now = time.perf_counter()
-        deadline = start + self.timeout
-        sock = self._socks[0 if write else 1]
-        while True:
-            if self.arm(write):
-                self.disarm(write)
-                return
-            try:
-                self.check(op)
-                now = time.perf_counter()
-                if now >= deadline:
-                    raise CommTimeoutError(f"{op}: {self.peer} {moved} within "
-                                           f"{self.timeout:g} s (shared memory)")
-                select.select([sock], [], [], min(SLEEP_SECONDS, deadline - now))
-            finally:
-                self.disarm(write)
-
     def arm(self, write: bool) -> bool:
         self._q[self._out_sleep if write else self._in_sleep] = 1
         full_fence()
-        return self._ready(write)
+        return self.ready(write)
 
     def disarm(self, write: bool) -> None:
         self._q[self._out_sleep if write else self._in_sleep] = 0
@@ -622,8 +599,8 @@ class ShmLink(Link):
         except OSError:
             pass  # its queue is full (it wakes anyway) or it is gone
 
-    def fileno(self, write: bool) -> int:
-        return self._socks[0 if write else 1].fileno()
+    def readiness(self, write: bool) -> tuple[int, int]:
+        return self._socks[0 if write else 1].fileno(), select.POLLIN
 
     def rechecks(self) -> bool:
         return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import socket
 
 from ..errors import PeerError
@@ -19,6 +20,7 @@ class TcpLink(Link):
     def __init__(self, sock: socket.socket, peer: str, timeout: float) -> None:
         super().__init__(peer, timeout)
         self.sock = sock
+        self._pollers: dict[bool, select.poll] = {}
 
     def send(self, data: memoryview | bytes, op: str) -> None:
         send_all(self.sock, data, peer=self.peer, op=op, timeout=self.timeout)
@@ -45,8 +47,15 @@ class TcpLink(Link):
             raise PeerError(f"{op}: {self.peer} closed the connection (did it exit or crash?)")
         return k
 
-    def fileno(self, write: bool) -> int:
-        return self.sock.fileno()
+    def readiness(self, write: bool) -> tuple[int, int]:
+        return self.sock.fileno(), select.POLLOUT if write else select.POLLIN
+
+    def ready(self, write: bool) -> bool:
+        poller = self._pollers.get(write)
+        if poller is None:
+            poller = self._pollers[write] = select.poll()
+            poller.register(*self.readiness(write))
+        return bool(poller.poll(0))
 
     def arm(self, write: bool) -> bool:
         return False  # poll() tells

@@ -30,6 +30,7 @@ from ...transport import header, shm
 from ...transport.endpoint import Endpoint
 from ...transport.handshake import Hello, Kind
 from ...transport.link import Link, exchange
+from ...transport.link import path as link_path
 from ...transport.net import parse_address
 from ...transport.tcp import TcpLink
 from ...transport.watch import Activity, GroupInfo
@@ -310,8 +311,7 @@ class RingBackend(Backend):
 
     def _kind(self, algorithm: str) -> str:
         """Return the path name of `algorithm` over this ring's links: tcp-, shm- or mixed-."""
-        kinds = {link.kind for link in self._right[:1] + self._left[:1]}
-        return f"{kinds.pop() if len(kinds) == 1 else 'mixed'}-{algorithm}"
+        return link_path(self._right[:1] + self._left[:1], algorithm)
 
     # -- shared memory -------------------------------------------------------------------------
 
@@ -660,8 +660,7 @@ class RingBackend(Backend):
 
         def run() -> None:
             links = self._pair_links(time.monotonic() + self._ep.timeout)
-            kinds = {link.kind for link in links.values()}
-            self._took(f"{kinds.pop() if len(kinds) == 1 else 'mixed'}-pairs", sig)
+            self._took(link_path(list(links.values()), "pairs"), sig)
             got[r] = blocks[r]
             hdr = memoryview(header.pack(sig))
             theirs = memoryview(bytearray(header.SIZE))
