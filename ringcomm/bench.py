@@ -59,17 +59,18 @@ class Row:
     algbw_GBps: float
     busbw_GBps: float
     path: str = ""  # the transport and algorithm the op took (shm-slot, tcp-pipeline, ...)
+    core: str = ""  # which core ran it: native (the compiled core) or python
 
     def line(self) -> str:
         """Return the row in the table's columns."""
         return (f"{self.size_B:>12} {self.count:>11} {self.dtype:>8} {self.time_us:>10.1f} "
-                f"{self.algbw_GBps:>10.3f} {self.busbw_GBps:>10.3f}  {self.path}")
+                f"{self.algbw_GBps:>10.3f} {self.busbw_GBps:>10.3f}  {self.path} ({self.core})")
 
 
 def _table_head(op: str, ranks: int, backend: str) -> str:
     return (f"# ringcomm {op} p={ranks} backend={backend}; time_us is rank 0's median; "
             f"GBps = 1e9 bytes/s\n" + " ".join(f"{h:>{w}}" for h, w in
-                                              zip(_HEADER, (12, 11, 8, 10, 10, 10))) + "  path")
+                                              zip(_HEADER, (12, 11, 8, 10, 10, 10))) + "  path (core)")
 
 
 def measure(op: str, nbytes: int, dtype: np.dtype, iters: int | None = None) -> Row:
@@ -121,7 +122,8 @@ def measure(op: str, nbytes: int, dtype: np.dtype, iters: int | None = None) -> 
     alg = size / med
     return Row(op=op, ranks=p, backend=world.backend, size_B=size, count=count,
                dtype=str(dtype), iters=iters, time_us=med * 1e6, algbw_GBps=alg / 1e9,
-               busbw_GBps=alg * _BUS_FACTOR[op](p) / 1e9, path=world._backend.path)
+               busbw_GBps=alg * _BUS_FACTOR[op](p) / 1e9, path=world._backend.path,
+               core=world._backend.core)
 
 
 def plot(series: Mapping[str, Sequence[Mapping[str, float]]], path: str, title: str = "") -> None:

@@ -70,6 +70,8 @@ RESTART = "RINGCOMM_RESTART"
 TRACE = "RINGCOMM_TRACE"
 TRANSPORT = "RINGCOMM_TRANSPORT"
 DEBUG = "RINGCOMM_DEBUG"
+# 0: run the pure-Python path even where the compiled core is built (ringcomm.native).
+NATIVE = "RINGCOMM_NATIVE"
 MLX_RANK = "MLX_RANK"
 MLX_HOSTFILE = "MLX_HOSTFILE"
 # Both launchers' variables are set, so a program written for either finds its rank.

@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar, overload
 import numpy as np
 
 from . import _pool, environment
+from . import group as _groups
 from .arrays import adapt, check_dtype
 from .backends.base import Backend, ReduceOp
 from .errors import RingcommError
@@ -93,7 +94,19 @@ def _guarded(op: str, fn: Callable[[], Any], inputs: tuple[np.ndarray, ...]) -> 
     return run
 
 
+_ndarray = np.ndarray
+_SUM, _MAX, _MIN = ReduceOp.SUM, ReduceOp.MAX, ReduceOp.MIN
+
+
 def _reduce(op: str, rop: ReduceOp, x: ArrayT, group: Group | None, async_op: bool) -> Any:
+    if type(x) is _ndarray and not async_op:
+        # The latency path: a NumPy array, a group with no call in flight, a backend that has
+        # a fast path for it (it returns None where it has not).
+        g = _groups._world if group is None else group
+        if g is not None and g._calls._pending == 0:
+            y = g._backend.reduce_small(x, rop)  # type: ignore[arg-type]
+            if y is not None:
+                return y
     ad = adapt(x)
     a = ad.array
     check_dtype(a.dtype, op)
@@ -117,7 +130,7 @@ def all_sum(x: ArrayT, *, group: Group | None = ..., stream: object = ...,
 def all_sum(x: ArrayT, *, group: Group | None = None, stream: object = None,
             async_op: bool = False) -> ArrayT | Work:
     """Return the elementwise sum of `x` over all ranks (logical or for bool)."""
-    return _reduce("all_sum", ReduceOp.SUM, x, group, async_op)
+    return _reduce("all_sum", _SUM, x, group, async_op)
 
 
 @overload
@@ -129,7 +142,7 @@ def all_max(x: ArrayT, *, group: Group | None = ..., stream: object = ...,
 def all_max(x: ArrayT, *, group: Group | None = None, stream: object = None,
             async_op: bool = False) -> ArrayT | Work:
     """Return the elementwise maximum of `x` over all ranks."""
-    return _reduce("all_max", ReduceOp.MAX, x, group, async_op)
+    return _reduce("all_max", _MAX, x, group, async_op)
 
 
 @overload
@@ -141,7 +154,7 @@ def all_min(x: ArrayT, *, group: Group | None = ..., stream: object = ...,
 def all_min(x: ArrayT, *, group: Group | None = None, stream: object = None,
             async_op: bool = False) -> ArrayT | Work:
     """Return the elementwise minimum of `x` over all ranks."""
-    return _reduce("all_min", ReduceOp.MIN, x, group, async_op)
+    return _reduce("all_min", _MIN, x, group, async_op)
 
 
 @overload

@@ -80,16 +80,41 @@ def paths_taken(trace_dir: pathlib.Path, n: int, p2p: bool = False) -> set[str]:
             if e.get("ph") == "X" and (e["name"] in ("send", "recv")) == p2p}
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def cores_taken(trace_dir: pathlib.Path, n: int) -> set[str]:
+    """Return which cores (native, python) ran the ranks' small shared-memory reductions."""
+    from ringcomm import trace
+
+    return {e["args"]["core"] for r in range(n)
+            for e in trace.read_events(trace_dir / f"rank{r}.json")
+            if e.get("ph") == "X" and e["args"].get("path") == "shm-slot"
+            and e["name"] in ("all_sum", "all_max", "all_min")}
+
+
+def native_missing() -> str | None:
+    try:
+        from ringcomm import _native  # type: ignore[attr-defined]  # noqa: F401
+    except ImportError as e:
+        return f"the compiled core is not built here ({e}): no C compiler at install time?"
+    return None
+
+
+@pytest.mark.parametrize("n,core", [(1, "native"), (2, "native"), (3, "native"), (4, "native"),
+                                    (2, "python"), (4, "python")])
 @pytest.mark.timeout(240)
-def test_the_ring_passes_the_suite_through_ringcomm_launch(n: int, tmp_path) -> None:
-    # The ranks of one host talk through shared memory: every collective takes a shared path.
-    job = harness.run_ranks(n, "conformance.py", "ring", timeout=200, RINGCOMM_TRACE=str(tmp_path))
+def test_the_ring_passes_the_suite_through_ringcomm_launch(n: int, core: str, tmp_path) -> None:
+    # The suite on both paths: the compiled core, and pure Python (RINGCOMM_NATIVE=0).
+    if core == "native" and (reason := native_missing()):
+        pytest.skip(reason)
+    job = harness.run_ranks(n, "conformance.py", "ring", timeout=200, RINGCOMM_TRACE=str(tmp_path),
+                            RINGCOMM_NATIVE="1" if core == "native" else "0")
     assert_suite_passed(job, n, "ring")
     if n > 1:
-        # ("self": a split group of one rank.)
+        # The ranks of one host talk through shared memory: every collective takes a shared
+        # path. ("self": a split group of one rank.)
         assert paths_taken(tmp_path, n) - {"self"} == {"shm-slot", "shm-chunked"}
         assert paths_taken(tmp_path, n, p2p=True) == {"shm-p2p"}
+        # The trace says which core ran the small reductions, and it is the one asked for.
+        assert cores_taken(tmp_path, n) == {core}
 
 
 @pytest.mark.parametrize("n", [2, 3])

@@ -69,6 +69,11 @@ class Backend(ABC):
         """Return the transport and algorithm the last call took (for benchmarks and traces)."""
         return self.name
 
+    @property
+    def core(self) -> str:
+        """Return which core ran the last call: "native" (ringcomm's compiled core) or "python"."""
+        return "python"
+
     def all_reduce(self, buf: np.ndarray, op: ReduceOp) -> None:
         """Reduce `buf` elementwise over all ranks, in place; every rank gets the same bits."""
         self.all_reduce_into(buf, buf, op)
@@ -80,6 +85,13 @@ class Backend(ABC):
         `out` has `src`'s shape and dtype and may be `src` itself; every rank gets
         the same bits.
         """
+
+    def reduce_small(self, x: np.ndarray, op: ReduceOp) -> np.ndarray | None:
+        """Return the reduction of NumPy array `x` over all ranks by the backend's fast path
+        of small calls, or None when it has none for `x` (then the caller takes the general
+        `all_reduce_into`). It checks the call as every call is checked.
+        """
+        return None
 
     @abstractmethod
     def all_gather(self, buf: np.ndarray, out: np.ndarray) -> None:

@@ -71,6 +71,7 @@ from functools import partial
 
 import numpy as np
 
+from .. import native
 from ..errors import CommTimeoutError, PeerAbortedError, PeerError
 from .link import RECHECK_SECONDS, YIELD_SECONDS, Link, wait
 
@@ -314,6 +315,12 @@ class Shared:
         self._wake.setblocking(False)
         self._wake_to = [_wake_address(name, j) for j in range(count)]
         self._wake.bind(self._wake_to[index])
+        # The compiled core's view of the same memory (small calls), where it is built.
+        self.core = None if native.CORE is None else native.CORE.Segment(
+            mem, index, count, self.region, LINE, SLOT_BYTES, self._wake.fileno(),
+            [os.fsencode(a) for a in self._wake_to])
+        # The core's short wait: the spin (when it is on), then yielding until YIELD_SECONDS.
+        self.short_wait = (self._spin, YIELD_SECONDS)
 
     @classmethod
     def size_for(cls, count: int, staging: bool = True, links: int = 0
@@ -370,7 +377,7 @@ class Shared:
         pending = [j for j in (self._others if only is None else [only]) if q[at[j]] < goal]
         if not pending:
             acquire()
-            return self._abandoned(what)
+            return self.abandoned(what)
         start = time.perf_counter()
         # No polling for a call run in the background (async_op): the caller computes meanwhile.
         spin_until = start + (self._spin if threading.current_thread() is _MAIN else 0.0)
@@ -383,7 +390,18 @@ class Shared:
         if pending:
             self._sleep(pending, goal, start, what)
         acquire()
-        self._abandoned(what)
+        self.abandoned(what)
+
+    def wait_rest(self, what: str, start: float) -> None:
+        """Go on with a wait for our last post that began at `start` (perf_counter) and has
+        spun and yielded already (the compiled core's short wait): block until every local
+        rank has posted, within the deadline from `start`.
+        """
+        q, at, goal = self._q, self._posted_at, self.posts
+        pending = [j for j in self._others if q[at[j]] < goal]
+        if pending:
+            self._sleep(pending, goal, start, what)
+        acquire()
 
     def abandon(self) -> None:
         """Mark this rank as gone from the job: a late peer must not complete a call with it."""
@@ -393,7 +411,7 @@ class Shared:
             return  # closed already
         full_fence()
 
-    def _abandoned(self, what: str) -> None:
+    def abandoned(self, what: str) -> None:
         """Raise when a local peer has left the job (failed or gave up), even after it posted."""
         q, gone = self._q, self._gone_at
         for j in self._others:
@@ -440,6 +458,8 @@ class Shared:
         """Release this rank's mapping and wake-up socket (the name is long gone)."""
         for link in self._links.values():
             link.close()
+        if self.core is not None:
+            self.core.close()
         self._wake.close()
         if not sys.platform.startswith("linux"):
             try:

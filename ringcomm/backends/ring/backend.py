@@ -25,6 +25,7 @@ from typing import NoReturn
 import numpy as np
 
 from ... import environment, trace
+from ...arrays import check_dtype
 from ...errors import MismatchError, PeerError, RingcommError
 from ...transport import header, shm
 from ...transport.endpoint import Endpoint
@@ -37,7 +38,7 @@ from ...transport.watch import Activity, GroupInfo
 from ..base import Backend, ReduceOp
 from ..signature import REDUCTIONS, Op, Signature
 from . import pipeline
-from .local import Local, _even
+from .local import Local, Plan, _even
 
 __all__ = ["RingBackend", "create"]
 
@@ -88,7 +89,8 @@ def _tracked(method: Callable[..., None]) -> Callable[..., None]:
             buf = args[0] if args and isinstance(args[0], np.ndarray) else None
             tracer.span(a.op, start, end, {
                 "group": self._label, "call": a.seq, "bytes": 0 if buf is None else buf.nbytes,
-                "path": self._path, "wait_us": round((arrived - start) * 1e6, 1),
+                "path": self._path, "core": self.core,
+                "wait_us": round((arrived - start) * 1e6, 1),
                 "transfer_us": round((end - arrived) * 1e6, 1), "error": error})
     return call
 
@@ -134,6 +136,7 @@ class RingBackend(Backend):
         self._tracer = ep.tracer
         ep.watch.groups[gid] = GroupInfo(label, tuple(members))
         self._path = "self"  # the path the current call takes: for the trace, the log and bench
+        self._reduced = False
         self._debug = log.isEnabledFor(logging.DEBUG)
         self._arrived = 0.0  # when the current call first had a peer's header (traced calls)
         self._local: Local | None = None  # the host's ranks of this group, through shared memory
@@ -142,6 +145,9 @@ class RingBackend(Backend):
         self._local_ranks: list[int] = []  # the group ranks on this host that share the segment
         self._pairs: dict[int, Link] | None = None  # a link to every other rank (all_to_all)
         self._across: RingBackend | None = None  # this rank's ring across hosts (hierarchical)
+        # Small reductions of a group on one host, untraced: plans by (op, dtype, shape), or
+        # None (this group has no fast path).
+        self._fast: dict[tuple, Plan | None] | None = None
         if self._size > 1:
             right, left = self._world((self._rank + 1) % self._size), self._world(
                 (self._rank - 1) % self._size)
@@ -174,6 +180,15 @@ class RingBackend(Backend):
     def size(self) -> int:
         return self._size
 
+    @property
+    def core(self) -> str:
+        """Return which core ran the last call: "native" (the compiled core ran its hot loop:
+        a small reduction through shared memory) or "python"."""
+        local = self._local
+        if self._reduced and self._path == "shm-slot" and local is not None and local.core:
+            return "native"
+        return "python"
+
     def _world(self, r: int) -> int:
         return self._members[r]
 
@@ -186,6 +201,7 @@ class RingBackend(Backend):
         self._seq += 1
         self._watch.begin(Activity(op.label, self._gid, self._seq, -1, time.monotonic(), True))
         self._path = "self"  # until a path that moves data is taken
+        self._reduced = False  # whether the call is a reduction (the core runs those)
         return Signature(op, self._seq, self._gid, a.dtype, tuple(a.shape), self._rank, arg)
 
     def _checker(self, mine: Signature, src: int) -> Callable[[memoryview], None]:
@@ -426,7 +442,9 @@ class RingBackend(Backend):
                 self._left = [shared.link(local.index(left), p2p)]
         if not even:
             return
-        self._local = Local(shared, self._label)
+        self._local = Local(shared, self._label, self._watch, self._gid)
+        if len(hosts) == 1 and self._tracer is None and not self._debug:
+            self._fast = {}
         if len(hosts) > 1:
             across = [members[index] for members in hosts.values()]
             self._across = RingBackend(self._ep, [self._world(r) for r in across],
@@ -465,6 +483,7 @@ class RingBackend(Backend):
     @_tracked
     def all_reduce_into(self, src: np.ndarray, out: np.ndarray, op: ReduceOp) -> None:
         sig = self._sig(REDUCTIONS[op], src)
+        self._reduced = True
         if self._size == 1 or src.size == 0:
             if out is not src:
                 np.copyto(out, src)
@@ -482,6 +501,50 @@ class RingBackend(Backend):
             return self._run_or_fail(sig.op.label,
                                      lambda: self._hierarchical(flat, dst, ufunc, sig))
         self._reduce(flat, dst, ufunc, sig)
+
+    def reduce_small(self, x: np.ndarray, op: ReduceOp) -> np.ndarray | None:
+        """The latency path of a group on one host: `all_reduce_into` of a small array without
+        the per-call work that can be made once (signature, header, views: the Plan).
+
+        The call is numbered, checked against every rank's header and, when it has to
+        block, recorded in the watch, as every call is.
+        """
+        plans = self._fast
+        if plans is None:
+            return None
+        key = (op, x.dtype, x.shape)
+        plan = plans.get(key)
+        if plan is None:
+            if key in plans:
+                return None  # a kind the fast path does not take
+            plan = plans[key] = self._plan(x, op)
+            if plan is None:
+                return None
+        if not x.flags.c_contiguous:
+            return None
+        aborts = self._ep.aborts
+        if aborts._reason is not None:
+            aborts.raise_if_stopped()
+        seq = self._seq = self._seq + 1
+        out = np.empty(plan.sig.shape, plan.sig.dtype)
+        try:
+            self._local.reduce_small(x, out, plan, seq)  # type: ignore[union-attr]
+        except RingcommError as e:
+            self._fail(plan.sig.op.label, e)
+        self._watch.done[self._gid] = seq
+        self._path, self._reduced = "shm-slot", True
+        return out
+
+    def _plan(self, x: np.ndarray, op: ReduceOp) -> Plan | None:
+        """Return the plan of fast reductions like `x`, or None where they take another path."""
+        local = self._local
+        assert local is not None
+        kind = REDUCTIONS[op]
+        check_dtype(x.dtype, kind.label)
+        if x.size == 0 or x.nbytes > local.small or len(self._fast or ()) > 256:
+            return None
+        sig = Signature(kind, 0, self._gid, x.dtype, tuple(x.shape), self._rank)
+        return local.plan(sig, op.ufunc)
 
     def _reduce(self, flat: np.ndarray, dst: np.ndarray, ufunc: Callable, sig: Signature) -> None:
         """All-reduce over the TCP ring."""

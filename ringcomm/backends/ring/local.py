@@ -16,20 +16,36 @@ regions directly.
 Every post carries the call's header, and every rank compares all headers at
 the first wait of a call, before it reads any data as an array: ranks that
 disagree all raise MismatchError.
+
+A small reduction is the latency-critical call. Its per-kind `Plan` (header
+template, reduction, row views) is made once per (op, dtype, shape); the
+compiled core (`ringcomm.native`), where it is built, then does the whole call
+in one C call: header and data into the slot, post, the short wait, the
+checks (a rank that left, every header) and the reduction in rank order.
+When the short wait runs out, Python records the call in the watch and
+blocks with the deadline and liveness checks of `Shared.wait`; when a check
+fails, Python builds the error. Without the core, the same steps run in
+Python with the same plan.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from ...errors import MismatchError, PeerError
+from ... import native
+from ...errors import MismatchError, PeerAbortedError, PeerError
 from ...transport import header
 from ...transport.shm import HEADER, LINE, SLOT_BYTES, Shared
+from ...transport.watch import Activity, Watch
 from ..signature import Signature
 
-__all__ = ["Local"]
+__all__ = ["Local", "Plan"]
+
+_OPCODES: dict[Any, int] = {np.add: 0, np.maximum: 1, np.minimum: 2}
 
 # Where the call number lies in the header.
 _SEQ = slice(8, 16)
@@ -45,11 +61,29 @@ def _even(n: int, parts: int) -> list[tuple[int, int]]:
     return bounds
 
 
-class Local:
-    """The shared-memory collectives of a group whose ranks share this host."""
+class Plan(NamedTuple):
+    """What a small reduction of one kind (op, dtype, shape) needs on every call, made once."""
 
-    def __init__(self, shared: Shared, label: str) -> None:
+    template: bytes  # the header with call number 0
+    kind: int  # the core's element kind, or -1: Python reduces
+    opcode: int  # the core's op (sum, max, min), or -1
+    ufunc: np.ufunc
+    sig: Signature  # the call with number 0 (for error messages)
+    rows: tuple[np.ndarray, np.ndarray]  # per slot: every rank's data, (size, n)
+
+
+class Local:
+    """The shared-memory collectives of a group whose ranks share this host.
+
+    `watch` and `gid` let a small reduction record itself only when it has to block.
+    """
+
+    def __init__(self, shared: Shared, label: str, watch: Watch | None = None,
+                 gid: int = 0) -> None:
         self.sh = shared
+        self.core = shared.core
+        self.watch = watch
+        self.gid = gid
         self.label = label
         self.rank = shared.index
         self.size = shared.count
@@ -61,6 +95,8 @@ class Local:
         self._templates: dict[tuple, bytes] = {}
         self._views: dict[tuple, np.ndarray] = {}
         self._chunks = 0  # staging halves alternate by chunk, across calls
+        self._plans: dict[tuple, Plan] = {}
+        self._others = [j for j in range(self.size) if j != self.rank]
 
     def _half(self) -> int:
         """Return the staging half of the next chunk."""
@@ -99,15 +135,20 @@ class Local:
             at = self._slot_at[j][s]
             if j == self.rank or mem[at:at + HEADER] == mine:
                 continue
-            other = header.unpack(mem[at:at + HEADER])
-            if other is None:
-                raise PeerError(f"{sig.op.label}: {self.sh.names(j)} wrote a header that is not a "
-                                "ringcomm call (a different ringcomm version?)")
-            what = sig.differs(other._replace(rank=sig.rank)) or "the calls differ"
-            raise MismatchError(
-                f"{sig.op.label} mismatch in the {self.label} group: rank {self.rank} called "
-                f"{sig.describe()} but rank {j} called {other.describe()}: {what}; every rank "
-                "must make the same calls in the same order with the same dtype and shape")
+            self._differ(sig, j, s)
+
+    def _differ(self, sig: Signature, j: int, s: int) -> None:
+        """Raise the error of local rank j's header in slot s, which differs from `sig`'s."""
+        at = self._slot_at[j][s]
+        other = header.unpack(self._mem[at:at + HEADER])
+        if other is None:
+            raise PeerError(f"{sig.op.label}: {self.sh.names(j)} wrote a header that is not a "
+                            "ringcomm call (a different ringcomm version?)")
+        what = sig.differs(other._replace(rank=sig.rank)) or "the calls differ"
+        raise MismatchError(
+            f"{sig.op.label} mismatch in the {self.label} group: rank {self.rank} called "
+            f"{sig.describe()} but rank {j} called {other.describe()}: {what}; every rank "
+            "must make the same calls in the same order with the same dtype and shape")
 
     def _rows(self, s: int, dtype: np.dtype, count: int) -> np.ndarray:
         """Return the (size, count) view of every rank's slot `s` as `dtype` (cached)."""
@@ -148,12 +189,8 @@ class Local:
         """Reduce `flat` over the host's ranks into `out` (may be `flat`); return the path taken."""
         p, n, dt = self.size, flat.size, flat.dtype
         if flat.nbytes <= self.small:
-            s = self._gather_small(flat, sig)
-            # Rank order on every rank: the same bits everywhere.
-            if p == 2:
-                ufunc(self._row(0, s, dt, n), self._row(1, s, dt, n), out=out)
-            else:  # one reduction over a strided view of every slot (row after row)
-                ufunc.reduce(self._rows(s, dt, n), axis=0, out=out)
+            plan = self.plan(sig._replace(seq=0), ufunc)
+            self.reduce_small(flat, out, plan, sig.seq)
             return "shm-slot"
         self.begin(sig)
         i, halves, C = self.rank, self.sh.halves, self._chunk(dt)
@@ -176,6 +213,96 @@ class Local:
                     aj, bj = bounds[j]
                     out[o + aj:o + bj] = halves[j][h][aj * dt.itemsize:bj * dt.itemsize].view(dt)
         return "shm-chunked"
+
+    # -- the small reduction: the latency-critical call ---------------------------------------
+
+    def plan(self, sig: Signature, ufunc: np.ufunc) -> Plan:
+        """Return the plan of small reductions like `sig` (its call number 0), made once."""
+        key = (sig.op, sig.dtype, sig.shape)
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) > 256:
+                self._plans.clear()
+            n, dt = int(np.prod(sig.shape, dtype=np.int64)), sig.dtype
+            opcode = _OPCODES.get(ufunc, -1)
+            kind = native.kind(dt) if opcode >= 0 else -1
+            rows = (self._rows(0, dt, n), self._rows(1, dt, n))
+            plan = self._plans[key] = Plan(header.pack(sig._replace(rank=0)), kind, opcode, ufunc,
+                                           sig, rows)
+        return plan
+
+    def reduce_small(self, src: np.ndarray, out: np.ndarray, plan: Plan, seq: int) -> None:
+        """Reduce `src` (contiguous, at most `small` bytes) over the host's ranks into `out`.
+
+        Call number `seq`; rank order on every rank, so the same bits everywhere.
+        """
+        sh, core = self.sh, self.core
+        if core is None:
+            return self._reduce_small_py(src, out, plan, seq)
+        posts = sh.posts
+        spin, yield_ = sh.short_wait
+        code = core.allreduce(src, out, plan.template, seq, posts, plan.kind, plan.opcode, spin,
+                              yield_)
+        sh.posts = posts + 1
+        if code:
+            self._after(code, out, plan, seq, time.perf_counter() - yield_)
+
+    def _after(self, code: int, out: np.ndarray, plan: Plan, seq: int, start: float) -> None:
+        """Finish a core call that did not: block for the others, raise a failed check's error,
+        or reduce a dtype the core does not."""
+        sh, core, s = self.sh, self.core, self.sh.posts & 1
+        assert core is not None
+        label = plan.sig.op.label
+        if code == native.Codes.PENDING:
+            watch = self.watch
+            if watch is not None:
+                watch.begin(Activity(label, self.gid, seq, -1, time.monotonic(), True))
+            try:
+                sh.wait_rest(label, start)
+                code = core.finish(out, sh.posts, plan.kind, plan.opcode)
+            finally:
+                if watch is not None:
+                    watch.leave(self.gid)
+        if code == native.Codes.GONE:
+            sh.abandoned(label)
+            raise PeerAbortedError(f"{label}: a rank of this host left the job")
+        if code == native.Codes.MISMATCH:
+            sig = plan.sig._replace(seq=seq)
+            self._hdr = self._header(plan, seq)
+            self._compare(sig, s)
+            raise PeerError(f"{label}: the headers of the {self.label} group differ, yet match "
+                            "when read again (memory corrupted?)")
+        if code == native.Codes.REDUCE:
+            self._reduce_rows(plan, s, out)
+
+    @staticmethod
+    def _header(plan: Plan, seq: int) -> bytes:
+        t = plan.template
+        return t[:_SEQ.start] + seq.to_bytes(8, "little", signed=True) + t[_SEQ.stop:]
+
+    def _reduce_rows(self, plan: Plan, s: int, out: np.ndarray) -> None:
+        rows = plan.rows[s]
+        if self.size == 2:
+            plan.ufunc(rows[0], rows[1], out=out.reshape(-1))
+        else:  # one reduction over a strided view of every slot (row after row)
+            plan.ufunc.reduce(rows, axis=0, out=out.reshape(-1))
+
+    def _reduce_small_py(self, src: np.ndarray, out: np.ndarray, plan: Plan, seq: int) -> None:
+        """The pure-Python small reduction: the core's steps with the same plan."""
+        sh, mem = self.sh, self._mem
+        s = (sh.posts + 1) & 1
+        at = self._slot_at[self.rank][s]
+        hdr = self._hdr = self._header(plan, seq)
+        mem[at:at + HEADER] = hdr
+        if src.nbytes:
+            mem[at + HEADER:at + HEADER + src.nbytes] = src.reshape(-1)  # type: ignore[call-overload]
+        sh.post()
+        sh.wait(plan.sig.op.label)
+        for j in self._others:
+            a = self._slot_at[j][s]
+            if mem[a:a + HEADER] != hdr:
+                self._differ(plan.sig._replace(seq=seq), j, s)
+        self._reduce_rows(plan, s, out)
 
     def all_gather(self, flat: np.ndarray, out: np.ndarray, sig: Signature) -> str:
         """Fill `out` (size*n) with every rank's `flat` (n) in rank order; return the path."""

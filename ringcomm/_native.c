@@ -1,0 +1,429 @@
+/* The compiled core of ringcomm's shared-memory hot loop (optional: ringcomm/native.py).
+ *
+ * One small call of the ranks of a host, all in one C call per rank: write the
+ * call's header and data into this rank's slot, publish the post (a release
+ * store of the posted count), wake the ranks that sleep, wait for every other
+ * rank's post (spin, then yield the core, with the GIL released), then check
+ * that no rank left the job, compare every rank's header with this rank's, and
+ * reduce every rank's slot in rank order into the result: the same bits on
+ * every rank, the same as NumPy's rank-order reduction.
+ *
+ * The segment's layout, the header, the checks and the long (blocking) wait
+ * belong to the Python side (transport/shm.py, backends/ring/local.py): when
+ * the short wait runs out, when headers differ, when a rank left, or when the
+ * dtype is one this file does not reduce, the call returns a code and Python
+ * goes on with the same state. Nothing here blocks without a bound.
+ *
+ * Memory ordering: data stores, then a release store of the count; an acquire
+ * load of a peer's count, then reads of its data. A sleeping flag is read only
+ * after a full fence that follows the count's store, the waiter's side mirrors
+ * it (transport/shm.py says why).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <math.h>
+#include <sched.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+
+#define HEADER_BYTES 128
+#define SEQ_AT 8
+#define MAX_RANKS 256
+
+/* Return codes, mirrored in native.py. */
+enum { DONE = 0, PENDING = 1, MISMATCH = 2, GONE = 3, REDUCE = 4 };
+/* Element kinds (native.py's KINDS). */
+enum { K_F32, K_F64, K_I8, K_I16, K_I32, K_I64, K_U8, K_U16, K_U32, K_U64, K_BOOL, K_NONE = -1 };
+enum { OP_SUM = 0, OP_MAX = 1, OP_MIN = 2 };
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer mem;
+    int held;
+    char *base;
+    Py_ssize_t region, slots_at, slot_bytes;
+    int index, count;
+    int wake_fd;
+    struct sockaddr_un wake_to[MAX_RANKS];
+    socklen_t wake_len[MAX_RANKS];
+} Segment;
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static inline uint64_t *word(Segment *s, int j, int k)
+{
+    return (uint64_t *)(s->base + (Py_ssize_t)j * s->region) + k;
+}
+
+static inline char *slot(Segment *s, int j, int which)
+{
+    return s->base + (Py_ssize_t)j * s->region + s->slots_at + (Py_ssize_t)which * s->slot_bytes;
+}
+
+/* Words of a region's control line. */
+#define POSTED 0
+#define SLEEPING 1
+#define GONE_FLAG 2
+
+static void segment_release(Segment *self)
+{
+    if (self->held) {
+        PyBuffer_Release(&self->mem);
+        self->held = 0;
+        self->base = NULL;
+    }
+}
+
+static void segment_dealloc(Segment *self)
+{
+    segment_release(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Segment(mem, index, count, region, slots_at, slot_bytes, wake_fd, wake_addresses) */
+static int segment_init(Segment *self, PyObject *args, PyObject *kw)
+{
+    PyObject *mem, *addrs;
+    if (!PyArg_ParseTuple(args, "OiinnniO", &mem, &self->index, &self->count, &self->region,
+                          &self->slots_at, &self->slot_bytes, &self->wake_fd, &addrs))
+        return -1;
+    if (self->count < 1 || self->count > MAX_RANKS || self->index < 0 ||
+        self->index >= self->count) {
+        PyErr_Format(PyExc_ValueError, "a segment of %d ranks (this one %d): at most %d",
+                     self->count, self->index, MAX_RANKS);
+        return -1;
+    }
+    if (!PyList_Check(addrs) || PyList_GET_SIZE(addrs) != self->count) {
+        PyErr_SetString(PyExc_ValueError, "wake_addresses: a list of bytes, one per rank");
+        return -1;
+    }
+    for (int j = 0; j < self->count; j++) {
+        PyObject *a = PyList_GET_ITEM(addrs, j);
+        char *p;
+        Py_ssize_t n;
+        if (PyBytes_AsStringAndSize(a, &p, &n) < 0)
+            return -1;
+        if (n <= 0 || n > (Py_ssize_t)sizeof(self->wake_to[j].sun_path)) {
+            PyErr_SetString(PyExc_ValueError, "a wake-up address is empty or too long");
+            return -1;
+        }
+        memset(&self->wake_to[j], 0, sizeof(self->wake_to[j]));
+        self->wake_to[j].sun_family = AF_UNIX;
+        memcpy(self->wake_to[j].sun_path, p, (size_t)n);
+        /* An abstract address (leading NUL) is exactly its bytes long; a path ends in a NUL. */
+        self->wake_len[j] = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n +
+                                        (p[0] == '\0' ? 0 : 1));
+    }
+    segment_release(self);
+    if (PyObject_GetBuffer(mem, &self->mem, PyBUF_WRITABLE) < 0)
+        return -1;
+    self->held = 1;
+    if (self->mem.len < self->region * self->count ||
+        self->slots_at + 2 * self->slot_bytes > self->region) {
+        segment_release(self);
+        PyErr_SetString(PyExc_ValueError, "the segment is smaller than its regions");
+        return -1;
+    }
+    self->base = (char *)self->mem.buf;
+    return 0;
+}
+
+/* ---- reductions, in rank order: out = r0 op r1 op ... ---------------------------------- */
+
+#define SUM_LOOP(T, U)                                                                         \
+    static void sum_##T(char *out_, char *const *rows, int p, Py_ssize_t n)                   \
+    {                                                                                          \
+        T *out = (T *)out_;                                                                    \
+        const T *r0 = (const T *)rows[0];                                                      \
+        for (Py_ssize_t i = 0; i < n; i++) out[i] = r0[i];                                     \
+        for (int j = 1; j < p; j++) {                                                          \
+            const T *r = (const T *)rows[j];                                                   \
+            for (Py_ssize_t i = 0; i < n; i++) out[i] = (T)((U)out[i] + (U)r[i]);              \
+        }                                                                                      \
+    }
+
+/* NumPy's maximum and minimum: NaN wins. */
+#define CMP_LOOP(T, NAME, CMP)                                                                 \
+    static void NAME##_##T(char *out_, char *const *rows, int p, Py_ssize_t n)                \
+    {                                                                                          \
+        T *out = (T *)out_;                                                                    \
+        const T *r0 = (const T *)rows[0];                                                      \
+        for (Py_ssize_t i = 0; i < n; i++) out[i] = r0[i];                                     \
+        for (int j = 1; j < p; j++) {                                                          \
+            const T *r = (const T *)rows[j];                                                   \
+            for (Py_ssize_t i = 0; i < n; i++) {                                               \
+                T a = out[i], b = r[i];                                                        \
+                out[i] = (a CMP b || a != a) ? a : b;                                          \
+            }                                                                                  \
+        }                                                                                      \
+    }
+
+#define ALL_LOOPS(T, U) SUM_LOOP(T, U) CMP_LOOP(T, max, >=) CMP_LOOP(T, min, <=)
+
+ALL_LOOPS(float, float)
+ALL_LOOPS(double, double)
+ALL_LOOPS(int8_t, uint8_t)
+ALL_LOOPS(int16_t, uint16_t)
+ALL_LOOPS(int32_t, uint32_t)
+ALL_LOOPS(int64_t, uint64_t)
+ALL_LOOPS(uint8_t, uint8_t)
+ALL_LOOPS(uint16_t, uint16_t)
+ALL_LOOPS(uint32_t, uint32_t)
+ALL_LOOPS(uint64_t, uint64_t)
+
+/* bool: sum is logical or (as NumPy's add), max is or, min is and. */
+static void or_bool(char *out_, char *const *rows, int p, Py_ssize_t n)
+{
+    uint8_t *out = (uint8_t *)out_;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint8_t v = 0;
+        for (int j = 0; j < p; j++) v |= (uint8_t)rows[j][i];
+        out[i] = v ? 1 : 0;
+    }
+}
+
+static void and_bool(char *out_, char *const *rows, int p, Py_ssize_t n)
+{
+    uint8_t *out = (uint8_t *)out_;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint8_t v = 1;
+        for (int j = 0; j < p; j++) v &= (uint8_t)(rows[j][i] != 0);
+        out[i] = v;
+    }
+}
+
+typedef void (*reducer)(char *, char *const *, int, Py_ssize_t);
+
+#define ROW(T) {sum_##T, max_##T, min_##T}
+static const reducer REDUCERS[][3] = {
+    ROW(float), ROW(double), ROW(int8_t), ROW(int16_t), ROW(int32_t), ROW(int64_t),
+    ROW(uint8_t), ROW(uint16_t), ROW(uint32_t), ROW(uint64_t), {or_bool, or_bool, and_bool},
+};
+static const int ITEMSIZE[] = {4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1};
+#define N_KINDS ((int)(sizeof(ITEMSIZE) / sizeof(ITEMSIZE[0])))
+
+/* ---- posting and waiting ---------------------------------------------------------------- */
+
+static int all_posted(Segment *s, uint64_t goal)
+{
+    for (int j = 0; j < s->count; j++)
+        if (j != s->index && __atomic_load_n(word(s, j, POSTED), __ATOMIC_ACQUIRE) < goal)
+            return 0;
+    return 1;
+}
+
+/* Publish post number `goal`, then wake the local ranks that sleep. */
+static void post(Segment *s, uint64_t goal)
+{
+    __atomic_store_n(word(s, s->index, POSTED), goal, __ATOMIC_RELEASE);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    for (int j = 0; j < s->count; j++) {
+        if (j != s->index && __atomic_load_n(word(s, j, SLEEPING), __ATOMIC_RELAXED)) {
+            /* A full queue means it wakes anyway; a gone peer is found by the checks. */
+            (void)sendto(s->wake_fd, "\1", 1, MSG_DONTWAIT, (struct sockaddr *)&s->wake_to[j],
+                         s->wake_len[j]);
+        }
+    }
+}
+
+/* Wait up to `spin` seconds polling, then yielding until `yield` seconds; return whether all
+ * posted. The GIL is released while waiting. */
+static int short_wait(Segment *s, uint64_t goal, double spin, double yield)
+{
+    if (all_posted(s, goal))
+        return 1;
+    int ok = 0;
+    Py_BEGIN_ALLOW_THREADS
+    double start = now(), t = start;
+    unsigned k = 0;
+    while (!(ok = all_posted(s, goal))) {
+        if ((++k & 15) == 0) {
+            t = now();
+            if (t - start >= yield)
+                break;
+        }
+        if (t - start >= spin)
+            sched_yield();
+    }
+    Py_END_ALLOW_THREADS
+    return ok;
+}
+
+/* After every rank posted into slot `which`: check that nobody left, compare headers, reduce. */
+static int finish(Segment *s, int which, char *out, Py_ssize_t n, int kind, int op)
+{
+    for (int j = 0; j < s->count; j++)
+        if (j != s->index && __atomic_load_n(word(s, j, GONE_FLAG), __ATOMIC_ACQUIRE))
+            return GONE;
+    const char *mine = slot(s, s->index, which);
+    for (int j = 0; j < s->count; j++)
+        if (j != s->index && memcmp(slot(s, j, which), mine, HEADER_BYTES) != 0)
+            return MISMATCH;
+    if (kind < 0 || kind >= N_KINDS || op < 0 || op > 2)
+        return REDUCE;
+    char *rows[MAX_RANKS];
+    for (int j = 0; j < s->count; j++) rows[j] = slot(s, j, which) + HEADER_BYTES;
+    REDUCERS[kind][op](out, rows, s->count, n);
+    return DONE;
+}
+
+static int check_ready(Segment *s)
+{
+    if (!s->held) {
+        PyErr_SetString(PyExc_ValueError, "the segment was released");
+        return -1;
+    }
+    return 0;
+}
+
+/* allreduce(src, out, template, seq, posts, kind, op, spin, yield) -> code
+ *
+ * `template` is the call's 128-byte header (its call number is written at SEQ_AT);
+ * `posts` this rank's post count before the call, so the call is post `posts + 1` and uses
+ * slot `(posts + 1) & 1`. PENDING: posted, not every rank has; wait, then call `finish`. */
+static PyObject *segment_allreduce(Segment *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "allreduce takes 9 arguments");
+        return NULL;
+    }
+    if (check_ready(self) < 0)
+        return NULL;
+    char *tmpl;
+    Py_ssize_t tn;
+    if (PyBytes_AsStringAndSize(args[2], &tmpl, &tn) < 0)
+        return NULL;
+    long long seq = PyLong_AsLongLong(args[3]);
+    long long posts = PyLong_AsLongLong(args[4]);
+    int kind = (int)PyLong_AsLong(args[5]);
+    int op = (int)PyLong_AsLong(args[6]);
+    double spin = PyFloat_AsDouble(args[7]);
+    double yield = PyFloat_AsDouble(args[8]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (tn != HEADER_BYTES) {
+        PyErr_SetString(PyExc_ValueError, "the header template must be 128 bytes");
+        return NULL;
+    }
+    Py_buffer src, out;
+    if (PyObject_GetBuffer(args[0], &src, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &out, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&src);
+        return NULL;
+    }
+    int code = -1;
+    if (src.len != out.len || src.len > self->slot_bytes - HEADER_BYTES) {
+        PyErr_SetString(PyExc_ValueError, "allreduce: the buffers differ or exceed a slot");
+        goto done;
+    }
+    Py_ssize_t isz = kind >= 0 && kind < N_KINDS ? ITEMSIZE[kind] : 1;
+    uint64_t goal = (uint64_t)posts + 1;
+    int which = (int)(goal & 1);
+    char *mine = slot(self, self->index, which);
+    memcpy(mine, tmpl, HEADER_BYTES);
+    int64_t s64 = (int64_t)seq;
+    memcpy(mine + SEQ_AT, &s64, 8); /* little-endian hosts only: native.py checks */
+    memcpy(mine + HEADER_BYTES, src.buf, (size_t)src.len);
+    post(self, goal);
+    if (!short_wait(self, goal, spin, yield)) {
+        code = PENDING;
+        goto done;
+    }
+    code = finish(self, which, out.buf, src.len / isz, kind, op);
+done:
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&out);
+    if (code < 0)
+        return NULL;
+    return PyLong_FromLong(code);
+}
+
+/* finish(out, posts, kind, op) -> code: after a PENDING allreduce's long wait (posts: the
+ * count it posted). */
+static PyObject *segment_finish(Segment *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "finish takes 4 arguments");
+        return NULL;
+    }
+    if (check_ready(self) < 0)
+        return NULL;
+    long long posts = PyLong_AsLongLong(args[1]);
+    int kind = (int)PyLong_AsLong(args[2]);
+    int op = (int)PyLong_AsLong(args[3]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!all_posted(self, (uint64_t)posts)) {
+        PyErr_SetString(PyExc_RuntimeError, "finish: not every rank has posted");
+        return NULL;
+    }
+    Py_buffer out;
+    if (PyObject_GetBuffer(args[0], &out, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0)
+        return NULL;
+    Py_ssize_t isz = kind >= 0 && kind < N_KINDS ? ITEMSIZE[kind] : 1;
+    int code = finish(self, (int)(posts & 1), out.buf, out.len / isz, kind, op);
+    PyBuffer_Release(&out);
+    return PyLong_FromLong(code);
+}
+
+static PyObject *segment_close(Segment *self, PyObject *unused)
+{
+    segment_release(self);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef segment_methods[] = {
+    {"allreduce", (PyCFunction)(void (*)(void))segment_allreduce, METH_FASTCALL,
+     "allreduce(src, out, template, seq, posts, kind, op, spin, yield) -> code"},
+    {"finish", (PyCFunction)(void (*)(void))segment_finish, METH_FASTCALL,
+     "finish(out, posts, kind, op) -> code"},
+    {"close", (PyCFunction)segment_close, METH_NOARGS, "Release the segment's memory."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject SegmentType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ringcomm._native.Segment",
+    .tp_basicsize = sizeof(Segment),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One rank's view of its host's shared segment: the small-call hot loop.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)segment_init,
+    .tp_dealloc = (destructor)segment_dealloc,
+    .tp_methods = segment_methods,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "ringcomm._native",
+    "The compiled core of ringcomm's shared-memory small calls (optional).", -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__native(void)
+{
+    if (PyType_Ready(&SegmentType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&SegmentType);
+    if (PyModule_AddObject(m, "Segment", (PyObject *)&SegmentType) < 0) {
+        Py_DECREF(&SegmentType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyModule_AddIntConstant(m, "HEADER", HEADER_BYTES);
+    PyModule_AddIntConstant(m, "MAX_RANKS", MAX_RANKS);
+    return m;
+}

@@ -1,0 +1,215 @@
+"""The compiled core (ringcomm/_native.c) and the pure-Python path beside it.
+
+The core's reductions must give NumPy's bits in rank order for every dtype it
+takes, its checks must report what Python then turns into errors, and the
+package must install and run where no C compiler exists, saying so.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ringcomm import native
+from ringcomm.transport.header import pack
+from ringcomm.backends.signature import Op, Signature
+from ringcomm.transport.shm import HEADER, LINE, SLOT_BYTES, region_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+try:
+    from ringcomm import _native  # type: ignore[attr-defined]
+except ImportError as e:  # pragma: no cover - a machine without a compiler
+    _native = None
+    WHY = f"the compiled core is not built here ({e})"
+else:
+    WHY = ""
+
+needs_core = pytest.mark.skipif(_native is None, reason=WHY)
+
+
+class Ranks:
+    """`p` cores over one anonymous mapping: the ranks of a host, in one process."""
+
+    def __init__(self, p: int) -> None:
+        self.region = region_bytes(0)
+        self.mem = mmap.mmap(-1, self.region * p)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        addrs = [f"\0ringcomm-test-{os.getpid()}-{j}".encode() for j in range(p)]
+        self.cores = [_native.Segment(self.mem, j, p, self.region, LINE, SLOT_BYTES,
+                                      self.sock.fileno(), addrs) for j in range(p)]
+        self.posts = 0
+
+    def reduce(self, rows: list[np.ndarray], op: int, kind: int, headers: list[bytes]
+               ) -> tuple[list[int], list[np.ndarray]]:
+        """Run one call on every rank: all but the last post and find the others missing
+        (PENDING), the last completes, then the others finish. Return codes and results."""
+        outs = [np.empty_like(r) for r in rows]
+        codes = [c.allreduce(r, o, h, 7, self.posts, kind, op, 0.0, 0.0)
+                 for c, r, o, h in zip(self.cores, rows, outs, headers)]
+        assert codes[:-1] == [native.Codes.PENDING] * (len(rows) - 1)
+        self.posts += 1
+        for j in range(len(rows) - 1):
+            codes[j] = self.cores[j].finish(outs[j], self.posts, kind, op)
+        return codes, outs
+
+    def close(self) -> None:
+        for c in self.cores:
+            c.close()
+        self.mem.close()
+        self.sock.close()
+
+
+def header(dt: np.dtype, shape: tuple[int, ...], op: Op = Op.ALL_SUM) -> bytes:
+    return pack(Signature(op, 0, 1, dt, shape, 0))
+
+
+DTYPES = sorted(native.KINDS, key=native.KINDS.__getitem__)
+
+
+@needs_core
+@pytest.mark.parametrize("p", [2, 3, 5])
+@pytest.mark.parametrize("dt", DTYPES, ids=str)
+def test_the_core_reduces_as_numpy_in_rank_order_bit_for_bit(p: int, dt: np.dtype) -> None:
+    rng = np.random.default_rng(p)
+    n = 257
+    if dt.kind == "f":
+        rows = [(rng.standard_normal(n) * 10.0 ** rng.integers(-3, 3, n)).astype(dt) for _ in range(p)]
+        for r in rows:
+            r[:4] = [np.nan, np.inf, -np.inf, -0.0]  # NaN wins max and min, as in NumPy
+    elif dt.kind == "b":
+        rows = [rng.integers(0, 2, n).astype(dt) for _ in range(p)]
+    else:  # the whole range: sums wrap around as NumPy's do
+        info = np.iinfo(dt)
+        rows = [rng.integers(info.min, info.max, n, dtype=dt, endpoint=True) for _ in range(p)]
+    ranks = Ranks(p)
+    try:
+        for op, ufunc in enumerate((np.add, np.maximum, np.minimum)):
+            want = rows[0].copy()
+            with np.errstate(all="ignore"):
+                for r in rows[1:]:
+                    ufunc(want, r, out=want)
+            codes, outs = ranks.reduce(rows, op, native.kind(dt), [header(dt, (n,))] * p)
+            assert codes == [native.Codes.DONE] * p
+            for out in outs:
+                assert out.tobytes() == want.tobytes(), (ufunc.__name__, out[:8], want[:8])
+    finally:
+        ranks.close()
+
+
+@needs_core
+def test_the_core_checks_every_header_and_leaves_other_dtypes_to_python() -> None:
+    ranks = Ranks(3)
+    try:
+        x = np.arange(4, dtype=np.float32)
+        f32 = native.kind(np.dtype(np.float32))
+        same = header(x.dtype, x.shape)
+        codes, _ = ranks.reduce([x, x, x], 0, f32, [same, header(x.dtype, (2, 2)), same])
+        assert codes == [native.Codes.MISMATCH] * 3  # every rank sees it
+        h16 = header(np.dtype(np.float16), (4,))
+        y = x.astype(np.float16)
+        codes, _ = ranks.reduce([y, y, y], 0, native.kind(np.dtype(np.float16)), [h16] * 3)
+        assert codes == [native.Codes.REDUCE] * 3  # checked; Python reduces float16
+        # A rank that left the job: the others' calls fail (GONE) even though it posted.
+        q = memoryview(ranks.mem).cast("Q")
+        q[ranks.region // 8 + 2] = 1
+        codes, _ = ranks.reduce([x, x, x], 0, f32, [same] * 3)
+        assert codes[0] == codes[2] == native.Codes.GONE
+        q.release()
+    finally:
+        ranks.close()
+
+
+@needs_core
+def test_the_core_refuses_buffers_that_do_not_fit() -> None:
+    ranks = Ranks(2)
+    try:
+        big = np.zeros(SLOT_BYTES, dtype=np.uint8)
+        with pytest.raises(ValueError, match="exceed a slot"):
+            ranks.cores[0].allreduce(big, big.copy(), header(big.dtype, big.shape), 1, 0, 6, 0,
+                                     0.0, 0.0)
+        x = np.zeros(4, np.float32)
+        with pytest.raises(ValueError, match="128 bytes"):
+            ranks.cores[0].allreduce(x, x.copy(), b"short", 1, 0, 0, 0, 0.0, 0.0)
+        ranks.cores[0].close()
+        with pytest.raises(ValueError, match="released"):
+            ranks.cores[0].allreduce(x, x.copy(), header(x.dtype, x.shape), 1, 0, 0, 0, 0.0, 0.0)
+    finally:
+        ranks.close()
+
+
+def test_header_size_agrees_with_the_core() -> None:
+    assert HEADER == 128
+    if _native is not None:
+        assert _native.HEADER == HEADER
+
+
+@pytest.mark.timeout(300)
+def test_the_package_installs_and_runs_without_a_compiler(tmp_path: Path) -> None:
+    """No working C compiler: the build warns, the package installs, runs its pure-Python path
+    and says so; RINGCOMM_NATIVE=1 then fails with what to do."""
+    if shutil.which("git") is None:
+        pytest.skip("needs git to copy the source tree")
+    src = tmp_path / "src"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file() and not f.endswith(".so"):
+            (src / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, src / f)
+    env_dir = tmp_path / "venv"
+    # Its own site-packages: a user's machine, not this one's installed (editable) ringcomm.
+    venv.create(env_dir, with_pip=True)
+    py = str(env_dir / "bin" / "python")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("RINGCOMM_")}
+    # As a user's `pip install`: an isolated build (setuptools from the registry).
+    environ.update(CC="false", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    build = subprocess.run([py, "-m", "pip", "install", "-v", str(src)],
+                           capture_output=True, text=True, env=environ, timeout=240)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    assert "building extension \"ringcomm._native\" failed" in build.stdout + build.stderr
+    probe = ("import ringcomm, ringcomm.native as n, sys; "
+             "print(ringcomm.__file__); print(n.PATH); print(sys.executable)")
+    run = subprocess.run([py, "-c", probe], capture_output=True, text=True, env=environ,
+                         cwd=tmp_path, timeout=60)
+    assert run.returncode == 0, run.stderr
+    where, path, exe = run.stdout.split()
+    assert where.startswith(str(env_dir)), f"ringcomm came from {where}, not the new venv"
+    assert path == "python"
+    assert exe == py
+    job = tmp_path / "job.py"
+    job.write_text("import numpy as np, ringcomm\n"
+                   "w = ringcomm.init()\n"
+                   "y = ringcomm.all_sum(np.full(3, w.rank() + 1.0))\n"
+                   "assert (y == 3).all(), y\n"
+                   "print('rank', w.rank(), 'core', w._backend.core, ringcomm.native.PATH)\n")
+    ran = subprocess.run([py, "-m", "ringcomm", "launch", "-n", "2", py, str(job)],
+                         capture_output=True, text=True, env=environ, cwd=tmp_path, timeout=120)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert sorted(ln for ln in ran.stdout.splitlines() if ln.startswith("rank")) == [
+        "rank 0 core python python", "rank 1 core python python"]
+    forced = subprocess.run([py, "-c", "import ringcomm.native"], capture_output=True, text=True,
+                            env={**environ, "RINGCOMM_NATIVE": "1"}, cwd=tmp_path, timeout=60)
+    assert forced.returncode != 0
+    assert "RINGCOMM_NATIVE=1 but ringcomm's compiled core is not built" in forced.stderr
+    assert "reinstall with a C compiler" in forced.stderr
+
+
+@needs_core
+def test_ringcomm_native_0_forces_the_python_path() -> None:
+    probe = "import ringcomm.native as n; print(n.PATH, n.CORE)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         env={**os.environ, "RINGCOMM_NATIVE": "0"}, timeout=60, check=True)
+    assert out.stdout.split() == ["python", "None"]
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         env={**os.environ, "RINGCOMM_NATIVE": ""}, timeout=60, check=True)
+    assert out.stdout.split()[0] == "native"
