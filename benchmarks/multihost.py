@@ -100,25 +100,26 @@ def stream(cluster: netns.Cluster, python: str, seconds: float) -> tuple[float |
 
 
 def ringcomm_job(cluster: netns.Cluster, sizes: list[int], per_host: int = 1,
-                 transport: str = "auto") -> peers.Job:
+                 transport: str = "auto", op: str = "all_sum") -> peers.Job:
     env = cluster.env()
     env["PYTHONPATH"] = str(REPO)
     env.pop("RINGCOMM_TIMEOUT", None)
     argv = [sys.executable, "-m", "ringcomm", "launch", "--hosts", ",".join(cluster.ips[:2]),
             "-n", str(per_host), "--no-stdin", "--env", f"PYTHONPATH={REPO}",
             "--env", f"RINGCOMM_TRANSPORT={transport}", "-m", "ringcomm.bench",
-            "--json", "--sizes", ",".join(map(str, sizes))]
+            "--json", "--op", op, "--sizes", ",".join(map(str, sizes))]
     name = "ringcomm" if transport == "auto" else f"ringcomm-{transport}"
     return peers.Job(name, f"{per_host} rank(s) per host, RINGCOMM_TRANSPORT={transport}",
                      [argv], env)
 
 
 def peer_job(peer: str, cluster: netns.Cluster, sizes: list[int], root: Path,
-             workdir: Path) -> peers.Job:
-    """Return `peer`'s benchmark with one rank on each of the first two hosts."""
+             workdir: Path, op: str = "all_sum") -> peers.Job:
+    """Return `peer`'s benchmark of `op` with one rank on each of the first two hosts."""
     bin_dir = peerenv.bin_dir(root)
     python = str(bin_dir / "python")
-    script = str(HERE / "peers" / f"bench_{peer}.py")
+    script = str(HERE / "peers" / (f"bench_{peer}.py" if op == "all_sum" else
+                                   f"bench_{peer}_{op}.py"))
     args = [str(s) for s in sizes]
     env = cluster.env(peers.base_env(root))
     ips = cluster.ips[:2]

@@ -12,6 +12,12 @@ second. Every result is checked, so a fast wrong answer fails the run.
 `sendrecv` is a ping-pong between ranks 0 and 1 (the others wait): rank 0
 sends, rank 1 receives and sends it back; time_us is half the round trip
 (one way, as OSU's latency test reports it) and busbw = algbw.
+
+`decode` is a tensor-parallel inference step: DECODE_CALLS all_sums of the
+size (one per sharded layer; 16 KiB by default) and one 4-byte all_sum, back
+to back. time_us is the median step's time per all_sum (over DECODE_CALLS +
+1), bandwidths are those of the sized all_sums at that time, and steps_per_s
+is what a model would generate per second were communication all it did.
 """
 
 from __future__ import annotations
@@ -33,10 +39,13 @@ from . import environment
 
 __all__ = ["OPS", "Row", "main", "measure", "plot"]
 
-OPS = ("all_sum", "all_gather", "broadcast", "all_to_all", "sendrecv")
+OPS = ("all_sum", "all_gather", "broadcast", "all_to_all", "sendrecv", "decode")
 _BUS_FACTOR = {"all_sum": lambda p: 2 * (p - 1) / p, "all_gather": lambda p: (p - 1) / p,
                "broadcast": lambda p: 1.0, "all_to_all": lambda p: (p - 1) / p,
-               "sendrecv": lambda p: 1.0}
+               "sendrecv": lambda p: 1.0, "decode": lambda p: 2 * (p - 1) / p}
+# The decode step (as benchmarks/peers/_common.py's): calls of the size, then one of 4 bytes.
+DECODE_CALLS = 100
+DECODE_STEPS = 60
 _DEFAULT_SIZES = "4,4096,65536,1048576,16777216,67108864"
 _UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 _HEADER = ("size_B", "count", "dtype", "time_us", "algbw_GBps", "busbw_GBps", "path")
@@ -60,11 +69,13 @@ class Row:
     busbw_GBps: float
     path: str = ""  # the transport and algorithm the op took (shm-slot, tcp-pipeline, ...)
     core: str = ""  # which core ran it: native (the compiled core) or python
+    steps_per_s: float = 0.0  # decode only: steps per second
 
     def line(self) -> str:
         """Return the row in the table's columns."""
+        steps = f" {self.steps_per_s:.0f} steps/s" if self.op == "decode" else ""
         return (f"{self.size_B:>12} {self.count:>11} {self.dtype:>8} {self.time_us:>10.1f} "
-                f"{self.algbw_GBps:>10.3f} {self.busbw_GBps:>10.3f}  {self.path} ({self.core})")
+                f"{self.algbw_GBps:>10.3f} {self.busbw_GBps:>10.3f}  {self.path} ({self.core}){steps}")
 
 
 def _table_head(op: str, ranks: int, backend: str) -> str:
@@ -100,6 +111,8 @@ def measure(op: str, nbytes: int, dtype: np.dtype, iters: int | None = None) -> 
                                           "sendrecv": sendrecv}
     if op == "sendrecv" and p < 2:
         raise ValueError("sendrecv needs at least 2 ranks; try -n 2")
+    if op == "decode":
+        return _decode(world, x, iters or DECODE_STEPS)
     fn = ops[op]
     if iters is None:
         iters = max(5, min(200, int(2e8 // max(nbytes, 1))))
@@ -124,6 +137,37 @@ def measure(op: str, nbytes: int, dtype: np.dtype, iters: int | None = None) -> 
                dtype=str(dtype), iters=iters, time_us=med * 1e6, algbw_GBps=alg / 1e9,
                busbw_GBps=alg * _BUS_FACTOR[op](p) / 1e9, path=world._backend.path,
                core=world._backend.core)
+
+
+def _decode(world: Any, x: np.ndarray, steps: int) -> Row:
+    """Time decode steps of `x`-sized all_sums (see the module's docstring)."""
+    import ringcomm
+
+    p = world.size()
+    one = np.ones(1, dtype=x.dtype)
+
+    def step() -> tuple[np.ndarray, tuple[str, str]]:
+        for _ in range(DECODE_CALLS):
+            ringcomm.all_sum(x)
+        path = world._backend.path, world._backend.core
+        return ringcomm.all_sum(one), path
+
+    for _ in range(3):
+        y, (path, core) = step()
+    if not (y == p).all():
+        raise AssertionError(f"decode: the step's 4-byte all_sum gave {y}, expected {p}")
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    step_s = float(np.median(times))
+    med = step_s / (DECODE_CALLS + 1)
+    alg = x.nbytes / med
+    return Row(op="decode", ranks=p, backend=world.backend, size_B=x.nbytes, count=x.size,
+               dtype=str(x.dtype), iters=steps, time_us=med * 1e6, algbw_GBps=alg / 1e9,
+               busbw_GBps=alg * _BUS_FACTOR["decode"](p) / 1e9, path=path, core=core,
+               steps_per_s=1.0 / step_s)
 
 
 def plot(series: Mapping[str, Sequence[Mapping[str, float]]], path: str, title: str = "") -> None:
@@ -236,9 +280,9 @@ def _parser() -> _Parser:
     p.add_argument("-n", type=_positive, default=2, help="local ranks to start (default 2)")
     p.add_argument("--op", type=_ops, default=["all_sum"],
                    help=f"op or comma-separated ops: {', '.join(OPS)} (default all_sum)")
-    p.add_argument("--sizes", type=_sizes, default=_sizes(_DEFAULT_SIZES),
+    p.add_argument("--sizes", type=_sizes, default=None,
                    help=f"comma-separated sizes in bytes, k/m/g suffixes allowed "
-                        f"(default {_DEFAULT_SIZES})")
+                        f"(default {_DEFAULT_SIZES}; for decode alone 16384)")
     p.add_argument("--dtype", type=_dtype, default=np.dtype("float32"),
                    help="element type (default float32)")
     p.add_argument("--iters", type=_positive, default=None,
@@ -347,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; check arguments and start `-n` ranks first unless this is a rank."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.sizes is None:
+        args.sizes = [16 << 10] if args.op == ["decode"] else _sizes(_DEFAULT_SIZES)
     if args.plot:
         try:
             import matplotlib  # noqa: F401

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from ringcomm import native
-from ringcomm.transport.header import pack
 from ringcomm.backends.signature import Op, Signature
+from ringcomm.transport.header import pack
 from ringcomm.transport.shm import HEADER, LINE, SLOT_BYTES, region_bytes
 
 ROOT = Path(__file__).resolve().parents[1]

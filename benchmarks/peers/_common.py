@@ -69,3 +69,43 @@ def run(peer: str, rank: int, ranks: int, make: Callable[[int], tuple[Call, Firs
             times.append(time.perf_counter() - t)
         if rank == 0:
             print(line(peer, ranks, count * 4, statistics.median(times)), flush=True)
+
+
+# The tensor-parallel decode step: this many all-reduces of the layer size, then one of 4 B.
+DECODE_CALLS = 100
+DECODE_BYTES = 16 << 10
+DECODE_STEPS = 60
+
+
+def decode(peer: str, rank: int, ranks: int, make: Callable[[int], tuple[Call, First, Reset | None]],
+           argv: list[str] | None = None) -> None:
+    """Time decode steps as `ringcomm bench --op decode` does; rank 0 prints one line per size.
+
+    A step is DECODE_CALLS all-reduces of the size (default DECODE_BYTES) and one of 4 bytes,
+    back to back as a model's layers make them. The line's median_us is the median step's
+    time over DECODE_CALLS + 1 (the time of one all-reduce); steps/s is 1e6 / (that * calls).
+    """
+    for nbytes in sizes(sys.argv[1:] if argv is None else argv) or [DECODE_BYTES]:
+        big, _, reset_big = make(max(1, nbytes // 4))
+        small, first, reset_small = make(1)
+
+        def step(big: Call = big, small: Call = small) -> None:
+            for _ in range(DECODE_CALLS):
+                big()
+            small()
+
+        for _ in range(3):
+            reset_big() if reset_big else None
+            reset_small() if reset_small else None
+            step()
+        if first() != ranks:
+            raise AssertionError(f"{peer}: the step's 4-byte all-reduce gave {first()}, "
+                                 f"expected {ranks}")
+        times = []
+        for _ in range(DECODE_STEPS):
+            t = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t)
+        if rank == 0:
+            per_call = statistics.median(times) / (DECODE_CALLS + 1)
+            print(line(peer, ranks, max(1, nbytes // 4) * 4, per_call), flush=True)

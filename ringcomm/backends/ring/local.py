@@ -87,7 +87,11 @@ class Local:
         self.label = label
         self.rank = shared.index
         self.size = shared.count
-        self.small = (SLOT_BYTES - HEADER) // max(1, shared.count // 2)
+        # Messages that fit a slot take it (one post; every rank reduces every rank's data),
+        # except that Python's reduction of many rows costs more than the chunked path's
+        # second step: there the slot's share shrinks with the ranks.
+        share = 1 if shared.core is not None else max(1, shared.count // 2)
+        self.small = (SLOT_BYTES - HEADER) // share
         self._mem = shared.mem
         self._slot_at = [[j * shared.region + LINE + s * SLOT_BYTES for s in range(2)]
                          for j in range(self.size)]
