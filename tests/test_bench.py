@@ -13,7 +13,15 @@ import pytest
 
 BENCH = [sys.executable, "-m", "ringcomm", "bench"]
 ROW_KEYS = {"op", "ranks", "backend", "size_B", "count", "dtype", "iters", "time_us",
-            "algbw_GBps", "busbw_GBps", "path"}
+            "algbw_GBps", "busbw_GBps", "path", "core", "steps_per_s"}
+
+
+def _core_built() -> bool:
+    try:
+        from ringcomm import _native  # type: ignore[attr-defined]  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _bench(*args: str, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
@@ -77,6 +85,9 @@ def test_json_prints_one_checked_row_per_op_and_size_at_two_ranks() -> None:
         assert (row["ranks"], row["dtype"], row["iters"]) == (2, "float32", 3)
         assert row["count"] == row["size_B"] // 4
         assert row["path"] == "shm-slot"  # two ranks of one host: shared memory
+        # The compiled core runs the small reductions where it is built; Python the rest.
+        want = "native" if row["op"] == "all_sum" and _core_built() else "python"
+        assert row["core"] == want
         assert row["time_us"] > 0
         assert row["algbw_GBps"] == pytest.approx(row["size_B"] / row["time_us"] / 1e3)
         factor = 1.0 if row["op"] == "all_sum" else 0.5  # 2(p-1)/p and (p-1)/p at p=2
@@ -112,8 +123,24 @@ def test_the_table_names_the_unit_of_every_column() -> None:
     assert r.returncode == 0, r.stderr
     header = next(line for line in r.stdout.splitlines() if not line.startswith("#"))
     assert header.split() == ["size_B", "count", "dtype", "time_us", "algbw_GBps", "busbw_GBps",
-                              "path"]
+                              "path", "(core)"]
     assert len(r.stdout.splitlines()) == 3
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_decode_times_steps_of_100_layer_all_sums_and_one_tiny_one(native: str) -> None:
+    if native == "1" and not _core_built():
+        pytest.skip("the compiled core is not built here")
+    r = _bench("-n", "2", "--op", "decode", "--iters", "3", "--json", timeout=100,
+               env=dict(os.environ, RINGCOMM_NATIVE=native))
+    assert r.returncode == 0, r.stderr
+    (row,) = [json.loads(line) for line in r.stdout.splitlines()]
+    assert (row["op"], row["size_B"], row["iters"], row["path"]) == ("decode", 16384, 3,
+                                                                      "shm-slot")
+    assert row["core"] == ("native" if native == "1" else "python")
+    # time_us is the step's time per all_sum: 100 of the size and one of 4 bytes.
+    assert row["steps_per_s"] == pytest.approx(1e6 / (101 * row["time_us"]))
 
 
 @pytest.mark.timeout(150)
