@@ -38,10 +38,12 @@ __all__ = [
     "TOKEN",
     "TRACE",
     "TRANSPORT",
+    "ALGORITHMS",
     "TRANSPORTS",
     "RankHostfileError",
     "Rendezvous",
     "RingLaunch",
+    "algorithm",
     "debug",
     "dump_rank_hostfile",
     "expand_nodelist",
@@ -72,6 +74,8 @@ TRANSPORT = "RINGCOMM_TRANSPORT"
 DEBUG = "RINGCOMM_DEBUG"
 # 0: run the pure-Python path even where the compiled core is built (ringcomm.native).
 NATIVE = "RINGCOMM_NATIVE"
+# The small all-reduce's algorithm across sockets: auto (by the model), ring, or doubling.
+ALGORITHM = "RINGCOMM_ALGORITHM"
 MLX_RANK = "MLX_RANK"
 MLX_HOSTFILE = "MLX_HOSTFILE"
 # Both launchers' variables are set, so a program written for either finds its rank.
@@ -409,6 +413,25 @@ def transport(environ: Mapping[str, str]) -> str:
         raise ValueError(f"{TRANSPORT}={environ.get(TRANSPORT)!r} is not one of "
                          f"{', '.join(TRANSPORTS)}: auto uses shared memory between the ranks of "
                          "a host, tcp forces sockets everywhere")
+    return value
+
+
+ALGORITHMS = ("auto", "ring", "doubling")
+
+
+def algorithm(environ: Mapping[str, str]) -> str:
+    """Return RINGCOMM_ALGORITHM: how small all-reduces cross sockets.
+
+    "auto" (default) lets the backend choose by ranks and hosts; "ring" forces the ring
+    (p - 1 exchanges; hierarchical groups then reduce slices on every local rank's ring);
+    "doubling" forces recursive doubling where the group has a power of two ranks. For
+    measuring the model (benchmarks/model.py), not for tuning: auto is never slower there.
+    Raise ValueError for any other value.
+    """
+    value = environ.get(ALGORITHM, "auto").strip().lower() or "auto"
+    if value not in ALGORITHMS:
+        raise ValueError(f"{ALGORITHM}={environ.get(ALGORITHM)!r} is not one of "
+                         f"{', '.join(ALGORITHMS)}")
     return value
 
 

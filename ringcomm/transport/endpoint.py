@@ -84,6 +84,7 @@ class Endpoint:
             [listen(a) for a in addrs[rank]] if len(addrs) > 1 else [])
         self.host_names: list[str] | None = None  # which ranks share a host, where known
         self.shared_memory = False  # whether groups use shared memory between a host's ranks
+        self.algorithm = "auto"  # RINGCOMM_ALGORITHM: how small all-reduces cross sockets
         for ls in self._listeners:
             threading.Thread(target=self._accept_loop, args=(ls,), daemon=True,
                              name="ringcomm-listen").start()

@@ -41,6 +41,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 from ..errors import CommTimeoutError
+from .net import exchange as socket_exchange
 
 __all__ = ["Link", "exchange", "path", "wait"]
 
@@ -130,13 +131,9 @@ def exchange(out: Link, data: memoryview, inn: Link, view: memoryview, header: i
     Two TCP links take the socket-level loop of `net.exchange`; any other pair
     (shared memory, or one of each) this generic loop.
     """
-    from .tcp import TcpLink
-
-    if type(out) is TcpLink and type(inn) is TcpLink:
-        from .net import exchange as socket_exchange
-
-        return socket_exchange(out.sock, data, inn.sock, view, header, check, inn.timeout,
-                               peer_out=out.peer, peer_in=inn.peer, op=op, spin=spin)
+    if out.kind == "tcp" and inn.kind == "tcp":
+        return socket_exchange(out.sock, data, inn.sock, view, header, check,  # type: ignore[attr-defined]
+                               inn.timeout, peer_out=out.peer, peer_in=inn.peer, op=op, spin=spin)
     sent, got, n, m = 0, 0, len(data), len(view)
     checked = False
     while sent < n or got < m:

@@ -137,6 +137,7 @@ class RingBackend(Backend):
         ep.watch.groups[gid] = GroupInfo(label, tuple(members))
         self._path = "self"  # the path the current call takes: for the trace, the log and bench
         self._reduced = False
+        self._kinds: dict[tuple, str] = {}
         self._debug = log.isEnabledFor(logging.DEBUG)
         self._arrived = 0.0  # when the current call first had a peer's header (traced calls)
         self._local: Local | None = None  # the host's ranks of this group, through shared memory
@@ -275,9 +276,44 @@ class RingBackend(Backend):
                      op=op, spin=spin)
         return slots[:, hs:]
 
+    def _doubles(self) -> bool:
+        """Return whether small all-reduces take recursive doubling (else the ring): with a
+        power of two ranks past 2, it takes log2(p) exchanges where the ring takes p - 1."""
+        p, choice = self._size, self._ep.algorithm
+        return choice != "ring" and p > 2 and p & (p - 1) == 0
+
+    def _gather_doubling(self, flat: np.ndarray, sig: Signature) -> np.ndarray:
+        """Give every rank every rank's `flat` by recursive doubling; return the (size, n) rows.
+
+        At step k each rank exchanges the 2**k slots (header and data) it holds with rank
+        r xor 2**k, over a direct link, and checks every header it receives: log2(p)
+        exchanges, each rank's data reaching every other once.
+        """
+        p, r, hs = self._size, self._rank, header.SIZE
+        slot = hs + flat.nbytes
+        slots = self._buffer(p * slot).reshape(p, slot)
+        slots[r, :hs] = np.frombuffer(header.pack(sig), dtype=np.uint8)
+        slots[r, hs:] = flat.view(np.uint8)
+        links = self._pair_links(time.monotonic() + self._ep.timeout)
+        self._took(link_path(list(links.values()), "doubling"), sig)
+        op = sig.op.label
+        spin = self._spin if threading.current_thread() is _MAIN else 0.0
+        k = 1
+        while k < p:
+            partner = r ^ k
+            mine, theirs = r & ~(k - 1), partner & ~(k - 1)
+            link = links[partner]
+            got = slots[theirs:theirs + k]
+            exchange(link, slots[mine:mine + k].reshape(-1).data, link, got.reshape(-1).data, hs,
+                     self._checker(sig, theirs), op=op, spin=spin)
+            for j in range(1, k):  # the first was checked on arrival
+                self._checker(sig, theirs + j)(got[j, :hs].data)
+            k <<= 1
+        return slots[:, hs:]
+
     def _reduce_small(self, flat: np.ndarray, out: np.ndarray, ufunc: Callable,
                       sig: Signature) -> None:
-        raw = self._gather_small(flat, sig)
+        raw = (self._gather_doubling if self._doubles() else self._gather_small)(flat, sig)
         rows = [raw[i].view(flat.dtype) for i in range(self._size)]
         ufunc(rows[0], rows[1], out=out)
         for row in rows[2:]:  # rank order on every rank: the same bits everywhere
@@ -327,7 +363,11 @@ class RingBackend(Backend):
 
     def _kind(self, algorithm: str) -> str:
         """Return the path name of `algorithm` over this ring's links: tcp-, shm- or mixed-."""
-        return link_path(self._right[:1] + self._left[:1], algorithm)
+        key = (algorithm, id(self._right[0]), id(self._left[0]))
+        name = self._kinds.get(key)
+        if name is None:
+            name = self._kinds[key] = link_path(self._right[:1] + self._left[:1], algorithm)
+        return name
 
     # -- shared memory -------------------------------------------------------------------------
 
@@ -556,9 +596,22 @@ class RingBackend(Backend):
 
     def _hierarchical(self, flat: np.ndarray, dst: np.ndarray, ufunc: Callable,
                       sig: Signature) -> None:
-        """Reduce on this host, then across hosts (each local rank its slice), then share."""
+        """Reduce on this host, then across hosts (each local rank its slice), then share.
+
+        A message that fits a slot takes three steps instead: every local rank reduces
+        the host's data (one post), the host's first rank all-reduces that across hosts
+        on its ring (one small exchange: doubling or the ring), and shares the result
+        on the host (one post). The others wait for it meanwhile.
+        """
         local, across = self._local, self._across
         assert local is not None and across is not None
+        if flat.nbytes <= local.small and self._ep.algorithm != "ring":
+            self._took("shm+tcp-hierarchical-small", sig)
+            local.reduce_small(flat, dst, local.plan(sig._replace(seq=0), ufunc), sig.seq)
+            if local.rank == 0:
+                across._reduce(dst, dst, ufunc, sig._replace(rank=across.rank))
+            local.broadcast(dst.view(np.uint8), 0, sig)
+            return
         self._took("shm+tcp-hierarchical", sig)
         bounds = _even(flat.size, local.size)
         a, b = bounds[local.rank]
@@ -865,5 +918,6 @@ def create(rank: int, hosts: list[list[str]], key: bytes, timeout: float,
     ep.host_names = host_names
     ep.shared_memory = shared_memory
     ep.tracer = trace.open_tracer(os.environ, rank)
+    ep.algorithm = environment.algorithm(os.environ)
     ep.install_excepthook()
     return RingBackend(ep, list(range(len(addrs))), _WORLD_ID, "world", time.monotonic() + timeout)

@@ -220,7 +220,7 @@ class Local:
 
     # -- the small reduction: the latency-critical call ---------------------------------------
 
-    def plan(self, sig: Signature, ufunc: np.ufunc) -> Plan:
+    def plan(self, sig: Signature, ufunc: Any) -> Plan:
         """Return the plan of small reductions like `sig` (its call number 0), made once."""
         key = (sig.op, sig.dtype, sig.shape)
         plan = self._plans.get(key)
