@@ -23,14 +23,18 @@ So doubling never loses to the ring (same bytes, fewer steps) where p is a
 power of two, and the hierarchical path trades p - 1 socket steps for two
 memory steps and h - 1 (ring) or log2 h (doubling) socket steps.
 
-alpha depends on whether a waiting rank may spin (every rank has a core:
-"alpha_spin") or must block and be woken (more ranks than cores:
-"alpha_block"); this machine has 2 cores, so p = 2 measures the first and
-p = 4 and p = 8 the second. `fit` measures, with RINGCOMM_TRANSPORT=tcp:
-p = 2 at 4 B to 64 KiB (c + alpha_spin and beta, least squares), p = 4 with
-RINGCOMM_ALGORITHM=ring (3 steps) and doubling (2 steps) at 4 B (their
-difference is alpha_block, and with it c), and the shared-memory slot path at
-p = 2 (sigma). `check` predicts the three algorithms at p = 8 on 4 loopback
+c and alpha depend on whether a waiting rank may spin (every rank has a
+core: c, alpha_spin) or must block and be woken (more ranks than cores:
+c_block, alpha_block); this machine has 2 cores, so p = 2 measures the first
+and p = 4 and p = 8 the second. `fit` measures, with RINGCOMM_TRANSPORT=tcp:
+p = 2 at 4 B to 64 KiB (c + alpha_spin and beta, least squares), a raw
+socket exchange between two processes (alpha_spin alone, hence c), p = 4
+with RINGCOMM_ALGORITHM=ring (3 steps) and doubling (2 steps) at 4 B (their
+difference is alpha_block, and with it c_block), and the shared-memory slot
+path at p = 2 and p = 4 (sigma, sigma_block). Where ranks block, their costs grow
+with the ranks per core (a woken rank waits behind the runnable ones): the
+model scales c_block, alpha_block and sigma_block by p / 4. `check` predicts
+the three algorithms at p = 8 on 4 loopback
 hosts of 2 ranks and measures them. `simulate` prints the model to p = 256
 for a cluster whose ranks each have a core (alpha_spin), l ranks per host.
 """
@@ -46,6 +50,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -76,11 +81,17 @@ def predict(params: dict, algorithm: str, p: int, n: int, alpha: str = "alpha_sp
     `algorithm` is ring, doubling or hierarchical (then `per_host` ranks per host, hosts
     joined by `across`); `alpha` names the regime: alpha_spin or alpha_block.
     """
-    c, a, b = params["c"], params[alpha], params["beta"]
-    m = n + HEADER
+    b, m = params["beta"], n + HEADER
+    if alpha == "alpha_block":
+        # Ranks that outnumber the cores: a woken rank waits for a core, behind the others
+        # runnable; fitted at p = 4, the blocked costs grow with the ranks per core.
+        load = p / params["fitted_block_p"]
+        c, a, sigma = (params[k] * load for k in ("c_block", "alpha_block", "sigma_block"))
+    else:
+        c, a, sigma = params["c"], params[alpha], params["sigma"]
     if algorithm == "hierarchical":
         h = p // per_host
-        return c + 2 * params["sigma"] + steps(across, h) * a + (h - 1) * m * b
+        return c + 2 * sigma + steps(across, h) * a + (h - 1) * m * b
     return c + steps(algorithm, p) * a + (p - 1) * m * b
 
 
@@ -141,6 +152,47 @@ def measure(p: int, sizes: list[int], env: dict[str, str], hosts: list[int] | No
     return [json.loads(ln) for ln in outs[0][0].splitlines() if ln.startswith("{")]
 
 
+def raw_exchange(nbytes: int = 4 + HEADER, iters: int = 20000) -> float:
+    """Return the µs of one exchange of `nbytes` each way between two processes over a loopback
+    TCP connection, both sending then polling for the other's bytes: alpha_spin by itself."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    code = f"""
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", {port}))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+msg, buf = b"x" * {nbytes}, bytearray({nbytes})
+for _ in range({iters} + 1000):
+    s.send(msg)
+    got = 0
+    while got < {nbytes}:
+        try:
+            got += s.recv_into(memoryview(buf)[got:], {nbytes} - got, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            pass
+"""
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        s, _ = listener.accept()
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        msg, buf = b"x" * nbytes, bytearray(nbytes)
+        t = 0.0
+        for k in range(iters + 1000):
+            if k == 1000:
+                t = time.perf_counter()
+            s.send(msg)
+            got = 0
+            while got < nbytes:
+                try:
+                    got += s.recv_into(memoryview(buf)[got:], nbytes - got, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    pass
+        return (time.perf_counter() - t) / iters * 1e6
+    finally:
+        child.wait(timeout=60)
+        listener.close()
+
+
 def _line(xs: list[float], ys: list[float]) -> tuple[float, float]:
     """Least squares: return (intercept, slope)."""
     n = len(xs)
@@ -157,16 +209,20 @@ def fit(iters: int) -> dict:
     dbl4 = measure(4, [4], {**tcp, "RINGCOMM_ALGORITHM": "doubling"}, iters=iters)[0]
     m = 4 + HEADER
     alpha_block = ring4["time_us"] - dbl4["time_us"]  # 3 steps against 2, same bytes
-    c = dbl4["time_us"] - 2 * alpha_block - 3 * m * beta
+    c_block = dbl4["time_us"] - 2 * alpha_block - 3 * m * beta
+    alpha_spin = raw_exchange()
     shm = measure(2, [4], {}, iters=iters)[0]
+    shm4 = measure(4, [4], {}, iters=iters)[0]
     params = {
-        "c": round(c, 2), "alpha_spin": round(intercept - c, 2),
-        "alpha_block": round(alpha_block, 2), "beta": round(beta, 6),
-        "sigma": round(shm["time_us"], 2),
+        "c": round(intercept - alpha_spin, 2), "alpha_spin": round(alpha_spin, 2),
+        "c_block": round(c_block, 2), "alpha_block": round(alpha_block, 2),
+        "beta": round(beta, 6),
+        "sigma": round(shm["time_us"], 2), "sigma_block": round(shm4["time_us"], 2),
+        "fitted_block_p": 4, "cores": len(os.sched_getaffinity(0)),
         "measured": {"tcp p=2": {r["size_B"]: r["time_us"] for r in rows},
                      "tcp p=4 ring 4 B": ring4["time_us"], "tcp p=4 doubling 4 B": dbl4["time_us"],
-                     "shm p=2 4 B": shm["time_us"], "paths": [ring4["path"], dbl4["path"],
-                                                             shm["path"]]},
+                     "shm p=2 4 B": shm["time_us"], "shm p=4 4 B": shm4["time_us"],
+                     "paths": [ring4["path"], dbl4["path"], shm["path"]]},
     }
     return params
 
