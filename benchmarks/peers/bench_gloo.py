@@ -4,8 +4,6 @@ import _common
 import torch
 import torch.distributed as dist
 
-dist.init_process_group("gloo")
-
 
 def make(count):
     x = torch.ones(count, dtype=torch.float32)
@@ -17,5 +15,7 @@ def make(count):
     return call, lambda: x[0].item(), lambda: x.fill_(1)
 
 
-_common.run("gloo", dist.get_rank(), dist.get_world_size(), make, dist.barrier)
-dist.destroy_process_group()
+if __name__ == "__main__":
+    dist.init_process_group("gloo")
+    _common.run("gloo", dist.get_rank(), dist.get_world_size(), make, dist.barrier)
+    dist.destroy_process_group()

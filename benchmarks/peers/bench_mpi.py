@@ -16,4 +16,5 @@ def make(count):
     return call, lambda: float(y[0]), None
 
 
-_common.run("mpi", comm.Get_rank(), comm.Get_size(), make, comm.Barrier)
+if __name__ == "__main__":
+    _common.run("mpi", comm.Get_rank(), comm.Get_size(), make, comm.Barrier)
