@@ -138,10 +138,14 @@ def test_srun_conformance(cluster: slurm.SlurmCluster) -> None:
     _clean(cluster)
 
 
-def test_killed_task_ends_the_step(cluster: slurm.SlurmCluster, program: Path) -> None:
+def test_killed_task_ends_the_step(cluster: slurm.SlurmCluster, program: Path,
+                                   tmp_path: Path) -> None:
+    # Each task's stderr goes to its own file: when a task dies of a signal, srun aborts the
+    # step and may drop the tail of the output it forwards, the survivors' last lines with it.
+    err = tmp_path / "task-%t.err"
     start = time.monotonic()
-    r = cluster.srun(["-N", "3", "-n", "3", sys.executable, str(program), "kill"],
-                     timeout=STEP_TIMEOUT, env=_env(cluster))
+    r = cluster.srun(["-N", "3", "-n", "3", f"--error={err}", sys.executable, str(program),
+                      "kill"], timeout=STEP_TIMEOUT, env=_env(cluster))
     # srun reports the signal as 128 + 9, and how every task ended.
     assert r.returncode == 137, r.stderr
     assert "rcnode2: task 1: Killed" in r.stderr
@@ -149,7 +153,9 @@ def test_killed_task_ends_the_step(cluster: slurm.SlurmCluster, program: Path) -
         assert f"task {task}: Exited with exit code 1" in r.stderr, r.stderr
     # The survivors fail on their own, naming the killed rank and its address, long
     # before their 30 s deadline.
-    assert "rank 1 (10.77." in r.stderr, r.stderr
+    for task in (0, 2):
+        text = (tmp_path / f"task-{task}.err").read_text()
+        assert "rank 1 (10.77." in text.splitlines()[-1], text
     assert time.monotonic() - start < 20, "the survivors waited for their deadline"
     _clean(cluster)
 
