@@ -117,6 +117,19 @@ def test_the_ring_passes_the_suite_through_ringcomm_launch(n: int, core: str, tm
         assert cores_taken(tmp_path, n) == {core}
 
 
+@pytest.mark.parametrize("core", ["native", "python"])
+@pytest.mark.timeout(120)
+def test_send_and_recv_on_one_host_take_every_path_in_order(core: str) -> None:
+    # Small messages through the core's channel call; a full channel, a late message, a
+    # header that differs and a large message through the Python link; numbered as one.
+    if core == "native" and (reason := native_missing()):
+        pytest.skip(reason)
+    job = harness.run_ranks(2, "p2p_paths.py", timeout=100,
+                            RINGCOMM_NATIVE="1" if core == "native" else "0")
+    assert job.returncode == 0, f"exit {job.returncode}\n{job.stdout}\n{job.stderr[-3000:]}"
+    assert sorted(job.lines("ok p2p")) == [f"ok p2p rank {r} ({core})" for r in range(2)]
+
+
 @pytest.mark.parametrize("n", [2, 3])
 @pytest.mark.timeout(240)
 def test_the_tcp_ring_passes_the_suite_when_forced(n: int, tmp_path) -> None:

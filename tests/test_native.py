@@ -147,6 +147,138 @@ def test_the_core_refuses_buffers_that_do_not_fit() -> None:
         ranks.close()
 
 
+class Pair:
+    """Two ends of one shared-memory link in one process: `a` sends on the channel `b`
+    receives on, and the other way round (ShmLink's layout: two lines, then `cap` bytes)."""
+
+    def __init__(self, cap: int) -> None:
+        span = 2 * LINE + cap
+        self.mem = mmap.mmap(-1, 2 * span)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        name = f"\0ringcomm-test-{os.getpid()}-pair"
+        wake = [f"{name}-{w}".encode() for w in ("ar", "aw", "br", "bw")]
+        fd = self.sock.fileno()
+        self.a = _native.Channel(self.mem, 0, span, cap, fd, wake[2], wake[3])
+        self.b = _native.Channel(self.mem, span, 0, cap, fd, wake[0], wake[1])
+        self.q = np.frombuffer(self.mem, np.uint64)
+        self.span = span
+
+    def counts(self) -> tuple[int, int]:
+        """Return the channel from a to b's head (bytes written) and tail (bytes read)."""
+        return int(self.q[0]), int(self.q[LINE // 8])
+
+    def close(self) -> None:
+        self.a.close()
+        self.b.close()
+        del self.q
+        self.mem.close()
+        self.sock.close()
+
+
+def send_header(dt: np.dtype, shape: tuple[int, ...], rank: int = 0) -> bytes:
+    return pack(Signature(Op.SEND, 0, 1, dt, shape, rank))
+
+
+@needs_core
+def test_a_channel_moves_whole_messages_in_order_across_the_rings_end() -> None:
+    pair = Pair(1024)
+    try:
+        dt, n = np.dtype(np.float32), 200  # 128 + 800 bytes: nearly every message wraps
+        h = send_header(dt, (n,))
+        for seq in range(1, 51):
+            x = np.arange(n, dtype=dt) * seq
+            assert pair.a.send(h, seq, x) == native.Codes.DONE
+            out = np.empty(n, dt)
+            assert pair.b.recv(h, seq, out, 0.0, 0.0) == native.Codes.DONE
+            assert out.tobytes() == x.tobytes(), seq
+        assert pair.counts() == (50 * (HEADER + 4 * n),) * 2
+        # The header on the ring is the template with the message's number in it.
+        assert pair.a.send(h, 51, np.zeros(n, dt)) == native.Codes.DONE
+        at = pair.span - 1024 + (50 * (HEADER + 4 * n)) % 1024  # where message 51 starts
+        raw = bytes(pair.mem[at:pair.span]) + bytes(pair.mem[pair.span - 1024:])
+        assert raw[:HEADER] == pack(Signature(Op.SEND, 51, 1, dt, (n,), 0))
+    finally:
+        pair.close()
+
+
+@needs_core
+def test_a_channel_moves_nothing_when_it_cannot_move_all() -> None:
+    pair = Pair(1024)
+    try:
+        dt = np.dtype(np.uint8)
+        h = send_header(dt, (400,))
+        x = np.full(400, 7, dt)
+        assert pair.a.send(h, 1, x) == native.Codes.DONE
+        # No room for a second whole message: the ring is left as it was.
+        assert pair.a.send(h, 2, x) == native.Codes.PENDING
+        assert pair.counts() == (528, 0)
+        # A receive of more than is there, or more than the ring holds, waits a bounded time
+        # and takes nothing.
+        big = np.empty(401, dt)
+        assert pair.b.recv(send_header(dt, (401,)), 1, big, 1e-4, 1e-3) == native.Codes.PENDING
+        huge = np.empty(2048, dt)
+        assert pair.b.recv(send_header(dt, (2048,)), 1, huge, 0.0, 0.0) == native.Codes.PENDING
+        assert pair.counts() == (528, 0)
+        out = np.empty(400, dt)
+        assert pair.b.recv(h, 1, out, 0.0, 0.0) == native.Codes.DONE
+        assert (out == 7).all()
+        assert pair.a.send(h, 2, x) == native.Codes.DONE  # room again
+        assert pair.counts() == (1056, 528)
+        # Nothing there: a bounded wait, then PENDING.
+        assert pair.a.recv(h, 1, out, 1e-4, 1e-3) == native.Codes.PENDING
+        # After shut, nothing moves either way.
+        pair.b.shut()
+        assert pair.b.recv(h, 2, out, 0.0, 0.0) == native.Codes.PENDING
+        assert pair.b.send(h, 1, x) == native.Codes.PENDING
+        assert pair.counts() == (1056, 528)
+    finally:
+        pair.close()
+
+
+@needs_core
+def test_a_channel_takes_only_the_message_its_header_expects() -> None:
+    pair = Pair(4096)
+    try:
+        x = np.arange(6, dtype=np.float32)
+        h = send_header(x.dtype, (2, 3), rank=3)
+        assert pair.a.send(h, 5, x.reshape(2, 3)) == native.Codes.DONE
+        out = np.empty((3, 2), np.float32)
+        for wrong, seq in ((send_header(x.dtype, (3, 2)), 5),  # another shape, same bytes
+                           (send_header(np.dtype(np.int32), (2, 3)), 5),  # another dtype
+                           (send_header(x.dtype, (2, 3)), 4)):  # another message number
+            assert pair.b.recv(wrong, seq, out, 0.0, 0.0) == native.Codes.MISMATCH
+            assert pair.counts() == (HEADER + 24, 0)  # nothing taken: Python reads the header
+        # The sender's rank is the one field a receiver does not know (any-source sends
+        # share a template per peer); it is not compared.
+        got = np.empty((2, 3), np.float32)
+        assert pair.b.recv(send_header(x.dtype, (2, 3), rank=0), 5, got, 0.0, 0.0) \
+            == native.Codes.DONE
+        assert got.tobytes() == x.tobytes()
+    finally:
+        pair.close()
+
+
+@needs_core
+def test_a_channel_refuses_layouts_that_do_not_fit() -> None:
+    mem = mmap.mmap(-1, 4096)
+    try:
+        with pytest.raises(ValueError, match="power-of-two"):
+            _native.Channel(mem, 0, 1024, 1000, -1, b"a", b"b")
+        with pytest.raises(ValueError, match="aligned"):
+            _native.Channel(mem, 8, 1024, 1024, -1, b"a", b"b")
+        with pytest.raises(ValueError, match="smaller"):
+            _native.Channel(mem, 0, 2048, 2048, -1, b"a", b"b")
+        c = _native.Channel(mem, 0, 2048, 1024, -1, b"a", b"b")
+        h = send_header(np.dtype(np.uint8), (4,))
+        with pytest.raises(ValueError, match="128 bytes"):
+            c.send(b"short", 1, np.zeros(4, np.uint8))
+        c.close()
+        with pytest.raises(ValueError, match="released"):
+            c.send(h, 1, np.zeros(4, np.uint8))
+    finally:
+        mem.close()
+
+
 def test_header_size_agrees_with_the_core() -> None:
     assert HEADER == 128
     if _native is not None:

@@ -93,6 +93,21 @@ class Backend(ABC):
         """
         return None
 
+    def send_small(self, x: np.ndarray, dst: int) -> bool:
+        """Send NumPy array `x` to rank `dst` by the backend's fast path of small messages and
+        return True, or return False (nothing done) when it has none for `x`: then the caller
+        takes the general `send`. The message is numbered and checked as every one is.
+        """
+        return False
+
+    def recv_small(self, key: tuple, shape: object, dtype: object, src: int,
+                   op: str = "recv") -> np.ndarray | None:
+        """Return the array of `shape` and `dtype` from rank `src` by the fast path of small
+        messages, or None (nothing done) when the backend has none: then the caller takes the
+        general `recv`. `key` is hashable and names the kind (peer, dtype, shape) as given.
+        """
+        return None
+
     @abstractmethod
     def all_gather(self, buf: np.ndarray, out: np.ndarray) -> None:
         """Fill `out` (shape (size*n, ...)) with every rank's `buf` (shape (n, ...)) in rank order."""

@@ -47,7 +47,10 @@ then publishes `tail` (a release too: its reads are done before the sender
 may overwrite them). Each end waits the same way as a post does, on wake-up
 sockets of its own per channel and direction, so several threads of one
 rank (the pipelined ring's senders and receivers) never take each other's
-wake-ups.
+wake-ups. Where the compiled core is built, each link also holds its
+`Channel` (`ShmLink.core`): the same two rings, for small send/recv that
+move whole in one call; the counters live in the shared words, so both
+ends' Python and C code may take turns on one channel.
 """
 
 from __future__ import annotations
@@ -503,8 +506,6 @@ class ShmLink(Link):
         self._in_head, self._in_peer_sleep = inn // 8, inn // 8 + 1
         self._in_tail, self._in_sleep = (inn + LINE) // 8, (inn + LINE) // 8 + 1
         self._out_data, self._in_data = out + 2 * LINE, inn + 2 * LINE
-        self._head = int(self._q[self._out_head])
-        self._tail = int(self._q[self._in_tail])
         self._spin = sh._spin
         self._gone = sh._gone_at[j]
         self._next_live = 0.0
@@ -520,12 +521,16 @@ class ShmLink(Link):
         # Where the other end waits: for data (woken by our sends), for room (by our receives).
         self._peer_reader = _wake_address(sh.name, _link_tag(k, peer, me, False))
         self._peer_writer = _wake_address(sh.name, _link_tag(k, peer, me, True))
+        # The compiled core's end of the same channels (whole small messages), where it is built.
+        self.core = None if native.CORE is None else native.CORE.Channel(
+            sh.mem, out, inn, self.cap, self._socks[0].fileno(),
+            os.fsencode(self._peer_reader), os.fsencode(self._peer_writer))
 
     # -- moving bytes ----------------------------------------------------------------------
 
     def send_some(self, data: memoryview, op: str) -> int:
         q = self._q
-        head = self._head
+        head = q[self._out_head]  # this end's own word: only it writes there
         free = self.cap - (head - q[self._out_tail])
         n = min(free, len(data), self._piece)
         if n <= 0:
@@ -538,8 +543,7 @@ class ShmLink(Link):
         if n > first:
             self._mv[self._out_data:self._out_data + n - first] = data[first:n]
         release()
-        self._head = head + n
-        q[self._out_head] = self._head
+        q[self._out_head] = head + n
         full_fence()
         if q[self._out_peer_sleep]:
             self._wake(self._peer_reader)
@@ -547,7 +551,7 @@ class ShmLink(Link):
 
     def recv_some(self, view: memoryview, op: str) -> int:
         q = self._q
-        tail = self._tail
+        tail = q[self._in_tail]  # this end's own word
         n = min(q[self._in_head] - tail, len(view), self._piece)
         if n <= 0:
             return 0
@@ -559,8 +563,7 @@ class ShmLink(Link):
         if n > first:
             view[first:n] = self._mv[self._in_data:self._in_data + n - first]
         release()  # the reads are done before the sender may write there again
-        self._tail = tail + n
-        q[self._in_tail] = self._tail
+        q[self._in_tail] = tail + n
         full_fence()
         if q[self._in_peer_sleep]:
             self._wake(self._peer_writer)
@@ -595,8 +598,8 @@ class ShmLink(Link):
     def ready(self, write: bool) -> bool:
         q = self._q
         if write:
-            return self._head - q[self._out_tail] < self.cap
-        return q[self._in_head] != self._tail
+            return q[self._out_head] - q[self._out_tail] < self.cap
+        return q[self._in_head] != q[self._in_tail]
 
     def arm(self, write: bool) -> bool:
         self._q[self._out_sleep if write else self._in_sleep] = 1
@@ -641,6 +644,8 @@ class ShmLink(Link):
 
     def shutdown(self) -> None:
         self._shut = True
+        if self.core is not None:
+            self.core.shut()
         for s in self._socks:  # a waiter of this process wakes and fails at once
             try:
                 s.sendto(b"\1", s.getsockname())
@@ -648,6 +653,8 @@ class ShmLink(Link):
                 pass
 
     def close(self) -> None:
+        if self.core is not None:
+            self.core.close()
         try:
             self._mv.release()
         except BufferError:

@@ -20,17 +20,17 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 import numpy as np
 
-from ... import environment, trace
+from ... import environment, native, trace
 from ...arrays import check_dtype
 from ...errors import MismatchError, PeerError, RingcommError
 from ...transport import header, shm
 from ...transport.endpoint import Endpoint
 from ...transport.handshake import Hello, Kind
-from ...transport.link import Link, exchange
+from ...transport.link import YIELD_SECONDS, Link, exchange
 from ...transport.link import path as link_path
 from ...transport.net import parse_address
 from ...transport.tcp import TcpLink
@@ -55,6 +55,10 @@ SMALL_BYTES = 4 << 20
 # rank that has to answer.
 SPIN_SECONDS = 20e-6
 _WORLD_ID = 1
+# send/recv messages up to this size between ranks of one host take the compiled core's
+# latency path (one call moves the header and the data).
+P2P_SMALL_BYTES = 64 << 10
+_DONE = native.Codes.DONE
 _MAIN = threading.main_thread()
 
 
@@ -99,6 +103,20 @@ def _nothing(raw: memoryview) -> None:
     return None
 
 
+class P2pPlan(NamedTuple):
+    """What a small send or recv of one kind (peer, dtype, shape) needs on every call."""
+
+    channel: object  # the link's compiled end (ringcomm._native.Channel)
+    lock: threading.Lock  # the wire lock of that way to that peer
+    key: tuple[str, int]  # the message counter: ("out" or "in", the peer's world rank)
+    template: bytes  # the header with message number 0
+    world: int  # the peer's world rank
+    peer: int  # its rank in the group
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    spin: float  # the short wait of a recv: spin this long, then yield until YIELD_SECONDS
+
+
 def _child_id(parent: int, nth: int, color: int) -> int:
     digest = hashlib.blake2b(f"{parent}/{nth}/{color}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") | 2  # never the world's id
@@ -137,6 +155,7 @@ class RingBackend(Backend):
         ep.watch.groups[gid] = GroupInfo(label, tuple(members))
         self._path = "self"  # the path the current call takes: for the trace, the log and bench
         self._reduced = False
+        self._channel_ran = False
         self._kinds: dict[tuple, str] = {}
         self._debug = log.isEnabledFor(logging.DEBUG)
         self._arrived = 0.0  # when the current call first had a peer's header (traced calls)
@@ -149,6 +168,10 @@ class RingBackend(Backend):
         # Small reductions of a group on one host, untraced: plans by (op, dtype, shape), or
         # None (this group has no fast path).
         self._fast: dict[tuple, Plan | None] | None = None
+        # Small send/recv to a rank of this host through the compiled core, untraced: per
+        # (way, peer, dtype, shape), what a call needs (P2pPlan), or None (it takes the link).
+        self._p2p: dict[tuple, P2pPlan | None] | None = (
+            {} if native.CORE is not None and self._tracer is None and not self._debug else None)
         if self._size > 1:
             right, left = self._world((self._rank + 1) % self._size), self._world(
                 (self._rank - 1) % self._size)
@@ -184,11 +207,12 @@ class RingBackend(Backend):
     @property
     def core(self) -> str:
         """Return which core ran the last call: "native" (the compiled core ran its hot loop:
-        a small reduction through shared memory) or "python"."""
+        a small reduction through shared memory, or a small send or recv moved whole through a
+        link's channel) or "python"."""
         local = self._local
         if self._reduced and self._path == "shm-slot" and local is not None and local.core:
             return "native"
-        return "python"
+        return "native" if self._path == "shm-p2p" and self._channel_ran else "python"
 
     def _world(self, r: int) -> int:
         return self._members[r]
@@ -203,6 +227,7 @@ class RingBackend(Backend):
         self._watch.begin(Activity(op.label, self._gid, self._seq, -1, time.monotonic(), True))
         self._path = "self"  # until a path that moves data is taken
         self._reduced = False  # whether the call is a reduction (the core runs those)
+        self._channel_ran = False  # whether a send or recv was one call of a link's channel
         return Signature(op, self._seq, self._gid, a.dtype, tuple(a.shape), self._rank, arg)
 
     def _checker(self, mine: Signature, src: int) -> Callable[[memoryview], None]:
@@ -838,45 +863,165 @@ class RingBackend(Backend):
     def send(self, buf: np.ndarray, dst: int) -> None:
         ep = self._ep
         w, seq = self._p2p_call("send", dst)
-        sig = Signature(Op.SEND, seq, self._gid, buf.dtype, tuple(buf.shape), self._rank)
 
         def go() -> None:
             with ep.wire_lock("out", w):
-                link = ep.p2p_out(w)
-                self._path = f"{link.kind}-p2p"
-                link.send(header.pack(sig), "send")
-                if buf.nbytes:
-                    link.send(buf.reshape(-1).view(np.uint8).data, "send")
+                self._send(buf, w, seq)
         self._run_or_fail("send", go)
+
+    def _send(self, buf: np.ndarray, w: int, seq: int) -> None:
+        """Send message `seq` to world rank `w` (its wire lock held)."""
+        sig = Signature(Op.SEND, seq, self._gid, buf.dtype, tuple(buf.shape), self._rank)
+        link = self._ep.p2p_out(w)
+        self._path, self._channel_ran = f"{link.kind}-p2p", False
+        link.send(header.pack(sig), "send")
+        if buf.nbytes:
+            link.send(buf.reshape(-1).view(np.uint8).data, "send")
 
     @_tracked
     def recv(self, out: np.ndarray, src: int) -> None:
         ep = self._ep
         w, seq = self._p2p_call("recv", src)
-        mine = Signature(Op.SEND, seq, self._gid, out.dtype, tuple(out.shape), self._rank)
 
         def go() -> None:
             with ep.wire_lock("in", w):
-                receive()
-
-        def receive() -> None:
-            link = ep.p2p_in(w, f"recv from {self._peer(src)}")
-            self._path = f"{link.kind}-p2p"
-            hdr = bytearray(header.SIZE)
-            link.recv_into(memoryview(hdr), "recv")
-            theirs = header.unpack(hdr)
-            if theirs is None:
-                raise PeerError(f"recv: {self._peer(src)} sent bytes that are not a message")
-            what = mine.differs(theirs)
-            if what is not None:
-                raise MismatchError(
-                    f"recv mismatch in the {self._label} group: rank {self._rank} expects "
-                    f"{out.dtype} shape {tuple(out.shape)} from rank {src}, which sent "
-                    f"{theirs.describe()} as message #{theirs.seq} (expected #{seq}): {what}"
-                )
-            if out.nbytes:
-                link.recv_into(out.reshape(-1).view(np.uint8).data, "recv")
+                self._receive(out, src, w, seq)
         self._run_or_fail("recv", go)
+
+    def _receive(self, out: np.ndarray, src: int, w: int, seq: int) -> None:
+        """Receive message `seq` from group rank `src` (world rank `w`) into `out` (its wire
+        lock held): check its header against this call, then take its data."""
+        mine = Signature(Op.SEND, seq, self._gid, out.dtype, tuple(out.shape), self._rank)
+        link = self._ep.p2p_in(w, f"recv from {self._peer(src)}")
+        self._path, self._channel_ran = f"{link.kind}-p2p", False
+        hdr = bytearray(header.SIZE)
+        link.recv_into(memoryview(hdr), "recv")
+        theirs = header.unpack(hdr)
+        if theirs is None:
+            raise PeerError(f"recv: {self._peer(src)} sent bytes that are not a message")
+        what = mine.differs(theirs)
+        if what is not None:
+            raise MismatchError(
+                f"recv mismatch in the {self._label} group: rank {self._rank} expects "
+                f"{out.dtype} shape {tuple(out.shape)} from rank {src}, which sent "
+                f"{theirs.describe()} as message #{theirs.seq} (expected #{seq}): {what}"
+            )
+        if out.nbytes:
+            link.recv_into(out.reshape(-1).view(np.uint8).data, "recv")
+
+    # The latency path of send and recv between two ranks of one host: a plan per kind, one
+    # call of the compiled core that moves the whole message, and, where it cannot (no room,
+    # not there yet, a header that differs), the calls above with the same message number.
+
+    def send_small(self, x: np.ndarray, dst: int) -> bool:
+        """Send the C-contiguous NumPy array `x` to group rank `dst` on the latency path;
+        return False (nothing done) where the call takes `send` instead."""
+        plans = self._p2p
+        if plans is None:
+            return False
+        key = ("out", dst, x.dtype, x.shape)
+        plan = plans.get(key)
+        if plan is None:
+            if key in plans:
+                return False
+            plan = plans[key] = self._p2p_plan("send", "send", dst, x.dtype, x.shape)
+            if plan is None:
+                return False
+        if not x.flags.c_contiguous:
+            return False
+        ep = self._ep
+        if ep.aborts._reason is not None:
+            ep.aborts.raise_if_stopped()
+        lock = plan.lock
+        if not lock.acquire(False):
+            return False  # another thread of this rank sends there now
+        try:
+            with ep.p2p_lock:
+                seq = ep.next_seq(plan.key)
+            self._path = "shm-p2p"
+            self._channel_ran = plan.channel.send(  # type: ignore[attr-defined]
+                plan.template, seq, x) == _DONE
+            if not self._channel_ran:
+                self._send_rest(x, plan.world, seq)  # no room: wait for it as send does
+        finally:
+            lock.release()
+        return True
+
+    def recv_small(self, key: tuple, shape: object, dtype: object, src: int,
+                   op: str = "recv") -> np.ndarray | None:
+        """Return the array of `shape` and `dtype` that group rank `src` sent, on the latency
+        path (`key` names the kind: ("in", src, dtype, shape) as the caller spelled them);
+        None (nothing done) where the call takes `recv` instead. `op` names the call in
+        errors of its arguments."""
+        plans = self._p2p
+        if plans is None:
+            return None
+        plan = plans.get(key)
+        if plan is None:
+            if key in plans:
+                return None
+            plan = plans[key] = self._p2p_plan("recv", op, src, dtype, shape)
+            if plan is None:
+                return None
+        ep = self._ep
+        if ep.aborts._reason is not None:
+            ep.aborts.raise_if_stopped()
+        lock = plan.lock
+        if not lock.acquire(False):
+            return None  # another thread of this rank receives from there now
+        out = np.empty(plan.shape, plan.dtype)
+        try:
+            with ep.p2p_lock:
+                seq = ep.next_seq(plan.key)
+            self._path = "shm-p2p"
+            self._channel_ran = plan.channel.recv(  # type: ignore[attr-defined]
+                plan.template, seq, out, plan.spin, YIELD_SECONDS) == _DONE
+            if not self._channel_ran:
+                # Not all there yet, or a header that differs: the link's wait and checks.
+                self._recv_rest(out, plan.peer, plan.world, seq)
+        finally:
+            lock.release()
+        return out
+
+    @_tracked
+    def _send_rest(self, buf: np.ndarray, w: int, seq: int) -> None:
+        self._ep.watch.enter("send", self._gid, seq, w)
+        self._run_or_fail("send", lambda: self._send(buf, w, seq))
+
+    @_tracked
+    def _recv_rest(self, out: np.ndarray, src: int, w: int, seq: int) -> None:
+        self._ep.watch.enter("recv", self._gid, seq, w)
+        self._run_or_fail("recv", lambda: self._receive(out, src, w, seq))
+
+    def _p2p_plan(self, way: str, op: str, peer: object, dtype: object,
+                  shape: object) -> P2pPlan | None:
+        """Return the plan of small sends (way "send") or receives (the call `op`) like these,
+        or None where they take the link's path (a rank of another host, a message too big for
+        the core). Bad arguments raise as the calls' own checks do."""
+        r = int(peer)  # type: ignore[call-overload]
+        if not 0 <= r < self._size:
+            raise ValueError(f"{op}: {'dst' if way == 'send' else 'src'} must be in "
+                             f"[0, {self._size}), got {r}")
+        if r == self._rank:
+            raise ValueError(f"{op}: {'dst' if way == 'send' else 'src'} {r} is this rank; "
+                             "send and recv need another rank")
+        dt = np.dtype(dtype)  # type: ignore[call-overload]
+        check_dtype(dt, op)
+        assert isinstance(shape, (int, tuple))
+        dims = (int(shape),) if isinstance(shape, int) else tuple(int(d) for d in shape)
+        w = self._world(r)
+        link = self._ep.local_links.get(w)
+        channel = getattr(link, "core", None)
+        nbytes = dt.itemsize * int(np.prod(dims, dtype=np.int64))
+        if channel is None or nbytes > P2P_SMALL_BYTES or len(self._p2p or ()) > 256:
+            return None
+        assert isinstance(link, shm.ShmLink)
+        if header.SIZE + nbytes > link.cap // 2:
+            return None
+        sig = Signature(Op.SEND, 0, self._gid, dt, dims, self._rank)
+        direction = "out" if way == "send" else "in"
+        return P2pPlan(channel, self._ep.wire_lock(direction, w), (direction, w),
+                       header.pack(sig), w, r, dims, dt, link._spin)
 
     # -- groups ------------------------------------------------------------------------------
 
