@@ -39,7 +39,8 @@ def ringcomm_transport(rows: list[dict]) -> str:
     """Return what carried ringcomm's bytes: the backend and the path each size took."""
     if not rows:
         return "?"
-    paths = ", ".join(f"{r['size_B']} B: {r.get('path') or '?'}" for r in rows)
+    paths = ", ".join(f"{r['size_B']} B: {r.get('path') or '?'}"
+                      + (f" ({r['core']})" if r.get("core") else "") for r in rows)
     return f"{rows[0]['backend']} backend ({paths})"
 
 

@@ -31,7 +31,10 @@ p = 2 at 4 B to 64 KiB (c + alpha_spin and beta, least squares), a raw
 socket exchange between two processes (alpha_spin alone, hence c), p = 4
 with RINGCOMM_ALGORITHM=ring (3 steps) and doubling (2 steps) at 4 B (their
 difference is alpha_block, and with it c_block), and the shared-memory slot
-path at p = 2 and p = 4 (sigma, sigma_block). Where ranks block, their costs grow
+path at p = 2 and p = 4 (sigma, sigma_block). The socket steps of the ring
+and of doubling are Python's loop, so the p = 2 fit runs with RINGCOMM_NATIVE=0;
+a group of two takes the compiled core's exchange instead, whose fixed cost
+c_pair comes from p = 2 at 4 B with the core. Where ranks block, their costs grow
 with the ranks per core (a woken rank waits behind the runnable ones): the
 model scales c_block, alpha_block and sigma_block by p / 4. `check` predicts
 the three algorithms at p = 8 on 4 loopback
@@ -89,6 +92,8 @@ def predict(params: dict, algorithm: str, p: int, n: int, alpha: str = "alpha_sp
         c, a, sigma = (params[k] * load for k in ("c_block", "alpha_block", "sigma_block"))
     else:
         c, a, sigma = params["c"], params[alpha], params["sigma"]
+        if p == 2 and algorithm != "hierarchical" and "c_pair" in params:
+            c = params["c_pair"]  # two ranks: one call of the compiled core's exchange
     if algorithm == "hierarchical":
         h = p // per_host
         return c + 2 * sigma + steps(across, h) * a + (h - 1) * m * b
@@ -202,7 +207,9 @@ def _line(xs: list[float], ys: list[float]) -> tuple[float, float]:
 
 
 def fit(iters: int) -> dict:
-    tcp = {"RINGCOMM_TRANSPORT": "tcp"}
+    # The ring's and doubling's steps are Python's socket loop: c and beta come from p=2 on
+    # that path; the compiled core's exchange of two ranks is fitted apart (c_pair).
+    tcp = {"RINGCOMM_TRANSPORT": "tcp", "RINGCOMM_NATIVE": "0"}
     rows = measure(2, FIT_SIZES, tcp, iters=iters)
     intercept, beta = _line([r["size_B"] + HEADER for r in rows], [r["time_us"] for r in rows])
     ring4 = measure(4, [4], {**tcp, "RINGCOMM_ALGORITHM": "ring"}, iters=iters)[0]
@@ -211,10 +218,12 @@ def fit(iters: int) -> dict:
     alpha_block = ring4["time_us"] - dbl4["time_us"]  # 3 steps against 2, same bytes
     c_block = dbl4["time_us"] - 2 * alpha_block - 3 * m * beta
     alpha_spin = raw_exchange()
+    pair = measure(2, [4], {"RINGCOMM_TRANSPORT": "tcp"}, iters=iters)[0]
     shm = measure(2, [4], {}, iters=iters)[0]
     shm4 = measure(4, [4], {}, iters=iters)[0]
     params = {
         "c": round(intercept - alpha_spin, 2), "alpha_spin": round(alpha_spin, 2),
+        "c_pair": round(pair["time_us"] - alpha_spin - m * beta, 2),
         "c_block": round(c_block, 2), "alpha_block": round(alpha_block, 2),
         "beta": round(beta, 6),
         "sigma": round(shm["time_us"], 2), "sigma_block": round(shm4["time_us"], 2),
@@ -222,7 +231,8 @@ def fit(iters: int) -> dict:
         "measured": {"tcp p=2": {r["size_B"]: r["time_us"] for r in rows},
                      "tcp p=4 ring 4 B": ring4["time_us"], "tcp p=4 doubling 4 B": dbl4["time_us"],
                      "shm p=2 4 B": shm["time_us"], "shm p=4 4 B": shm4["time_us"],
-                     "paths": [ring4["path"], dbl4["path"], shm["path"]]},
+                     "tcp p=2 4 B, the core's exchange": pair["time_us"],
+                     "paths": [ring4["path"], dbl4["path"], shm["path"], pair["path"]]},
     }
     return params
 

@@ -21,6 +21,10 @@
  * expected; otherwise they move nothing and say so, and the Python link does
  * the call (its waits, its deadline and its error messages).
  *
+ * `pair_allreduce` is the latency path of a group of two ranks joined by sockets: one call
+ * sends this rank's message and takes the other's without blocking for a short spin, checks
+ * the other's header and reduces; what it does not finish, Python's socket loop goes on with.
+ *
  * Memory ordering: data stores, then a release store of the count; an acquire
  * load of a peer's count, then reads of its data. A sleeping flag is read only
  * after a full fence that follows the count's store, the waiter's side mirrors
@@ -640,6 +644,148 @@ static PyTypeObject ChannelType = {
     .tp_methods = channel_methods,
 };
 
+/* ---- two ranks over TCP: one small all-reduce in one call ------------------------------ */
+
+#ifndef MSG_NOSIGNAL
+#define MSG_NOSIGNAL 0 /* Python ignores SIGPIPE; where this flag is missing, the signal too */
+#endif
+
+static int would_block(int e) { return e == EAGAIN || e == EWOULDBLOCK || e == EINTR; }
+
+/* Compare a received header with this rank's, but for the sender's rank. */
+static int same_call(const char *a, const char *b)
+{
+    return memcmp(a, b, RANK_AT) == 0 &&
+           memcmp(a + RANK_AT + 4, b + RANK_AT + 4, HEADER_BYTES - RANK_AT - 4) == 0;
+}
+
+/* pair_allreduce(out_fd, in_fd, rows, rank, template, seq, src, out, kind, op, spin)
+ *     -> (code, sent, got, send_errno, recv_errno)
+ *
+ * The latency path of a group of two ranks joined by two sockets (transport/net.py's
+ * exchange, in C): `rows` holds both ranks' messages (header and data) in rank order; this
+ * rank writes its own (the template, this rank's header, with call number `seq`; then
+ * `src`), sends it on `out_fd` and receives the other's on `in_fd`, neither call blocking,
+ * for up to `spin` seconds with the GIL released. Then it compares the other's header with
+ * its own (but for the rank) and reduces both rows, in rank order, into `out`.
+ *
+ * DONE: `out` holds the result. PENDING: the spin ran out with `sent` and `got` bytes moved;
+ * Python goes on from there (its waits, deadline and messages). MISMATCH: the other's
+ * header (in its row) differs. REDUCE: checked, Python reduces this dtype. GONE: a send or
+ * a receive failed (its errno; a receive's -1: the peer closed the connection). */
+static PyObject *pair_allreduce(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "pair_allreduce takes 11 arguments");
+        return NULL;
+    }
+    int out_fd = (int)PyLong_AsLong(args[0]);
+    int in_fd = (int)PyLong_AsLong(args[1]);
+    int rank = (int)PyLong_AsLong(args[3]);
+    long long seq = PyLong_AsLongLong(args[5]);
+    int kind = (int)PyLong_AsLong(args[8]);
+    int op = (int)PyLong_AsLong(args[9]);
+    double spin = PyFloat_AsDouble(args[10]);
+    if (PyErr_Occurred())
+        return NULL;
+    char *tmpl;
+    Py_ssize_t tn;
+    if (PyBytes_AsStringAndSize(args[4], &tmpl, &tn) < 0)
+        return NULL;
+    if (tn != HEADER_BYTES || (rank != 0 && rank != 1)) {
+        PyErr_SetString(PyExc_ValueError, "pair_allreduce: a 128-byte template, rank 0 or 1");
+        return NULL;
+    }
+    Py_buffer rows, src, out;
+    if (PyObject_GetBuffer(args[2], &rows, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[6], &src, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&rows);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[7], &out, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&rows);
+        PyBuffer_Release(&src);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t n = HEADER_BYTES + src.len;
+    if (out.len != src.len || rows.len != 2 * n) {
+        PyErr_SetString(PyExc_ValueError, "pair_allreduce: the buffers differ in size");
+        goto done;
+    }
+    char *mine = (char *)rows.buf + rank * n, *theirs = (char *)rows.buf + (1 - rank) * n;
+    memcpy(mine, tmpl, HEADER_BYTES);
+    int64_t s64 = (int64_t)seq;
+    memcpy(mine + SEQ_AT, &s64, 8); /* little-endian hosts only: native.py checks */
+    memcpy(mine + HEADER_BYTES, src.buf, (size_t)src.len);
+    Py_ssize_t sent = 0, got = 0;
+    int send_err = 0, recv_err = 0, differs = 0;
+    Py_BEGIN_ALLOW_THREADS
+    double start = 0.0;
+    for (;;) {
+        int moved = 0;
+        if (sent < n) {
+            ssize_t k = send(out_fd, mine + sent, (size_t)(n - sent), MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (k > 0) {
+                sent += k;
+                moved = 1;
+            } else if (k < 0 && !would_block(errno)) {
+                send_err = errno;
+                break;
+            }
+        }
+        if (got < n) {
+            ssize_t k = recv(in_fd, theirs + got, (size_t)(n - got), MSG_DONTWAIT);
+            if (k > 0) {
+                int had = got >= HEADER_BYTES;
+                got += k;
+                moved = 1;
+                if (!had && got >= HEADER_BYTES && !same_call(theirs, mine)) {
+                    differs = 1; /* a shorter message would never fill the row */
+                    break;
+                }
+            } else if (k == 0) {
+                recv_err = -1;
+                break;
+            } else if (!would_block(errno)) {
+                recv_err = errno;
+                break;
+            }
+        }
+        if (sent == n && got == n)
+            break;
+        if (!moved) {
+            double t = now();
+            if (start == 0.0)
+                start = t;
+            else if (t - start >= spin)
+                break;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    int code;
+    if (send_err || recv_err)
+        code = GONE;
+    else if (differs)
+        code = MISMATCH;
+    else if (sent < n || got < n)
+        code = PENDING;
+    else if (kind < 0 || kind >= N_KINDS || op < 0 || op > 2)
+        code = REDUCE;
+    else {
+        char *r[2] = {(char *)rows.buf + HEADER_BYTES, (char *)rows.buf + n + HEADER_BYTES};
+        REDUCERS[kind][op](out.buf, r, 2, src.len / ITEMSIZE[kind]);
+        code = DONE;
+    }
+    result = Py_BuildValue("(innii)", code, sent, got, send_err, recv_err);
+done:
+    PyBuffer_Release(&rows);
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 static PyObject *segment_close(Segment *self, PyObject *unused)
 {
     segment_release(self);
@@ -667,9 +813,16 @@ static PyTypeObject SegmentType = {
     .tp_methods = segment_methods,
 };
 
+static PyMethodDef module_methods[] = {
+    {"pair_allreduce", (PyCFunction)(void (*)(void))pair_allreduce, METH_FASTCALL,
+     "pair_allreduce(out_fd, in_fd, rows, rank, template, seq, src, out, kind, op, spin) -> "
+     "(code, sent, got, send_errno, recv_errno)"},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "ringcomm._native",
-    "The compiled core of ringcomm's shared-memory small calls and messages (optional).", -1, NULL,
+    "The compiled core of ringcomm's small calls and messages (optional).", -1, module_methods,
 };
 
 PyMODINIT_FUNC PyInit__native(void)

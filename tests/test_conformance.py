@@ -80,14 +80,18 @@ def paths_taken(trace_dir: pathlib.Path, n: int, p2p: bool = False) -> set[str]:
             if e.get("ph") == "X" and (e["name"] in ("send", "recv")) == p2p}
 
 
-def cores_taken(trace_dir: pathlib.Path, n: int) -> set[str]:
-    """Return which cores (native, python) ran the ranks' small shared-memory reductions."""
+def cores_taken(trace_dir: pathlib.Path, n: int, path: str = "shm-slot",
+                most: int | None = None, group: str | None = None) -> set[str]:
+    """Return which cores (native, python) ran the ranks' small reductions on `path` (of at
+    most `most` bytes, and in `group`, where given)."""
     from ringcomm import trace
 
     return {e["args"]["core"] for r in range(n)
             for e in trace.read_events(trace_dir / f"rank{r}.json")
-            if e.get("ph") == "X" and e["args"].get("path") == "shm-slot"
-            and e["name"] in ("all_sum", "all_max", "all_min")}
+            if e.get("ph") == "X" and e["args"].get("path") == path
+            and e["name"] in ("all_sum", "all_max", "all_min")
+            and (most is None or 0 < e["args"]["bytes"] <= most)
+            and (group is None or e["args"]["group"] == group)}
 
 
 def native_missing() -> str | None:
@@ -139,6 +143,10 @@ def test_the_tcp_ring_passes_the_suite_when_forced(n: int, tmp_path) -> None:
     assert paths_taken(tmp_path, n) - {"self"} == {"tcp-latency", "tcp-pipeline", "tcp-relay",
                                                    "tcp-pairs"}
     assert paths_taken(tmp_path, n, p2p=True) == {"tcp-p2p"}
+    # Two ranks over sockets: the core's exchange sends, receives, checks and reduces messages
+    # up to 64 KiB; larger ones on the latency path, and the ring of three, take Python's loop.
+    want = {"native"} if n == 2 and native_missing() is None else {"python"}
+    assert cores_taken(tmp_path, n, "tcp-latency", most=64 << 10, group="world") == want
 
 
 def _second_loopback_missing() -> str | None:

@@ -36,6 +36,45 @@ def test_a_mismatch_raises_on_every_rank(mode: str, what: str, path: str) -> Non
         assert float(re.search(r"after ([\d.]+)s", line).group(1)) < 5, line
 
 
+@pytest.mark.parametrize("mode, what", [
+    ("shape", "the shapes differ"),
+    ("dtype", "the dtypes differ"),
+    ("skip", "the operations differ"),
+])
+@pytest.mark.parametrize("core", ["native", "python"])
+def test_two_ranks_over_sockets_check_every_small_call(mode: str, what: str, core: str) -> None:
+    # Two ranks joined by TCP: a small all_sum is one call of the compiled core's exchange
+    # (or Python's loop); a header that differs is still an error naming the other's call.
+    job = run_ranks(2, "mismatch.py", mode, "small", RINGCOMM_TIMEOUT="30", timeout=60,
+                    RINGCOMM_TRANSPORT="tcp", RINGCOMM_NATIVE="1" if core == "native" else "0")
+    assert job.returncode == 0, job.stderr[-2000:]
+    lines = job.lines("rank ")
+    assert len(lines) == 2, job.stdout + job.stderr[-2000:]
+    for r, line in enumerate(sorted(lines)):
+        assert "MismatchError" in line and what in line, line
+        assert re.search(rf"rank {r} called .* but rank {1 - r} called", line), line
+        assert float(re.search(r"after ([\d.]+)s", line).group(1)) < 5, line
+
+
+@pytest.mark.parametrize("core", ["native", "python"])
+def test_two_ranks_over_sockets_name_a_dead_or_silent_peer(core: str) -> None:
+    native = {"RINGCOMM_TRANSPORT": "tcp", "RINGCOMM_NATIVE": "1" if core == "native" else "0"}
+    # Rank 1 exits in a loop of 4-byte all_sums: rank 0 says so within seconds.
+    ranks = run_direct(2, "die.py", "small", timeout=60, RINGCOMM_TIMEOUT="60", **native)
+    assert ranks[1].returncode == 1
+    kind, seconds, message = _outcome(ranks[0], 0)
+    assert kind.startswith("Peer") and "rank 1 (127.0.0.1:" in message, (kind, message)
+    assert seconds < 5, message
+    # Rank 1 sleeps past the deadline: rank 0's wait ends at it, naming rank 1.
+    timeout = 2
+    ranks = run_direct(2, "silent.py", "8", timeout=60, RINGCOMM_TIMEOUT=str(timeout), **native)
+    kind, seconds, message = _outcome(ranks[0], 0)
+    assert kind == "CommTimeoutError", message
+    assert timeout - 0.1 <= seconds < timeout + 1, (seconds, message)
+    assert re.fullmatch(rf"all_sum: rank 1 \(127\.0\.0\.1:\d+\) sent nothing within {timeout} s",
+                        message), message
+
+
 def test_a_dead_peer_raises_within_5s_on_every_survivor() -> None:
     ranks = run_direct(3, "die.py", timeout=60, RINGCOMM_TIMEOUT="60")
     assert ranks[1].returncode == 1

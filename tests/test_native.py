@@ -7,6 +7,7 @@ package must install and run where no C compiler exists, saying so.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import shutil
@@ -277,6 +278,129 @@ def test_a_channel_refuses_layouts_that_do_not_fit() -> None:
             c.send(h, 1, np.zeros(4, np.uint8))
     finally:
         mem.close()
+
+
+class Sockets:
+    """Two ranks joined as a group of two over TCP is: rank r sends on its socket to the
+    other and receives on the other's socket to it (socketpairs, in one process)."""
+
+    def __init__(self) -> None:
+        self.to1 = socket.socketpair()  # rank 0's [0] sends, rank 1's [1] receives
+        self.to0 = socket.socketpair()
+
+    def fds(self, rank: int) -> tuple[int, int]:
+        out, inn = (self.to1[0], self.to0[1]) if rank == 0 else (self.to0[0], self.to1[1])
+        return out.fileno(), inn.fileno()
+
+    def close(self) -> None:
+        for s in self.to1 + self.to0:
+            s.close()
+
+
+def reduce_header(dt: np.dtype, shape: tuple[int, ...], rank: int, op: Op = Op.ALL_SUM) -> bytes:
+    return pack(Signature(op, 0, 1, dt, shape, rank))
+
+
+def pair_call(socks: Sockets, rank: int, x: np.ndarray, out: np.ndarray, seq: int = 3,
+              kind: int | None = None, op: int = 0, spin: float = 0.0,
+              header: bytes | None = None) -> tuple[np.ndarray, tuple]:
+    rows = np.empty((2, HEADER + x.nbytes), np.uint8)
+    h = reduce_header(x.dtype, x.shape, rank) if header is None else header
+    k = native.kind(x.dtype) if kind is None else kind
+    return rows, _native.pair_allreduce(*socks.fds(rank), rows, rank, h, seq, x, out, k, op, spin)
+
+
+@needs_core
+@pytest.mark.parametrize("dt", sorted(native.KINDS, key=str))
+def test_the_pairs_exchange_sends_takes_checks_and_reduces_in_rank_order(dt: np.dtype) -> None:
+    socks = Sockets()
+    try:
+        rng = np.random.default_rng(5)
+        a, b = (rng.standard_normal(37).astype(dt) if dt.kind == "f" else
+                rng.integers(0, 100, 37).astype(dt) for _ in range(2))
+        out0, out1 = np.empty_like(a), np.empty_like(b)
+        n = HEADER + a.nbytes
+        # Rank 0 first: its message goes out, the other's is not there: PENDING, all sent.
+        _, r0 = pair_call(socks, 0, a, out0)
+        assert r0 == (native.Codes.PENDING, n, 0, 0, 0)
+        # Rank 1: its message goes out and rank 0's is there: checked and reduced.
+        rows1, r1 = pair_call(socks, 1, b, out1)
+        assert r1 == (native.Codes.DONE, n, n, 0, 0)
+        assert out1.tobytes() == np.add(a, b).tobytes()
+        # Both rows in rank order, each its rank's header (call number 3) and data.
+        assert rows1[0, :HEADER].tobytes() == pack(Signature(Op.ALL_SUM, 3, 1, dt, (37,), 0))
+        assert rows1[0, HEADER:].tobytes() == a.tobytes()
+        assert rows1[1, HEADER:].tobytes() == b.tobytes()
+        # Rank 0's message from rank 1 waits in its socket; max and min too, NaN winning.
+        rows0, r0 = pair_call(socks, 0, a, out0, seq=4, op=1)
+        _, r1 = pair_call(socks, 1, b, out1, seq=4, op=1)
+        assert r1[0] == native.Codes.DONE
+        assert out1.tobytes() == np.maximum(a, b).tobytes()
+    finally:
+        socks.close()
+
+
+@needs_core
+def test_the_pairs_exchange_stops_at_a_header_that_differs_and_on_a_closed_peer() -> None:
+    socks = Sockets()
+    try:
+        x, out = np.ones(8, np.float32), np.empty(8, np.float32)
+        # The other rank's rank field differs (it is its own): not compared.
+        _, r = pair_call(socks, 1, x, out)
+        rows, r = pair_call(socks, 0, x, out)
+        assert r[0] == native.Codes.DONE and (out == 2).all()
+        # Another shape of the same bytes: MISMATCH as soon as the header is in, and the
+        # header is in the other's row for Python to read.
+        pair_call(socks, 1, x.reshape(2, 4), out.reshape(2, 4))
+        rows, r = pair_call(socks, 0, x, out, seq=3)
+        assert r[0] == native.Codes.MISMATCH
+        assert rows[1, :HEADER].tobytes() == pack(Signature(Op.ALL_SUM, 3, 1, x.dtype, (2, 4), 1))
+        # A shorter message than this rank's (another dtype): MISMATCH, not a wait for bytes
+        # that never come.
+        small = np.ones(8, np.int8)
+        pair_call(socks, 1, small, np.empty_like(small), seq=9)
+        _, r = pair_call(socks, 0, x, out, seq=9, spin=10.0)
+        assert r[0] == native.Codes.MISMATCH and r[2] < HEADER + x.nbytes
+        # Python reduces a dtype the core does not.
+        pair_call(socks, 1, x, out, seq=10)
+        _, r = pair_call(socks, 0, x, out, seq=10, kind=-1)
+        assert r[0] == native.Codes.REDUCE
+        # A short wait with nothing coming: bounded, PENDING with what moved.
+        _, r = pair_call(socks, 0, x, out, seq=11, spin=1e-3)
+        assert r == (native.Codes.PENDING, HEADER + x.nbytes, 0, 0, 0)
+        # The other rank's end closed: GONE, the receive saying so (-1).
+        socks.to0[0].close()
+        _, r = pair_call(socks, 0, x, out, seq=12)
+        assert r[0] == native.Codes.GONE and r[4] == -1
+        # A send on a socket whose reader is gone fails with EPIPE or ECONNRESET.
+        socks.to1[1].close()
+        _, r = pair_call(socks, 0, x, out, seq=13)
+        assert r[0] == native.Codes.GONE and r[3] in (errno.EPIPE, errno.ECONNRESET)
+    finally:
+        socks.close()
+
+
+@needs_core
+def test_the_pairs_exchange_refuses_arguments_that_do_not_fit() -> None:
+    socks = Sockets()
+    try:
+        x = np.ones(4, np.float32)
+        h = reduce_header(x.dtype, x.shape, 0)
+        fds = socks.fds(0)
+        rows = np.empty((2, HEADER + 16), np.uint8)
+        with pytest.raises(ValueError, match="128-byte"):
+            _native.pair_allreduce(*fds, rows, 0, b"short", 1, x, np.empty(4, np.float32), 0, 0, 0.)
+        with pytest.raises(ValueError, match="rank 0 or 1"):
+            _native.pair_allreduce(*fds, rows, 2, h, 1, x, np.empty(4, np.float32), 0, 0, 0.)
+        with pytest.raises(ValueError, match="differ in size"):
+            _native.pair_allreduce(*fds, rows, 0, h, 1, x, np.empty(5, np.float32), 0, 0, 0.)
+        with pytest.raises(ValueError, match="differ in size"):
+            _native.pair_allreduce(*fds, rows[:, :-1].copy(), 0, h, 1, x, np.empty(4, np.float32),
+                                   0, 0, 0.)
+        with pytest.raises(TypeError, match="11 arguments"):
+            _native.pair_allreduce(*fds, rows)
+    finally:
+        socks.close()
 
 
 def test_header_size_agrees_with_the_core() -> None:

@@ -197,7 +197,7 @@ def recv_at_least(s: socket.socket, view: memoryview, least: int, *, peer: str, 
 
 def exchange(out: socket.socket, data: memoryview, inn: socket.socket, view: memoryview,
              header: int, check: Callable[[memoryview], None], timeout: float, *, peer_out: str,
-             peer_in: str, op: str, spin: float = 0.0) -> None:
+             peer_in: str, op: str, spin: float = 0.0, sent: int = 0, got: int = 0) -> None:
     """Send `data` on `out` and fill `view` from `inn`, calling `check` on its first `header` bytes.
 
     Two ranks that send each other more than their socket buffers hold would
@@ -208,9 +208,14 @@ def exchange(out: socket.socket, data: memoryview, inn: socket.socket, view: mem
     With `spin` > 0, the wait for the header first polls without blocking for
     up to `spin` seconds: a reply usually comes within microseconds, and a
     blocked thread on an idle core takes far longer than that to wake.
+
+    `sent` and `got` resume an exchange that moved that much already (the compiled
+    core's, which stops after its short wait).
     """
-    sent, got, n, m = 0, 0, len(data), len(view)
-    checked = False
+    n, m = len(data), len(view)
+    checked = got >= header
+    if checked:
+        check(view[:header])
     poller = None
     while sent < n:
         try:

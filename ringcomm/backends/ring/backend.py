@@ -32,13 +32,14 @@ from ...transport.endpoint import Endpoint
 from ...transport.handshake import Hello, Kind
 from ...transport.link import YIELD_SECONDS, Link, exchange
 from ...transport.link import path as link_path
-from ...transport.net import parse_address
+from ...transport.net import describe_errno, parse_address
+from ...transport.net import exchange as socket_exchange
 from ...transport.tcp import TcpLink
 from ...transport.watch import Activity, GroupInfo
 from ..base import Backend, ReduceOp
 from ..signature import REDUCTIONS, Op, Signature
 from . import pipeline
-from .local import Local, Plan, _even
+from .local import _OPCODES, Local, Plan, _even
 
 __all__ = ["RingBackend", "create"]
 
@@ -58,6 +59,9 @@ _WORLD_ID = 1
 # send/recv messages up to this size between ranks of one host take the compiled core's
 # latency path (one call moves the header and the data).
 P2P_SMALL_BYTES = 64 << 10
+# All-reduces up to this size in a group of two ranks joined by TCP take the compiled core's
+# exchange (one call sends, receives, checks and reduces): the decode step's 16 KiB and more.
+PAIR_SMALL_BYTES = 64 << 10
 _DONE = native.Codes.DONE
 _MAIN = threading.main_thread()
 
@@ -117,6 +121,17 @@ class P2pPlan(NamedTuple):
     spin: float  # the short wait of a recv: spin this long, then yield until YIELD_SECONDS
 
 
+class PairPlan(NamedTuple):
+    """What a small all-reduce of one kind needs on every call in a group of two over TCP."""
+
+    template: bytes  # this rank's header with call number 0
+    rows: np.ndarray  # both ranks' messages (header and data) in rank order: (2, header + n)
+    kind: int  # the core's element kind, or -1: Python reduces
+    opcode: int  # the core's op (sum, max, min), or -1
+    ufunc: np.ufunc
+    sig: Signature  # the call with number 0 (for error messages)
+
+
 def _child_id(parent: int, nth: int, color: int) -> int:
     digest = hashlib.blake2b(f"{parent}/{nth}/{color}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") | 2  # never the world's id
@@ -156,6 +171,7 @@ class RingBackend(Backend):
         self._path = "self"  # the path the current call takes: for the trace, the log and bench
         self._reduced = False
         self._channel_ran = False
+        self._pair_ran = False  # whether the last all-reduce was one call of the core's exchange
         self._kinds: dict[tuple, str] = {}
         self._debug = log.isEnabledFor(logging.DEBUG)
         self._arrived = 0.0  # when the current call first had a peer's header (traced calls)
@@ -188,6 +204,16 @@ class RingBackend(Backend):
                 self._fail("set-up", e)
             if ep.shared_memory and shm.available():
                 self._run_or_fail("set-up", lambda: self._share(deadline))
+        # Two ranks joined by sockets (two hosts, or the ring across two hosts): small
+        # all-reduces take the core's exchange, by (op, group, dtype, shape); untraced calls
+        # of the API's fast entry by (op, dtype, shape).
+        self._pair: dict[tuple, PairPlan] | None = None
+        self._pair_fast: dict[tuple, PairPlan | None] | None = None
+        if (self._size == 2 and native.CORE is not None and self._local is None
+                and self._right[0].kind == "tcp" and self._left[0].kind == "tcp"):
+            self._pair = {}
+            if self._tracer is None and not self._debug:
+                self._pair_fast = {}
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -207,10 +233,12 @@ class RingBackend(Backend):
     @property
     def core(self) -> str:
         """Return which core ran the last call: "native" (the compiled core ran its hot loop:
-        a small reduction through shared memory, or a small send or recv moved whole through a
-        link's channel) or "python"."""
+        a small reduction through shared memory or between two ranks over TCP, or a small send
+        or recv moved whole through a link's channel) or "python"."""
         local = self._local
         if self._reduced and self._path == "shm-slot" and local is not None and local.core:
+            return "native"
+        if self._pair_ran and self._path == "tcp-latency":
             return "native"
         return "native" if self._path == "shm-p2p" and self._channel_ran else "python"
 
@@ -228,6 +256,7 @@ class RingBackend(Backend):
         self._path = "self"  # until a path that moves data is taken
         self._reduced = False  # whether the call is a reduction (the core runs those)
         self._channel_ran = False  # whether a send or recv was one call of a link's channel
+        self._pair_ran = False
         return Signature(op, self._seq, self._gid, a.dtype, tuple(a.shape), self._rank, arg)
 
     def _checker(self, mine: Signature, src: int) -> Callable[[memoryview], None]:
@@ -338,11 +367,75 @@ class RingBackend(Backend):
 
     def _reduce_small(self, flat: np.ndarray, out: np.ndarray, ufunc: Callable,
                       sig: Signature) -> None:
+        plans = self._pair
+        if plans is not None and 0 < flat.nbytes <= PAIR_SMALL_BYTES:
+            key = (sig.op, sig.group, sig.dtype, sig.shape, sig.rank)  # all the header holds
+            plan = plans.get(key)
+            if plan is None:
+                if len(plans) >= 256:  # a program of many kinds: start again
+                    plans.clear()
+                plan = plans[key] = self._pair_plan(sig._replace(seq=0), flat.dtype, ufunc)
+            self._took("tcp-latency", sig)
+            return self._pair_reduce(flat, out, plan, sig.seq, False)
         raw = (self._gather_doubling if self._doubles() else self._gather_small)(flat, sig)
         rows = [raw[i].view(flat.dtype) for i in range(self._size)]
         ufunc(rows[0], rows[1], out=out)
         for row in rows[2:]:  # rank order on every rank: the same bits everywhere
             ufunc(out, row, out=out)
+
+    # -- two ranks over TCP: the compiled core's exchange -----------------------------------
+
+    def _pair_plan(self, sig: Signature, dtype: np.dtype, ufunc: Callable) -> PairPlan:
+        n = int(np.prod(sig.shape, dtype=np.int64)) * dtype.itemsize
+        opcode = _OPCODES.get(ufunc, -1)
+        return PairPlan(header.pack(sig), np.empty((2, header.SIZE + n), np.uint8),
+                        native.kind(dtype) if opcode >= 0 else -1, opcode,
+                        ufunc, sig)  # type: ignore[arg-type]
+
+    def _pair_reduce(self, src: np.ndarray, out: np.ndarray, plan: PairPlan, seq: int,
+                     lean: bool) -> None:
+        """All-reduce `src` (contiguous) with the other rank into `out`: one call of the core
+        sends this rank's message, takes the other's, checks its header and reduces both in
+        rank order; where its short wait runs out, the socket loop goes on from there.
+        `lean`: a call of the fast entry, which the watch records only when it has to block.
+        """
+        right, left = self._right[0], self._left[0]
+        self._path, self._pair_ran = "tcp-latency", True
+        spin = self._spin if threading.current_thread() is _MAIN else 0.0
+        code, sent, got, out_errno, in_errno = native.CORE.pair_allreduce(  # type: ignore[union-attr]
+            right.sock.fileno(), left.sock.fileno(), plan.rows, self._rank,  # type: ignore[attr-defined]
+            plan.template, seq, src, out, plan.kind, plan.opcode, spin)
+        if code == _DONE:
+            if self._tracer is not None:
+                self._arrived = time.perf_counter()  # the reply was there within the call
+            return
+        label = plan.sig.op.label
+        if code == native.Codes.GONE:
+            link, err = (right, out_errno) if out_errno else (left, in_errno)
+            if err > 0:
+                raise PeerError(f"{label}: connection to {link.peer} failed: "
+                                f"{describe_errno(OSError(err, os.strerror(err)))}")
+            raise PeerError(f"{label}: {link.peer} closed the connection (did it exit or crash?)")
+        r, hs = self._rank, header.SIZE
+        mine, theirs = plan.rows[r], plan.rows[1 - r]
+        check = self._checker(plan.sig._replace(seq=seq), 1 - r)
+        if code == native.Codes.MISMATCH:
+            check(theirs[:hs].data)
+            raise PeerError(f"{label}: the headers of the {self._label} group differ, yet match "
+                            "when read again (memory corrupted?)")
+        if code == native.Codes.PENDING:
+            watch = self._watch if lean else None
+            if watch is not None:
+                watch.begin(Activity(label, self._gid, seq, -1, time.monotonic(), True))
+            try:
+                socket_exchange(right.sock, mine.data, left.sock,  # type: ignore[attr-defined]
+                                theirs.data, hs, check, left.timeout, peer_out=right.peer,
+                                peer_in=left.peer, op=label, sent=sent, got=got)
+            finally:
+                if watch is not None:
+                    watch.leave(self._gid)
+        dt = plan.sig.dtype
+        plan.ufunc(plan.rows[0, hs:].view(dt), plan.rows[1, hs:].view(dt), out=out.reshape(-1))
 
     def _run(self, src: np.ndarray, data: np.ndarray, blocks: list[tuple[int, int]], n_rs: int,
              n_ag: int, ufunc: Callable | None, sig: Signature) -> None:
@@ -576,7 +669,7 @@ class RingBackend(Backend):
         """
         plans = self._fast
         if plans is None:
-            return None
+            return self._pair_small(x, op) if self._pair_fast is not None else None
         key = (op, x.dtype, x.shape)
         plan = plans.get(key)
         if plan is None:
@@ -598,6 +691,37 @@ class RingBackend(Backend):
             self._fail(plan.sig.op.label, e)
         self._watch.done[self._gid] = seq
         self._path, self._reduced = "shm-slot", True
+        return out
+
+    def _pair_small(self, x: np.ndarray, op: ReduceOp) -> np.ndarray | None:
+        """`reduce_small` of a group of two over TCP: the core's exchange with a plan."""
+        plans = self._pair_fast
+        assert plans is not None
+        key = (op, x.dtype, x.shape)
+        plan = plans.get(key)
+        if plan is None:
+            if key in plans:
+                return None
+            kind = REDUCTIONS[op]
+            check_dtype(x.dtype, kind.label)
+            if x.size == 0 or x.nbytes > PAIR_SMALL_BYTES or len(plans) > 256:
+                plans[key] = None
+                return None
+            sig = Signature(kind, 0, self._gid, x.dtype, tuple(x.shape), self._rank)
+            plan = plans[key] = self._pair_plan(sig, x.dtype, op.ufunc)
+        if not x.flags.c_contiguous:
+            return None
+        aborts = self._ep.aborts
+        if aborts._reason is not None:
+            aborts.raise_if_stopped()
+        seq = self._seq = self._seq + 1
+        out = np.empty(plan.sig.shape, plan.sig.dtype)
+        try:
+            self._pair_reduce(x, out, plan, seq, True)
+        except RingcommError as e:
+            self._fail(plan.sig.op.label, e)
+        self._watch.done[self._gid] = seq
+        self._reduced = True
         return out
 
     def _plan(self, x: np.ndarray, op: ReduceOp) -> Plan | None:
