@@ -181,9 +181,9 @@ class RingBackend(Backend):
         self._local_ranks: list[int] = []  # the group ranks on this host that share the segment
         self._pairs: dict[int, Link] | None = None  # a link to every other rank (all_to_all)
         self._across: RingBackend | None = None  # this rank's ring across hosts (hierarchical)
-        # Small reductions of a group on one host, untraced: plans by (op, dtype, shape), or
-        # None (this group has no fast path).
-        self._fast: dict[tuple, Plan | None] | None = None
+        # Small reductions of a group on one host or of two ranks over TCP, untraced: plans by
+        # (op, dtype, shape), or None (this group has no fast path).
+        self._fast: dict[tuple, Plan | PairPlan | None] | None = None
         # Small send/recv to a rank of this host through the compiled core, untraced: per
         # (way, peer, dtype, shape), what a call needs (P2pPlan), or None (it takes the link).
         self._p2p: dict[tuple, P2pPlan | None] | None = (
@@ -208,12 +208,11 @@ class RingBackend(Backend):
         # all-reduces take the core's exchange, by (op, group, dtype, shape); untraced calls
         # of the API's fast entry by (op, dtype, shape).
         self._pair: dict[tuple, PairPlan] | None = None
-        self._pair_fast: dict[tuple, PairPlan | None] | None = None
         if (self._size == 2 and native.CORE is not None and self._local is None
                 and self._right[0].kind == "tcp" and self._left[0].kind == "tcp"):
             self._pair = {}
             if self._tracer is None and not self._debug:
-                self._pair_fast = {}
+                self._fast = {}
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -661,15 +660,16 @@ class RingBackend(Backend):
         self._reduce(flat, dst, ufunc, sig)
 
     def reduce_small(self, x: np.ndarray, op: ReduceOp) -> np.ndarray | None:
-        """The latency path of a group on one host: `all_reduce_into` of a small array without
-        the per-call work that can be made once (signature, header, views: the Plan).
+        """The latency path of a group on one host, or of two ranks over TCP: `all_reduce_into`
+        of a small array without the per-call work that can be made once (signature, header,
+        views, buffers: the Plan or PairPlan).
 
         The call is numbered, checked against every rank's header and, when it has to
         block, recorded in the watch, as every call is.
         """
         plans = self._fast
         if plans is None:
-            return self._pair_small(x, op) if self._pair_fast is not None else None
+            return None
         key = (op, x.dtype, x.shape)
         plan = plans.get(key)
         if plan is None:
@@ -685,55 +685,31 @@ class RingBackend(Backend):
             aborts.raise_if_stopped()
         seq = self._seq = self._seq + 1
         out = np.empty(plan.sig.shape, plan.sig.dtype)
+        local = self._local
         try:
-            self._local.reduce_small(x, out, plan, seq)  # type: ignore[union-attr]
-        except RingcommError as e:
-            self._fail(plan.sig.op.label, e)
-        self._watch.done[self._gid] = seq
-        self._path, self._reduced = "shm-slot", True
-        return out
-
-    def _pair_small(self, x: np.ndarray, op: ReduceOp) -> np.ndarray | None:
-        """`reduce_small` of a group of two over TCP: the core's exchange with a plan."""
-        plans = self._pair_fast
-        assert plans is not None
-        key = (op, x.dtype, x.shape)
-        plan = plans.get(key)
-        if plan is None:
-            if key in plans:
-                return None
-            kind = REDUCTIONS[op]
-            check_dtype(x.dtype, kind.label)
-            if x.size == 0 or x.nbytes > PAIR_SMALL_BYTES or len(plans) > 256:
-                plans[key] = None
-                return None
-            sig = Signature(kind, 0, self._gid, x.dtype, tuple(x.shape), self._rank)
-            plan = plans[key] = self._pair_plan(sig, x.dtype, op.ufunc)
-        if not x.flags.c_contiguous:
-            return None
-        aborts = self._ep.aborts
-        if aborts._reason is not None:
-            aborts.raise_if_stopped()
-        seq = self._seq = self._seq + 1
-        out = np.empty(plan.sig.shape, plan.sig.dtype)
-        try:
-            self._pair_reduce(x, out, plan, seq, True)
+            if local is not None:
+                local.reduce_small(x, out, plan, seq)  # type: ignore[arg-type]
+                self._path = "shm-slot"
+            else:
+                self._pair_reduce(x, out, plan, seq, True)  # type: ignore[arg-type]
         except RingcommError as e:
             self._fail(plan.sig.op.label, e)
         self._watch.done[self._gid] = seq
         self._reduced = True
         return out
 
-    def _plan(self, x: np.ndarray, op: ReduceOp) -> Plan | None:
+    def _plan(self, x: np.ndarray, op: ReduceOp) -> Plan | PairPlan | None:
         """Return the plan of fast reductions like `x`, or None where they take another path."""
-        local = self._local
-        assert local is not None
         kind = REDUCTIONS[op]
         check_dtype(x.dtype, kind.label)
-        if x.size == 0 or x.nbytes > local.small or len(self._fast or ()) > 256:
+        local = self._local
+        most = local.small if local is not None else PAIR_SMALL_BYTES
+        if x.size == 0 or x.nbytes > most or len(self._fast or ()) > 256:
             return None
         sig = Signature(kind, 0, self._gid, x.dtype, tuple(x.shape), self._rank)
-        return local.plan(sig, op.ufunc)
+        if local is not None:
+            return local.plan(sig, op.ufunc)
+        return self._pair_plan(sig, x.dtype, op.ufunc)
 
     def _reduce(self, flat: np.ndarray, dst: np.ndarray, ufunc: Callable, sig: Signature) -> None:
         """All-reduce over the TCP ring."""
