@@ -7,6 +7,7 @@ through ``ringcomm launch --backend mpi``); here are its modes that only MPI has
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +35,12 @@ def rank_env(**extra: str) -> dict[str, str]:
 
 
 def run(argv: list[str], timeout: float, environ: dict[str, str]) -> harness.Job:
-    return harness.run(argv, timeout=timeout, environ=environ)
+    # OpenMPI started without mpirun (a singleton: the error cases here) leaves its
+    # shared-memory segment behind when the process exits, even after MPI_Finalize: its
+    # segments go into a directory of the test's own, removed with it.
+    with tempfile.TemporaryDirectory(prefix="ringcomm-ompi-") as backing:
+        environ = {**environ, "OMPI_MCA_btl_sm_backing_directory": backing}
+        return harness.run(argv, timeout=timeout, environ=environ)
 
 
 def run_ranks(n: int, args: list[str], timeout: float = 90, **env: str) -> harness.Job:
