@@ -16,6 +16,7 @@ import sys
 
 import pytest
 
+from ringcomm import native
 from tests import harness
 from tests.ranks import conformance as suite
 
@@ -145,7 +146,7 @@ def test_the_tcp_ring_passes_the_suite_when_forced(n: int, tmp_path) -> None:
     assert paths_taken(tmp_path, n, p2p=True) == {"tcp-p2p"}
     # Two ranks over sockets: the core's exchange sends, receives, checks and reduces messages
     # up to 64 KiB; larger ones on the latency path, and the ring of three, take Python's loop.
-    want = {"native"} if n == 2 and native_missing() is None else {"python"}
+    want = {"native"} if n == 2 and native.PATH == "native" else {"python"}
     assert cores_taken(tmp_path, n, "tcp-latency", most=64 << 10, group="world") == want
 
 
