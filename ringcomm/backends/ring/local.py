@@ -301,7 +301,15 @@ class Local:
         if src.nbytes:
             mem[at + HEADER:at + HEADER + src.nbytes] = src.reshape(-1)  # type: ignore[call-overload]
         sh.post()
-        sh.wait(plan.sig.op.label)
+        label, watch = plan.sig.op.label, self.watch
+        if watch is None:
+            sh.wait(label)
+        else:  # recorded as busy, as every waiting call is (stall lines, deadlock checks)
+            watch.begin(Activity(label, self.gid, seq, -1, time.monotonic(), True))
+            try:
+                sh.wait(label)
+            finally:
+                watch.leave(self.gid)
         for j in self._others:
             a = self._slot_at[j][s]
             if mem[a:a + HEADER] != hdr:
