@@ -400,6 +400,13 @@ static PyObject *segment_finish(Segment *self, PyObject *const *args, Py_ssize_t
  * receiver's line (tail, its sleeping flag), then `cap` bytes of ring (a power of two). */
 #define RANK_AT 24 /* the sender's rank in a header: a recv does not compare it */
 
+/* Compare a received header with the expected one, but for the sender's rank. */
+static int same_call(const char *a, const char *b)
+{
+    return memcmp(a, b, RANK_AT) == 0 &&
+           memcmp(a + RANK_AT + 4, b + RANK_AT + 4, HEADER_BYTES - RANK_AT - 4) == 0;
+}
+
 typedef struct {
     PyObject_HEAD
     Py_buffer mem;
@@ -590,8 +597,7 @@ static PyObject *channel_recv(Channel *self, PyObject *const *args, Py_ssize_t n
     int code = PENDING;
     if (need <= self->cap && channel_wait(self, tail, need, spin, yield)) {
         ring_get(self->in_data, self->cap, tail, got, HEADER_BYTES);
-        if (memcmp(got, want, RANK_AT) != 0 ||
-            memcmp(got + RANK_AT + 4, want + RANK_AT + 4, HEADER_BYTES - RANK_AT - 4) != 0) {
+        if (!same_call(got, want)) {
             code = MISMATCH;
         } else {
             ring_get(self->in_data, self->cap, tail + HEADER_BYTES, out.buf, out.len);
@@ -651,13 +657,6 @@ static PyTypeObject ChannelType = {
 #endif
 
 static int would_block(int e) { return e == EAGAIN || e == EWOULDBLOCK || e == EINTR; }
-
-/* Compare a received header with this rank's, but for the sender's rank. */
-static int same_call(const char *a, const char *b)
-{
-    return memcmp(a, b, RANK_AT) == 0 &&
-           memcmp(a + RANK_AT + 4, b + RANK_AT + 4, HEADER_BYTES - RANK_AT - 4) == 0;
-}
 
 /* pair_allreduce(out_fd, in_fd, rows, rank, template, seq, src, out, kind, op, spin)
  *     -> (code, sent, got, send_errno, recv_errno)

@@ -25,9 +25,5 @@ def no_segment_outlives_a_test() -> Iterator[None]:
     yield
     harness.assert_no_segments_left("the test")
     new = _openmpi_segments() - before
-    for name in new:
-        try:
-            os.unlink(f"/dev/shm/{name}")
-        except OSError:
-            pass
+    harness.remove_segments(new)
     assert not new, f"OpenMPI's shared-memory segments outlived the test: {sorted(new)}"

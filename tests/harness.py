@@ -203,14 +203,19 @@ def segments_left() -> list[str]:
     return left
 
 
-def assert_no_segments_left(what: str = "the job") -> None:
-    """Fail (and remove them) when segments outlived their creators."""
-    left = segments_left()
-    for name in left:
+def remove_segments(names: Iterable[str]) -> None:
+    """Remove these names from /dev/shm, where they still are."""
+    for name in names:
         try:
             os.unlink(f"/dev/shm/{name}")
         except OSError:
             pass
+
+
+def assert_no_segments_left(what: str = "the job") -> None:
+    """Fail (and remove them) when segments outlived their creators."""
+    left = segments_left()
+    remove_segments(left)
     assert not left, f"shared-memory segments outlived {what}: {left}"
 
 
