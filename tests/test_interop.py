@@ -7,7 +7,7 @@ import pytest
 
 import ringcomm
 from tests.harness import run_case
-from tests.ranks.training import case_interop
+from tests.ranks.training import LIBRARIES, case_interop
 
 ONES = np.arange(12, dtype=np.float32).reshape(4, 3)
 
@@ -82,13 +82,30 @@ def test_jax_tracer_gets_a_clear_error():
         jax.jit(ringcomm.all_sum)(jax.numpy.ones(2))
 
 
-def test_every_library_in_process():
-    case_interop()  # the in-rank case, at size 1
+# The array libraries the interop case must exercise, each in every variant (bfloat16 through
+# ml_dtypes): a library that is missing skips these tests (fails them in CI, see conftest.py),
+# and one that fails to import in a rank fails it; none is dropped quietly.
+REQUIRED = ("torch", "mlx.core", "jax", "ml_dtypes")
+VARIANTS = ["torch", "torch-grad", "torch-bf16", "mlx", "mlx-bf16", "jax", "jax-bf16"]
+
+
+@pytest.fixture
+def every_library() -> None:
+    for name in REQUIRED:
+        pytest.importorskip(name)
+
+
+def test_every_library_in_process(every_library):
+    assert LIBRARIES == ("torch", "mlx", "jax")
+    assert case_interop() == VARIANTS  # the in-rank case, at size 1
 
 
 @pytest.mark.timeout(150)
-def test_every_library_at_size_two():
-    run_case(2, "training.py", "interop", timeout=120, RINGCOMM_TIMEOUT="60")
+def test_every_library_at_size_two(every_library):
+    # The case exercises every library of LIBRARIES (torch, mlx, jax) unless told otherwise.
+    job = run_case(2, "training.py", "interop", timeout=120, RINGCOMM_TIMEOUT="60")
+    assert sorted(job.lines("exercised ")) == [f"exercised rank {r}: {' '.join(VARIANTS)}"
+                                               for r in range(2)], job.stdout
 
 
 def test_zero_d_arrays_keep_their_shape():

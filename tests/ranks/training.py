@@ -1,6 +1,6 @@
 """In-rank cases for the training and interop tests.
 
-Run inside ranks: ``ringcomm launch -n 2 tests/ranks/training.py CASE``. Each
+Run inside ranks: ``ringcomm launch -n 2 tests/ranks/training.py CASE [ARG...]``. Each
 case asserts on every rank and ends with the line ``ok CASE rank R``.
 """
 
@@ -51,36 +51,37 @@ def case_counts() -> None:
     print(f"ok counts rank {rank}", flush=True)
 
 
-def _libraries() -> list[tuple[str, Callable[[np.ndarray], Any], Callable[[Any], np.ndarray]]]:
-    """Return (name, from NumPy, to NumPy) for every array library that is installed."""
-    libs: list[tuple[str, Callable[[np.ndarray], Any], Callable[[Any], np.ndarray]]] = []
-    try:
+# The array libraries case_interop exercises, by the name given on its command line: each
+# (variant, from NumPy, to NumPy). A library named there that fails to import fails the case.
+LIBRARIES = ("torch", "mlx", "jax")
+
+
+def _library(name: str) -> list[tuple[str, Callable[[np.ndarray], Any], Callable[[Any], np.ndarray]]]:
+    """Return (variant, from NumPy, to NumPy) for every variant of array library `name`; the
+    bfloat16 variants travel through ml_dtypes' bfloat16, so they need it too."""
+    import ml_dtypes  # noqa: F401  # not optional here: the bfloat16 variants need it
+
+    if name == "torch":
         import torch
 
-        libs.append(("torch", torch.from_numpy, lambda t: t.float().numpy()))
-        libs.append(("torch-grad", lambda a: torch.from_numpy(a).requires_grad_() * 1,
-                     lambda t: t.detach().float().numpy()))
-        libs.append(("torch-bf16", lambda a: torch.from_numpy(a).bfloat16(),
-                     lambda t: t.float().numpy()))
-    except ImportError:
-        pass
-    try:
+        return [("torch", torch.from_numpy, lambda t: t.float().numpy()),
+                ("torch-grad", lambda a: torch.from_numpy(a).requires_grad_() * 1,
+                 lambda t: t.detach().float().numpy()),
+                ("torch-bf16", lambda a: torch.from_numpy(a).bfloat16(),
+                 lambda t: t.float().numpy())]
+    if name == "mlx":
         import mlx.core as mx
 
-        libs.append(("mlx", mx.array, lambda x: np.array(x.astype(mx.float32))))
-        libs.append(("mlx-bf16", lambda a: mx.array(a).astype(mx.bfloat16),
-                     lambda x: np.array(x.astype(mx.float32))))
-    except ImportError:
-        pass
-    try:
+        return [("mlx", mx.array, lambda x: np.array(x.astype(mx.float32))),
+                ("mlx-bf16", lambda a: mx.array(a).astype(mx.bfloat16),
+                 lambda x: np.array(x.astype(mx.float32)))]
+    if name == "jax":
         import jax.numpy as jnp
 
-        libs.append(("jax", jnp.asarray, lambda x: np.asarray(x, dtype=np.float32)))
-        libs.append(("jax-bf16", lambda a: jnp.asarray(a, dtype=jnp.bfloat16),
-                     lambda x: np.asarray(x, dtype=np.float32)))
-    except ImportError:
-        pass
-    return libs
+        return [("jax", jnp.asarray, lambda x: np.asarray(x, dtype=np.float32)),
+                ("jax-bf16", lambda a: jnp.asarray(a, dtype=jnp.bfloat16),
+                 lambda x: np.asarray(x, dtype=np.float32))]
+    raise SystemExit(f"unknown array library {name!r}; expected some of {LIBRARIES}")
 
 
 def _check(name: str, x: Any, back: Callable[[Any], np.ndarray], op: str, got: Any,
@@ -90,15 +91,17 @@ def _check(name: str, x: Any, back: Callable[[Any], np.ndarray], op: str, got: A
     np.testing.assert_allclose(back(got), want, err_msg=f"{name} {op}")
 
 
-def case_interop() -> None:
-    """Every collective on every installed array library returns that library's type and the right values."""
+def case_interop(*names: str) -> list[str]:
+    """Every collective on each array library in `names` (default: all of LIBRARIES) returns
+    that library's type and the right values. Print and return the variants exercised."""
     import ringcomm
 
     world = ringcomm.init()
     rank, size = world.rank(), world.size()
     base = np.arange(2 * size * 3, dtype=np.float32).reshape(2 * size, 3)
     mine = base + rank
-    for name, make, back in _libraries():
+    exercised = []
+    for name, make, back in [v for lib in names or LIBRARIES for v in _library(lib)]:
         x = make(mine.copy())
         check = functools.partial(_check, name, x, back)
 
@@ -124,8 +127,11 @@ def case_interop() -> None:
         avg = ringcomm.average_gradients(grads)
         check("average_gradients", avg["w"], base + ranks.mean())
         assert type(avg["b"][0]) is type(x)
+        exercised.append(name)
+    print(f"exercised rank {rank}: {' '.join(exercised)}", flush=True)
     print(f"ok interop rank {rank}", flush=True)
+    return exercised
 
 
 if __name__ == "__main__":
-    {"counts": case_counts, "interop": case_interop}[sys.argv[1]]()
+    {"counts": case_counts, "interop": case_interop}[sys.argv[1]](*sys.argv[2:])
