@@ -44,6 +44,8 @@ ECHO_PAUSE = 0.1
 # Time to deliver abort notices to every other rank.
 NOTIFY_SECONDS = 2.0
 
+# A notice's text is cut to this many bytes; a longer one is refused unread.
+NOTE_LIMIT = 60000
 _NOTE = struct.Struct("<BI")
 
 
@@ -69,13 +71,18 @@ def classify(exc: BaseException) -> Reason:
 
 def encode(reason: str, kind: Reason) -> bytes:
     """Return the body of an abort notice."""
-    note = reason.encode()[:60000]
+    note = reason.encode()[:NOTE_LIMIT]
     return _NOTE.pack(kind, len(note)) + note
 
 
 def decode(read_exact: Callable[[int], bytes]) -> tuple[str, Reason]:
-    """Read an abort notice through `read_exact(n)`; return (reason, kind)."""
+    """Read an abort notice through `read_exact(n)`; return (reason, kind).
+
+    Raises ValueError for a notice longer than any rank sends (NOTE_LIMIT).
+    """
     kind, n = _NOTE.unpack(read_exact(_NOTE.size))
+    if n > NOTE_LIMIT:
+        raise ValueError(f"an abort notice of {n} bytes (at most {NOTE_LIMIT})")
     return read_exact(n).decode("utf-8", "replace"), Reason(min(kind, Reason.MISMATCH))
 
 

@@ -35,16 +35,6 @@ __all__ = ["Endpoint"]
 
 log = logging.getLogger("ringcomm")
 
-# Connections in their handshake at once, per process: each takes a thread. Beyond it, further
-# connections wait in the listen backlog. A ringcomm connector sends its first bytes at once and
-# finishes in milliseconds, so a silent stranger holds a place for FIRST_BYTES_SECONDS at most.
-MAX_HANDSHAKES = 32
-FIRST_BYTES_SECONDS = 1.0
-HANDSHAKE_SECONDS = 5.0
-# Refused connections are logged once, then summed up at most this often.
-REFUSED_LOG_SECONDS = 10.0
-
-
 class Endpoint:
     """Listeners, connection registry and abort state of one process."""
 
@@ -66,9 +56,6 @@ class Endpoint:
         # One message at a time per connection: calls of two groups may run at once (async_op).
         self._wire_locks: dict[tuple[str, int], threading.Lock] = {}
         self._seqs: dict[tuple[str, int], int] = {}
-        self._handshakes = threading.BoundedSemaphore(MAX_HANDSHAKES)
-        self._refusals = 0
-        self._refused_logged = -REFUSED_LOG_SECONDS
         self.tracer: Tracer | None = None  # set by the backend when RINGCOMM_TRACE is on
         self.watch = Watch(rank, addrs, key, timeout,
                            lambda reason: self.abort(reason, Reason.MISMATCH, notify=True),
@@ -84,10 +71,11 @@ class Endpoint:
             [listen(a) for a in addrs[rank]] if len(addrs) > 1 else [])
         self.host_names: list[str] | None = None  # which ranks share a host, where known
         self.shared_memory = False  # whether groups use shared memory between a host's ranks
+        self.authenticated = True  # whether `key` is a secret (not derived from public facts)
         self.algorithm = "auto"  # RINGCOMM_ALGORITHM: how small all-reduces cross sockets
-        for ls in self._listeners:
-            threading.Thread(target=self._accept_loop, args=(ls,), daemon=True,
-                             name="ringcomm-listen").start()
+        self._gate = handshake.Gate(self._listeners, key, self._admit, label=f"rank {rank}",
+                                    seconds=min(timeout, handshake.HANDSHAKE_SECONDS)) \
+            if self._listeners else None
 
     def peer(self, world_rank: int) -> str:
         """Return 'rank R (ip:port)' for messages."""
@@ -95,51 +83,11 @@ class Endpoint:
 
     # -- connections -------------------------------------------------------------------------
 
-    def _accept_loop(self, ls: socket.socket) -> None:
-        while True:
-            self._handshakes.acquire()
-            try:
-                s, addr = ls.accept()
-            except OSError:
-                self._handshakes.release()
-                return  # listener closed
-            threading.Thread(target=self._admit_one, args=(s, addr), daemon=True,
-                             name="ringcomm-admit").start()
-
-    def _admit_one(self, s: socket.socket, addr: tuple) -> None:
-        try:
-            self._admit(s, addr)
-        finally:
-            self._handshakes.release()
-
-    def _refused(self, addr: tuple, error: Exception) -> None:
-        """Log a refused connection: the first at once, then a count per REFUSED_LOG_SECONDS."""
-        now = time.monotonic()
-        with self._cond:
-            self._refusals += 1
-            if now < self._refused_logged + REFUSED_LOG_SECONDS:
-                return
-            count, self._refusals, self._refused_logged = self._refusals, 0, now
-        more = f" ({count} refused since the last report)" if count > 1 else ""
-        log.warning("ringcomm rank %d refused a connection from %s: %s%s", self.rank, addr[0],
-                    error, more)
-
-    def _admit(self, s: socket.socket, addr: tuple) -> None:
-        s.settimeout(min(self.timeout, HANDSHAKE_SECONDS))
-        try:
-            hello = handshake.server(s, self.key, first_bytes=min(self.timeout, FIRST_BYTES_SECONDS))
-            if hello.kind == Kind.QUERY:
-                with s:
-                    reply(s, self.watch.status(hello.src))
-                return
-            if hello.kind == Kind.ABORT:
-                reason, kind = decode(lambda n: handshake.read_exact(s, n))
-                s.close()
-                self.abort(reason, kind, notify=False, remote=True)
-                return
-        except (handshake.HandshakeError, OSError, ValueError) as e:
-            s.close()
-            self._refused(addr, e)
+    def _admit(self, s: socket.socket, hello: Hello, peer: str) -> None:
+        """File a connection that proved the key (the gate's thread: nothing here blocks)."""
+        if hello.kind in (Kind.QUERY, Kind.ABORT):
+            threading.Thread(target=self._answer, args=(s, hello), daemon=True,
+                             name="ringcomm-answer").start()
             return
         tune(s, self.timeout)
         key = (int(hello.kind), hello.src, hello.group, hello.lane)
@@ -154,7 +102,23 @@ class Endpoint:
             self._socks.append(s)
             self._cond.notify_all()
         log.debug("rank %d accepted rank %d's %s connection from %s", self.rank, hello.src,
-                  hello.kind.name, addr[0])
+                  hello.kind.name, peer)
+
+    def _answer(self, s: socket.socket, hello: Hello) -> None:
+        """Answer a query, or take an abort notice: one exchange, one deadline."""
+        deadline = time.monotonic() + handshake.HANDSHAKE_SECONDS
+        with s:
+            try:
+                s.settimeout(handshake.HANDSHAKE_SECONDS)
+                if hello.kind == Kind.QUERY:
+                    reply(s, self.watch.status(hello.src))
+                    return
+                reason, kind = decode(lambda n: handshake.read_exact(s, n, deadline))
+            except (handshake.HandshakeError, OSError, ValueError) as e:
+                log.debug("rank %d: rank %d's %s connection failed: %s", self.rank, hello.src,
+                          hello.kind.name, e)
+                return
+        self.abort(reason, kind, notify=False, remote=True)
 
     def connect(self, dst: int, hello: Hello, deadline: float, lane: int = 0) -> socket.socket:
         """Return an authenticated connection to world rank `dst`, filed there under `hello`."""
@@ -163,11 +127,10 @@ class Endpoint:
         addr = targets[lane % len(targets)]
         s = connect(addr, deadline, what=f"rank {dst}")
         try:
-            s.settimeout(max(1.0, min(self.timeout, deadline - time.monotonic())))
-            handshake.client(s, self.key, hello)
-        except (OSError, RingcommError) as e:
+            handshake.client(s, self.key, hello, deadline)
+        except RingcommError as e:
             s.close()
-            raise type(e)(f"handshake with rank {dst} at {addr} failed: {e}") from e
+            raise type(e)(f"handshake with rank {dst} at {addr} failed: {e}") from None
         tune(s, self.timeout)
         with self._cond:
             self._socks.append(s)
@@ -268,8 +231,8 @@ class Endpoint:
             # One attempt: a rank whose port refuses is gone and needs no notice.
             s = connect(addr, deadline, what=f"rank {dst}", retry=False)
             with s:
+                handshake.client(s, self.key, Hello(Kind.ABORT, self.rank, 0), deadline)
                 s.settimeout(max(0.1, deadline - time.monotonic()))
-                handshake.client(s, self.key, Hello(Kind.ABORT, self.rank, 0))
                 s.sendall(body)
         except (OSError, RingcommError):
             pass  # that rank is gone or going; the launcher ends it
@@ -291,8 +254,8 @@ class Endpoint:
     def close(self) -> None:
         """Close listeners and connections."""
         self.watch.close()
-        for ls in self._listeners:
-            ls.close()
+        if self._gate is not None:
+            self._gate.close()
         with self._cond:
             socks = list(self._socks) + list(self._filed.values())
         for s in socks:

@@ -180,10 +180,11 @@ class Watch:
         try:
             s = connect(self._addrs[dst][0], deadline, what=f"rank {dst}", retry=False)
             with s:
-                s.settimeout(max(0.05, deadline - time.monotonic()))
-                client(s, self._key, Hello(Kind.QUERY, self.rank, 0))
-                n = int.from_bytes(read_exact(s, 4), "big")
-                raw = json.loads(read_exact(s, min(n, _REPLY_LIMIT)))
+                client(s, self._key, Hello(Kind.QUERY, self.rank, 0), deadline)
+                n = int.from_bytes(read_exact(s, 4, deadline), "big")
+                if n > _REPLY_LIMIT:
+                    raise ValueError(f"an answer of {n} bytes")
+                raw = json.loads(read_exact(s, n, deadline))
         except Exception:  # any failure means: no answer from that rank
             self._silent.setdefault(dst, time.monotonic())
             return None
