@@ -40,7 +40,6 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <time.h>
 
 #define HEADER_BYTES 128
@@ -60,9 +59,7 @@ typedef struct {
     char *base;
     Py_ssize_t region, slots_at, slot_bytes;
     int index, count;
-    int wake_fd;
-    struct sockaddr_un wake_to[MAX_RANKS];
-    socklen_t wake_len[MAX_RANKS];
+    int wake_to[MAX_RANKS]; /* a datagram socket connected to each rank's wake-up (-1: none) */
 } Segment;
 
 static double now(void)
@@ -102,30 +99,41 @@ static void segment_dealloc(Segment *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static int unix_address(PyObject *a, struct sockaddr_un *to, socklen_t *len)
+/* Read a list of `count` socket descriptors (-1 for none) into `fds`. */
+static int wake_fds(PyObject *list, int count, int *fds)
 {
-    char *p;
-    Py_ssize_t n;
-    if (PyBytes_AsStringAndSize(a, &p, &n) < 0)
-        return -1;
-    if (n <= 0 || n > (Py_ssize_t)sizeof(to->sun_path)) {
-        PyErr_SetString(PyExc_ValueError, "a wake-up address is empty or too long");
+    if (!PyList_Check(list) || PyList_GET_SIZE(list) != count) {
+        PyErr_SetString(PyExc_ValueError, "wake_fds: a list of descriptors, one per rank");
         return -1;
     }
-    memset(to, 0, sizeof(*to));
-    to->sun_family = AF_UNIX;
-    memcpy(to->sun_path, p, (size_t)n);
-    /* An abstract address (leading NUL) is exactly its bytes long; a path ends in a NUL. */
-    *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + (p[0] == '\0' ? 0 : 1));
+    for (int j = 0; j < count; j++) {
+        long fd = PyLong_AsLong(PyList_GET_ITEM(list, j));
+        if (fd == -1 && PyErr_Occurred())
+            return -1;
+        if (fd < -1 || fd > INT_MAX) {
+            PyErr_SetString(PyExc_ValueError, "wake_fds: a descriptor out of range");
+            return -1;
+        }
+        fds[j] = (int)fd;
+    }
     return 0;
 }
 
-/* Segment(mem, index, count, region, slots_at, slot_bytes, wake_fd, wake_addresses) */
+/* Wake a waiter through a connected datagram socket: a full queue means it wakes anyway, a
+ * gone peer is found by the checks. */
+static void wake(int fd)
+{
+    if (fd >= 0)
+        (void)send(fd, "\1", 1, MSG_DONTWAIT);
+}
+
+/* Segment(mem, index, count, region, slots_at, slot_bytes, wake_fds): wake_fds[j] is a
+ * datagram socket connected to local rank j's wake-up socket. */
 static int segment_init(Segment *self, PyObject *args, PyObject *kw)
 {
-    PyObject *mem, *addrs;
-    if (!PyArg_ParseTuple(args, "OiinnniO", &mem, &self->index, &self->count, &self->region,
-                          &self->slots_at, &self->slot_bytes, &self->wake_fd, &addrs))
+    PyObject *mem, *fds;
+    if (!PyArg_ParseTuple(args, "OiinnnO", &mem, &self->index, &self->count, &self->region,
+                          &self->slots_at, &self->slot_bytes, &fds))
         return -1;
     if (self->count < 1 || self->count > MAX_RANKS || self->index < 0 ||
         self->index >= self->count) {
@@ -133,14 +141,8 @@ static int segment_init(Segment *self, PyObject *args, PyObject *kw)
                      self->count, self->index, MAX_RANKS);
         return -1;
     }
-    if (!PyList_Check(addrs) || PyList_GET_SIZE(addrs) != self->count) {
-        PyErr_SetString(PyExc_ValueError, "wake_addresses: a list of bytes, one per rank");
+    if (wake_fds(fds, self->count, self->wake_to) < 0)
         return -1;
-    }
-    for (int j = 0; j < self->count; j++) {
-        if (unix_address(PyList_GET_ITEM(addrs, j), &self->wake_to[j], &self->wake_len[j]) < 0)
-            return -1;
-    }
     segment_release(self);
     if (PyObject_GetBuffer(mem, &self->mem, PyBUF_WRITABLE) < 0)
         return -1;
@@ -245,11 +247,8 @@ static void post(Segment *s, uint64_t goal)
     __atomic_store_n(word(s, s->index, POSTED), goal, __ATOMIC_RELEASE);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     for (int j = 0; j < s->count; j++) {
-        if (j != s->index && __atomic_load_n(word(s, j, SLEEPING), __ATOMIC_RELAXED)) {
-            /* A full queue means it wakes anyway; a gone peer is found by the checks. */
-            (void)sendto(s->wake_fd, "\1", 1, MSG_DONTWAIT, (struct sockaddr *)&s->wake_to[j],
-                         s->wake_len[j]);
-        }
+        if (j != s->index && __atomic_load_n(word(s, j, SLEEPING), __ATOMIC_RELAXED))
+            wake(s->wake_to[j]);
     }
 }
 
@@ -415,9 +414,7 @@ typedef struct {
     uint64_t *out_head, *out_tail, *out_peer_sleep; /* the channel this end writes */
     uint64_t *in_head, *in_tail, *in_peer_sleep;    /* the channel this end reads */
     char *out_data, *in_data;
-    int fd;
-    struct sockaddr_un reader, writer; /* where the peer waits for data, and for room */
-    socklen_t reader_len, writer_len;
+    int reader, writer; /* sockets connected to where the peer waits for data, and for room */
 } Channel;
 
 static void channel_release(Channel *self)
@@ -434,23 +431,21 @@ static void channel_dealloc(Channel *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* Channel(mem, out, in, cap, wake_fd, reader_address, writer_address): `out` and `in` are the
- * offsets of the channel this end sends on and of the one it receives on. */
+/* Channel(mem, out, in, cap, reader_fd, writer_fd): `out` and `in` are the offsets of the
+ * channel this end sends on and of the one it receives on; the descriptors are datagram
+ * sockets connected to where the peer waits for data, and for room (-1: none). */
 static int channel_init(Channel *self, PyObject *args, PyObject *kw)
 {
-    PyObject *mem, *reader, *writer;
+    PyObject *mem;
     Py_ssize_t out, in;
-    if (!PyArg_ParseTuple(args, "OnnniOO", &mem, &out, &in, &self->cap, &self->fd, &reader,
-                          &writer))
+    if (!PyArg_ParseTuple(args, "Onnnii", &mem, &out, &in, &self->cap, &self->reader,
+                          &self->writer))
         return -1;
     if (self->cap < 256 || (self->cap & (self->cap - 1)) || out < 0 || in < 0 ||
         (out | in) % 64) {
         PyErr_SetString(PyExc_ValueError, "a channel: aligned offsets, a power-of-two ring");
         return -1;
     }
-    if (unix_address(reader, &self->reader, &self->reader_len) < 0 ||
-        unix_address(writer, &self->writer, &self->writer_len) < 0)
-        return -1;
     channel_release(self);
     if (PyObject_GetBuffer(mem, &self->mem, PyBUF_WRITABLE) < 0)
         return -1;
@@ -542,8 +537,7 @@ static PyObject *channel_send(Channel *self, PyObject *const *args, Py_ssize_t n
         __atomic_store_n(self->out_head, head + (uint64_t)n, __ATOMIC_RELEASE);
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
         if (__atomic_load_n(self->out_peer_sleep, __ATOMIC_RELAXED))
-            (void)sendto(self->fd, "\1", 1, MSG_DONTWAIT, (struct sockaddr *)&self->reader,
-                         self->reader_len);
+            wake(self->reader);
         code = DONE;
     }
     PyBuffer_Release(&data);
@@ -605,8 +599,7 @@ static PyObject *channel_recv(Channel *self, PyObject *const *args, Py_ssize_t n
             __atomic_store_n(self->in_tail, tail + (uint64_t)need, __ATOMIC_RELEASE);
             __atomic_thread_fence(__ATOMIC_SEQ_CST);
             if (__atomic_load_n(self->in_peer_sleep, __ATOMIC_RELAXED))
-                (void)sendto(self->fd, "\1", 1, MSG_DONTWAIT, (struct sockaddr *)&self->writer,
-                             self->writer_len);
+                wake(self->writer);
             code = DONE;
         }
     }

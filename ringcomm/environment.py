@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "HOSTFILE",
     "HOSTFILE_VARS",
+    "KEY_DIR",
     "LOG_LEVEL",
     "MLX_HOSTFILE",
     "MLX_RANK",
@@ -40,6 +41,8 @@ __all__ = [
     "TRANSPORT",
     "ALGORITHMS",
     "TRANSPORTS",
+    "UNAUTHENTICATED",
+    "UNAUTHENTICATED_PICKLE",
     "RankHostfileError",
     "Rendezvous",
     "RingLaunch",
@@ -58,6 +61,8 @@ __all__ = [
     "stall_seconds",
     "timeout",
     "transport",
+    "unauthenticated",
+    "unauthenticated_pickle",
 ]
 
 RANK = "RINGCOMM_RANK"
@@ -72,6 +77,12 @@ RESTART = "RINGCOMM_RESTART"
 TRACE = "RINGCOMM_TRACE"
 TRANSPORT = "RINGCOMM_TRANSPORT"
 DEBUG = "RINGCOMM_DEBUG"
+# Where rank 0 leaves the job's key for the other ranks when no token is set (0700, this user's).
+KEY_DIR = "RINGCOMM_KEY_DIR"
+# 1: run without a secret (a key derived from public facts: anyone reaching the ports can join).
+UNAUTHENTICATED = "RINGCOMM_UNAUTHENTICATED"
+# 1: object calls unpickle what peers of such a job sent (a stranger's pickle runs code).
+UNAUTHENTICATED_PICKLE = "RINGCOMM_UNAUTHENTICATED_PICKLE"
 # 0: run the pure-Python path even where the compiled core is built (ringcomm.native).
 NATIVE = "RINGCOMM_NATIVE"
 # The small all-reduce's algorithm across sockets: auto (by the model), ring, or doubling.
@@ -437,4 +448,18 @@ def algorithm(environ: Mapping[str, str]) -> str:
 
 def debug(environ: Mapping[str, str]) -> bool:
     """Return whether RINGCOMM_DEBUG asks for the costly checks (1, true, yes, on)."""
-    return environ.get(DEBUG, "").strip().lower() in ("1", "true", "yes", "on")
+    return _yes(environ, DEBUG)
+
+
+def _yes(environ: Mapping[str, str], name: str) -> bool:
+    return environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def unauthenticated(environ: Mapping[str, str]) -> bool:
+    """Return whether RINGCOMM_UNAUTHENTICATED chooses to run the job without a secret."""
+    return _yes(environ, UNAUTHENTICATED)
+
+
+def unauthenticated_pickle(environ: Mapping[str, str]) -> bool:
+    """Return whether RINGCOMM_UNAUTHENTICATED_PICKLE lets object calls of such a job unpickle."""
+    return _yes(environ, UNAUTHENTICATED_PICKLE)

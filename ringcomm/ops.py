@@ -425,6 +425,17 @@ def _pickled(obj: Any) -> np.ndarray:
     return np.frombuffer(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), dtype=np.uint8)
 
 
+def _may_unpickle(b: Backend, op: str) -> None:
+    """Refuse, before any message moves and on every rank of the call alike, object calls of an
+    unauthenticated job: anyone who reaches its ports can be its peer, and a pickle runs code."""
+    if not b.peers_proved_secret() and not environment.unauthenticated_pickle(os.environ):
+        raise RingcommError(
+            f"{op}: this job runs without a secret ({environment.UNAUTHENTICATED}=1), so a "
+            "stranger could send the object, and unpickling it would run the stranger's code; "
+            f"set {environment.TOKEN} on every rank instead, or {environment.UNAUTHENTICATED_PICKLE}"
+            "=1 to accept that risk")
+
+
 def all_gather_object(obj: Any, *, group: Group | None = None, async_op: bool = False) -> Any:
     """Return the list of every rank's `obj` (pickled), in rank order.
 
@@ -432,6 +443,7 @@ def all_gather_object(obj: Any, *, group: Group | None = None, async_op: bool = 
     """
     g = _group(group)
     b = g._backend
+    _may_unpickle(b, "all_gather_object")
     data = _pickled(obj)
 
     def run() -> list[Any]:
@@ -453,6 +465,7 @@ def broadcast_object(obj: Any, root: int = 0, *, group: Group | None = None,
     g = _group(group)
     b = g._backend
     root = _check_rank("broadcast_object", "root", root, b, peer=False)
+    _may_unpickle(b, "broadcast_object")
     data = _pickled(obj) if b.rank == root else np.empty(0, dtype=np.uint8)
 
     def run() -> Any:
@@ -470,6 +483,7 @@ def send_object(obj: Any, dst: int, *, group: Group | None = None,
     g = _group(group)
     b = g._backend
     dst = _check_rank("send_object", "dst", dst, b, peer=True)
+    _may_unpickle(b, "send_object")  # its receiver refuses: so does the sender, before sending
     data = _pickled(obj)
 
     def run() -> None:
@@ -483,6 +497,7 @@ def recv_object(src: int, *, group: Group | None = None, async_op: bool = False)
     g = _group(group)
     b = g._backend
     src = _check_rank("recv_object", "src", src, b, peer=True)
+    _may_unpickle(b, "recv_object")
 
     def run() -> Any:
         size = np.empty(1, dtype=np.int64)

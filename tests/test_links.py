@@ -39,10 +39,14 @@ class Pair:
         shm.unlink(self.name)
         self.aborted: str | None = None
         pids = pids or [os.getpid(), os.getpid()]
-        self.ends = [shm.Shared(m, self.name, i, 2, chunk, pids, timeout, False,
+        self.wakes = shm.wake_directory()
+        self.ends = [shm.Shared(m, self.wakes, i, 2, chunk, pids, timeout, False,
                                 lambda j: f"local rank {j}", self._check, cap, 1)
                      for i, m in enumerate(mems)]
         self.a, self.b = self.ends[0].link(1), self.ends[1].link(0)
+        for end in self.ends:  # as the set-up does: bind all, connect all, remove the names
+            end.join()
+        shm.remove_wake_directory(self.wakes)
 
     def _check(self) -> None:
         if self.aborted is not None:

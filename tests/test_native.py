@@ -44,10 +44,12 @@ class Ranks:
     def __init__(self, p: int) -> None:
         self.region = region_bytes(0)
         self.mem = mmap.mmap(-1, self.region * p)
+        # Where a rank wakes another: an unconnected socket, whose sends fail (as to a gone
+        # peer); no rank of these tests sleeps.
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        addrs = [f"\0ringcomm-test-{os.getpid()}-{j}".encode() for j in range(p)]
-        self.cores = [_native.Segment(self.mem, j, p, self.region, LINE, SLOT_BYTES,
-                                      self.sock.fileno(), addrs) for j in range(p)]
+        fds = [self.sock.fileno()] * p
+        self.cores = [_native.Segment(self.mem, j, p, self.region, LINE, SLOT_BYTES, fds)
+                      for j in range(p)]
         self.posts = 0
 
     def reduce(self, rows: list[np.ndarray], op: int, kind: int, headers: list[bytes]
@@ -156,11 +158,9 @@ class Pair:
         span = 2 * LINE + cap
         self.mem = mmap.mmap(-1, 2 * span)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        name = f"\0ringcomm-test-{os.getpid()}-pair"
-        wake = [f"{name}-{w}".encode() for w in ("ar", "aw", "br", "bw")]
         fd = self.sock.fileno()
-        self.a = _native.Channel(self.mem, 0, span, cap, fd, wake[2], wake[3])
-        self.b = _native.Channel(self.mem, span, 0, cap, fd, wake[0], wake[1])
+        self.a = _native.Channel(self.mem, 0, span, cap, fd, fd)
+        self.b = _native.Channel(self.mem, span, 0, cap, fd, fd)
         self.q = np.frombuffer(self.mem, np.uint64)
         self.span = span
 
@@ -264,12 +264,12 @@ def test_a_channel_refuses_layouts_that_do_not_fit() -> None:
     mem = mmap.mmap(-1, 4096)
     try:
         with pytest.raises(ValueError, match="power-of-two"):
-            _native.Channel(mem, 0, 1024, 1000, -1, b"a", b"b")
+            _native.Channel(mem, 0, 1024, 1000, -1, -1)
         with pytest.raises(ValueError, match="aligned"):
-            _native.Channel(mem, 8, 1024, 1024, -1, b"a", b"b")
+            _native.Channel(mem, 8, 1024, 1024, -1, -1)
         with pytest.raises(ValueError, match="smaller"):
-            _native.Channel(mem, 0, 2048, 2048, -1, b"a", b"b")
-        c = _native.Channel(mem, 0, 2048, 1024, -1, b"a", b"b")
+            _native.Channel(mem, 0, 2048, 2048, -1, -1)
+        c = _native.Channel(mem, 0, 2048, 1024, -1, -1)
         h = send_header(np.dtype(np.uint8), (4,))
         with pytest.raises(ValueError, match="128 bytes"):
             c.send(b"short", 1, np.zeros(4, np.uint8))

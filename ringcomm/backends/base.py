@@ -193,5 +193,13 @@ class Backend(ABC):
     def split(self, color: int, key: int) -> Backend:
         """Return the backend of the subgroup of ranks that passed the same color (MPI_Comm_split)."""
 
+    def peers_proved_secret(self) -> bool:
+        """Return whether every peer proved a secret only the job's ranks know.
+
+        False where the job chose to run without one (RINGCOMM_UNAUTHENTICATED): object
+        calls then refuse to unpickle what peers sent.
+        """
+        return True
+
     def close(self) -> None:  # noqa: B027 - optional: most backends hold nothing to release
         """Release connections and threads; the backend is unusable afterwards."""

@@ -71,6 +71,7 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -195,6 +196,8 @@ def sweep() -> None:
                 os.unlink(f"/dev/shm/{name}")
             except OSError:
                 pass
+    for path in wake_leftovers():
+        remove_wake_directory(path)
 
 
 def segment_name(pid: int, *parts: object) -> str:
@@ -268,10 +271,113 @@ def unlink(name: str) -> None:
         pass
 
 
-def _wake_address(name: str, index: int | str) -> str:
-    if sys.platform.startswith("linux"):
-        return f"\0{name}-{index}"  # the abstract namespace: nothing on disk to leave behind
-    return os.path.join(tempfile.gettempdir(), f"{name}-{index}")
+# Wake-up sockets are bound in a directory that only this user can enter (mkdtemp: 0700), so
+# no other user can bind their names first or send to them; Linux's abstract namespace, which
+# has no permissions, is not used. The directory's name holds its creator's pid, for `sweep`.
+WAKE_PREFIX = "ringcomm-"
+
+
+def wake_directory() -> str:
+    """Create the private directory of a group's wake-up sockets on this host (its first rank)."""
+    return tempfile.mkdtemp(prefix=f"{WAKE_PREFIX}{os.getpid()}-")
+
+
+def check_wake_directory(path: str) -> None:
+    """Raise OSError unless `path` is a directory of this user's that no one else can enter."""
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise OSError(errno.EPERM, f"{path} is not a private directory of this user "
+                      f"(mode {st.st_mode & 0o777:o}, owner {st.st_uid})")
+
+
+def wake_leftovers() -> list[str]:
+    """Return the wake-up directories in the temporary directory whose creator has exited."""
+    base = tempfile.gettempdir()
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return []
+    left = []
+    for name in names:
+        if not name.startswith(WAKE_PREFIX):
+            continue
+        try:
+            pid = int(name[len(WAKE_PREFIX):].split("-", 1)[0])
+            st = os.lstat(os.path.join(base, name))
+        except (ValueError, OSError):
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not alive(pid):
+            left.append(os.path.join(base, name))
+    return sorted(left)
+
+
+def remove_wake_directory(path: str) -> None:
+    """Remove a wake-up directory and the sockets in it, where they still are."""
+    try:
+        for name in os.listdir(path):
+            try:
+                os.unlink(os.path.join(path, name))
+            except OSError:
+                pass
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def _wake_address(directory: str, index: int | str) -> str:
+    return os.path.join(directory, str(index))
+
+
+def _bound(path: str) -> socket.socket:
+    """Return a non-blocking datagram socket bound to `path` (a waiter's wake-up)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        s.setblocking(False)
+        s.bind(path)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def _connected(path: str) -> socket.socket:
+    """Return a non-blocking datagram socket connected to the wake-up bound at `path`.
+
+    Once connected it reaches that socket without its name, so the name can be removed.
+    """
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        s.setblocking(False)
+        s.connect(path)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+# A rank that leaves the job starts its notices to every rank before it raises its gone flag;
+# a peer that sees the flag waits this long for the notice, whose reason names the cause.
+NOTICE_GRACE = 0.5
+
+
+def _await_reason(check: Callable[[], None]) -> None:
+    """Wait up to NOTICE_GRACE for the job's reason to arrive (`check` raises it then)."""
+    deadline = time.monotonic() + NOTICE_GRACE
+    while True:
+        check()
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.005)
+
+
+def _wake(s: socket.socket | None) -> None:
+    """Wake the waiter `s` is connected to."""
+    if s is None:
+        return
+    try:
+        s.send(b"\1")
+    except OSError:
+        pass  # its queue is full (it wakes anyway) or it is gone
 
 
 class Shared:
@@ -282,12 +388,12 @@ class Shared:
     in error messages; `check()` raises when the job was aborted.
     """
 
-    def __init__(self, mem: mmap.mmap, name: str, index: int, count: int, chunk: int,
+    def __init__(self, mem: mmap.mmap, wakes: str, index: int, count: int, chunk: int,
                  pids: list[int], timeout: float, spin: bool,
                  names: Callable[[int], str], check: Callable[[], None], cap: int = 0,
                  sets: int = 0) -> None:
         self.mem = mem
-        self.name = name
+        self.wakes = wakes  # the private directory of the wake-up sockets
         self.index = index
         self.count = count
         self.chunk = chunk
@@ -314,16 +420,29 @@ class Shared:
         base = LINE + 2 * SLOT_BYTES
         self.halves = [[raw[j * self.region + base + h * chunk:][:chunk] for h in range(2)]
                        for j in range(count)]
-        self._wake = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._wake.setblocking(False)
-        self._wake_to = [_wake_address(name, j) for j in range(count)]
-        self._wake.bind(self._wake_to[index])
-        # The compiled core's view of the same memory (small calls), where it is built.
-        self.core = None if native.CORE is None else native.CORE.Segment(
-            mem, index, count, self.region, LINE, SLOT_BYTES, self._wake.fileno(),
-            [os.fsencode(a) for a in self._wake_to])
+        self._wake_to = [_wake_address(wakes, j) for j in range(count)]
+        self._wake = _bound(self._wake_to[index])
+        self._wake_out: list[socket.socket | None] = [None] * count  # connected in `join`
+        # The compiled core's view of the same memory (small calls), where it is built: made
+        # in `join`, once it can reach the other ranks' wake-ups.
+        self.core: Any = None
         # The core's short wait: the spin (when it is on), then yielding until YIELD_SECONDS.
         self.short_wait = (self._spin, YIELD_SECONDS)
+
+    def join(self) -> None:
+        """Connect to the other local ranks' wake-up sockets, and the links' to theirs.
+
+        Call once every local rank has made its Shared and links (a round of the set-up):
+        from then on nothing here needs a name, and the directory can go.
+        """
+        for j in self._others:
+            self._wake_out[j] = _connected(self._wake_to[j])
+        for link in self._links.values():
+            link.join()
+        if native.CORE is not None:
+            self.core = native.CORE.Segment(
+                self.mem, self.index, self.count, self.region, LINE, SLOT_BYTES,
+                [-1 if s is None else s.fileno() for s in self._wake_out])
 
     @classmethod
     def size_for(cls, count: int, staging: bool = True, links: int = 0
@@ -362,10 +481,7 @@ class Shared:
         full_fence()
         for j in self._others:
             if q[self._sleep_at[j]]:
-                try:
-                    self._wake.sendto(b"\1", self._wake_to[j])
-                except OSError:
-                    pass  # its queue is full (it will wake anyway) or it is gone
+                _wake(self._wake_out[j])
         return self.posts
 
     def wait(self, what: str, target: int | None = None, only: int | None = None) -> None:
@@ -419,7 +535,7 @@ class Shared:
         q, gone = self._q, self._gone_at
         for j in self._others:
             if q[gone[j]]:
-                self._check()  # its reason, when it has reached this rank
+                _await_reason(self._check)
                 raise PeerAbortedError(f"{what}: {self.names(j)} on this host left the job "
                                        "(it failed or gave up; its own error says why)")
     def _sleep(self, pending: list[int], goal: int, start: float, what: str) -> None:
@@ -464,11 +580,9 @@ class Shared:
         if self.core is not None:
             self.core.close()
         self._wake.close()
-        if not sys.platform.startswith("linux"):
-            try:
-                os.unlink(self._wake_to[self.index])
-            except OSError:
-                pass
+        for s in self._wake_out:
+            if s is not None:
+                s.close()
         self._q.release()
         del self.slots, self.halves, self._raw
         try:
@@ -510,21 +624,29 @@ class ShmLink(Link):
         self._gone = sh._gone_at[j]
         self._next_live = 0.0
         self._shut = False  # set by shutdown: every wait on the link fails from then on
+        self._out, self._in = out, inn
         # Wake-up sockets: one for a sender waiting for room, one for a receiver waiting for data.
         me, peer = sh.index, j
-        self._socks = []
-        for write in (True, False):
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            s.setblocking(False)
-            s.bind(_wake_address(sh.name, _link_tag(k, me, peer, write)))
-            self._socks.append(s)
+        self._names = [_wake_address(sh.wakes, _link_tag(k, me, peer, write))
+                       for write in (True, False)]
+        self._socks = [_bound(name) for name in self._names]
         # Where the other end waits: for data (woken by our sends), for room (by our receives).
-        self._peer_reader = _wake_address(sh.name, _link_tag(k, peer, me, False))
-        self._peer_writer = _wake_address(sh.name, _link_tag(k, peer, me, True))
+        self._peer_names = [_wake_address(sh.wakes, _link_tag(k, peer, me, write))
+                            for write in (False, True)]
+        # Connected in `join`: to the peer's reader and writer, and to our own two (shutdown).
+        self._to_reader: socket.socket | None = None
+        self._to_writer: socket.socket | None = None
+        self._to_self: list[socket.socket] = []
+        self.core: Any = None  # the compiled core's end, made in `join`
+
+    def join(self) -> None:
+        """Connect to the wake-up sockets of both ends (every one is bound by now)."""
+        self._to_reader, self._to_writer = (_connected(n) for n in self._peer_names)
+        self._to_self = [_connected(n) for n in self._names]
         # The compiled core's end of the same channels (whole small messages), where it is built.
-        self.core = None if native.CORE is None else native.CORE.Channel(
-            sh.mem, out, inn, self.cap, self._socks[0].fileno(),
-            os.fsencode(self._peer_reader), os.fsencode(self._peer_writer))
+        if native.CORE is not None:
+            self.core = native.CORE.Channel(self.sh.mem, self._out, self._in, self.cap,
+                                            self._to_reader.fileno(), self._to_writer.fileno())
 
     # -- moving bytes ----------------------------------------------------------------------
 
@@ -546,7 +668,7 @@ class ShmLink(Link):
         q[self._out_head] = head + n
         full_fence()
         if q[self._out_peer_sleep]:
-            self._wake(self._peer_reader)
+            _wake(self._to_reader)
         return n
 
     def recv_some(self, view: memoryview, op: str) -> int:
@@ -566,7 +688,7 @@ class ShmLink(Link):
         q[self._in_tail] = tail + n
         full_fence()
         if q[self._in_peer_sleep]:
-            self._wake(self._peer_writer)
+            _wake(self._to_writer)
         return n
 
     def send(self, data: memoryview | bytes, op: str) -> None:
@@ -615,13 +737,6 @@ class ShmLink(Link):
         except OSError:
             pass
 
-    def _wake(self, address: str) -> None:
-        """Wake the other end's waiter at `address`."""
-        try:
-            self._socks[0].sendto(b"\1", address)
-        except OSError:
-            pass  # its queue is full (it wakes anyway) or it is gone
-
     def readiness(self, write: bool) -> tuple[int, int]:
         return self._socks[0 if write else 1].fileno(), select.POLLIN
 
@@ -633,6 +748,7 @@ class ShmLink(Link):
         if self._shut:
             raise PeerError(f"{op}: the link to {self.peer} was shut down after a failure")
         if self._q[self._gone]:
+            _await_reason(self.sh._check)
             raise PeerAbortedError(f"{op}: {self.peer} on this host left the job (it failed or "
                                    "gave up; its own error says why)")
         now = time.perf_counter()
@@ -646,11 +762,8 @@ class ShmLink(Link):
         self._shut = True
         if self.core is not None:
             self.core.shut()
-        for s in self._socks:  # a waiter of this process wakes and fails at once
-            try:
-                s.sendto(b"\1", s.getsockname())
-            except OSError:
-                pass
+        for s in self._to_self:  # a waiter of this process wakes and fails at once
+            _wake(s)
 
     def close(self) -> None:
         if self.core is not None:
@@ -659,14 +772,9 @@ class ShmLink(Link):
             self._mv.release()
         except BufferError:
             pass  # a view of it is still alive; the mapping goes with the process
-        for s in self._socks:
-            name = s.getsockname()
-            s.close()
-            if isinstance(name, str) and name and not name.startswith("\0"):
-                try:
-                    os.unlink(name)
-                except OSError:
-                    pass
+        for s in [*self._socks, *self._to_self, self._to_reader, self._to_writer]:
+            if s is not None:
+                s.close()
 
 
 def _link_tag(k: int, me: int, peer: int, write: bool) -> str:

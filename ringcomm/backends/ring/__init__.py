@@ -1,4 +1,4 @@
-"""The TCP ring backend: needs nothing but NumPy and sockets.
+"""The ring backend: TCP between hosts, shared memory inside one; needs nothing but NumPy.
 
 `create` reads the launcher's environment (the rank and the rank hostfile,
 see `ringcomm.environment`) and builds this process's world group; the
@@ -7,14 +7,17 @@ algorithms live in `backend.py` and `pipeline.py`.
 
 from __future__ import annotations
 
-import hashlib
+import atexit
 import logging
 import socket
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ... import environment
 from ...errors import InitError
+from ...transport.net import parse_address
+from . import jobkey
 
 if TYPE_CHECKING:
     from .backend import RingBackend
@@ -55,37 +58,37 @@ def create(environ: Mapping[str, str], timeout: float) -> RingBackend:
         raise InitError(f"rank must be an integer, got {found.rank!r}") from None
     if not 0 <= rank < len(hosts):
         raise InitError(f"rank {rank} is out of range for a hostfile of {len(hosts)} entries")
-    token = environ.get(environment.TOKEN)
-    if token:
-        key = token.encode()
-    else:  # a program started by another launcher: the hostfile is the shared secret
-        with open(found.hostfile, "rb") as f:
-            key = _derived_key(b"ringcomm-hostfile:" + f.read(), rank, "the hostfile")
-    return backend.create(rank, hosts, key, timeout, stall, shared_memory=shared)
-
-
-def _derived_key(secret: bytes, rank: int, source: str) -> bytes:
-    """Return the key derived from what every rank knows, warning (on rank 0) that it is weak."""
-    if rank == 0:
-        log.warning(
-            "ringcomm: %s is not set, so connections are authenticated with a key derived from "
-            "%s, which other users of these hosts can learn (the hostfile's ports show in "
-            "ss -tln; an engine's job id in its listings). Give every rank the same secret, "
-            "e.g. --env %s=<secret> (ringcomm launch sets one itself). Traffic is not "
-            "encrypted either way.", environment.TOKEN, source, environment.TOKEN)
-    return hashlib.sha256(secret).digest()
+    deadline = time.monotonic() + timeout
+    with open(found.hostfile, "rb") as f:
+        identity = b"hostfile:" + f.read()
+    first = parse_address(hosts[0][0])
+    key, keys = jobkey.from_environment(
+        environ, rank, identity, "the rank hostfile", deadline,
+        lambda secret: jobkey.probe(first, secret, rank, deadline, "rank 0"))
+    if keys is not None:  # rank 0: the others have read it once they connected; at the latest
+        atexit.register(keys.remove)  # it goes with this process
+    return backend.create(rank, hosts, key.secret, timeout, stall, shared_memory=shared,
+                          authenticated=key.authenticated)
 
 
 def _create_by_rendezvous(meeting: environment.Rendezvous, environ: Mapping[str, str],
                           timeout: float, stall: float, shared: bool) -> RingBackend:
     from . import backend, rendezvous
 
-    token = environ.get(environment.TOKEN)
-    key = token.encode() if token else _derived_key(
-        b"ringcomm-rendezvous:" + meeting.job.encode(), meeting.rank,
-        f"the {meeting.source} job's id")
-    table, listener = rendezvous.meet(meeting, key, timeout, socket.gethostname())
+    deadline = time.monotonic() + timeout
+    identity = f"rendezvous:{meeting.source}:{meeting.job}:{meeting.host}:{meeting.port}:" \
+        f"{meeting.size}".encode()
+    key, keys = jobkey.from_environment(
+        environ, meeting.rank, identity, f"the {meeting.source} job's variables", deadline,
+        lambda secret: jobkey.probe(rendezvous.address(meeting), secret, meeting.rank, deadline,
+                                    f"rank 0's {meeting.source} rendezvous"))
+    try:
+        table, listener = rendezvous.meet(meeting, key.secret, deadline, socket.gethostname())
+    finally:
+        if keys is not None:
+            keys.remove()  # every rank that reported has the key; the rest never will
     log.debug("rank %d of %d met at %s; hosts %s", meeting.rank, meeting.size,
               meeting.describe(), table.hosts)
-    return backend.create(meeting.rank, table.addresses, key, timeout, stall,
-                          listeners=[listener], host_names=table.hosts, shared_memory=shared)
+    return backend.create(meeting.rank, table.addresses, key.secret, timeout, stall,
+                          listeners=[listener], host_names=table.hosts, shared_memory=shared,
+                          authenticated=key.authenticated)

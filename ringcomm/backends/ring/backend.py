@@ -132,6 +132,11 @@ class PairPlan(NamedTuple):
     sig: Signature  # the call with number 0 (for error messages)
 
 
+# The first round of the shared-memory set-up carries a wake-up directory's path in this many
+# int64 words (a socket's path holds at most 104 bytes on macOS, 108 on Linux).
+_WAKE_PATH_WORDS = 13
+
+
 def _child_id(parent: int, nth: int, color: int) -> int:
     digest = hashlib.blake2b(f"{parent}/{nth}/{color}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") | 2  # never the world's id
@@ -531,8 +536,9 @@ class RingBackend(Backend):
         index, count = local.index(self._rank), len(local)
         size, chunk, cap = shm.Shared.size_for(count, staging=even, links=links)
         parts = (self._ep.key, self._gid, tuple(self._members), tuple(local))
+        right, left = (self._rank + 1) % p, (self._rank - 1) % p
         mem = None
-        name = ""
+        name = wakes = ""
         problem = ""
         if index == 0 and count > 1:
             shm.sweep()
@@ -541,28 +547,66 @@ class RingBackend(Backend):
                 mem = shm.create(name, size)
             except OSError as e:
                 problem = f"could not create {size / 2**20:.1f} MiB of shared memory: {e}"
-        table = self._setup_round(np.array([os.getpid(), 0 if problem else 1], dtype=np.int64))
+            else:
+                try:
+                    wakes = shm.wake_directory()
+                except OSError as e:
+                    problem = f"could not create a private directory for wake-ups: {e}"
+        # The first round carries every rank's pid and whether it is ready, and from the first
+        # rank of a host the path of its private wake-up directory.
+        path = os.fsencode(wakes)
+        if len(path) > 8 * _WAKE_PATH_WORDS:
+            problem, path = f"the temporary directory's path {wakes!r} is too long for socket " \
+                "names: set TMPDIR to a shorter one", b""
+        words = np.frombuffer(path.ljust(8 * _WAKE_PATH_WORDS, b"\0"), dtype=np.int64)
+        table = self._setup_round(np.concatenate(
+            [np.array([os.getpid(), 0 if problem else 1], dtype=np.int64), words]))
         pids = [int(table[r, 0]) for r in local]
         shared = None
+        links_to: dict[tuple[int, int], Link] = {}
         if table[:, 1].all() and count > 1:
             try:
                 if index != 0:
                     name = shm.segment_name(pids[0], *parts)
                     mem = shm.attach(name, size)
+                    wakes = os.fsdecode(table[local[0], 2:].tobytes().rstrip(b"\0"))
+                    shm.check_wake_directory(wakes)
                 gone = [pid for pid in pids if not shm.alive(pid)]
                 if gone:
                     problem = f"the processes {gone} of this host's ranks are not visible here"
                 else:
                     assert mem is not None
-                    shared = shm.Shared(mem, name, index, count, chunk, pids, self._ep.timeout,
+                    shared = shm.Shared(mem, wakes, index, count, chunk, pids, self._ep.timeout,
                                         count <= _cores(), lambda j: self._peer(local[j]),
                                         self._ep.raise_if_aborted, cap, links)
+                    # Every link this rank takes, made (and its wake-ups bound) before the
+                    # second round, so that a failure leaves the whole group on TCP.
+                    if p2p:
+                        for j in range(count):
+                            if j != index:
+                                links_to[j, 0] = shared.link(j)
+                    if neighbours:
+                        for r in (right, left):
+                            if r in local:
+                                links_to[local.index(r), p2p] = shared.link(local.index(r), p2p)
             except OSError as e:
                 problem = f"could not map the shared memory {name}: {e}"
         ok = count == 1 or (not problem and shared is not None)
         done = self._setup_round(np.array([1 if ok else 0], dtype=np.int64))
         if index == 0 and name:
             shm.unlink(name)  # every local rank has mapped it (or given up): the name can go
+        if done.all():
+            # Every wake-up socket is bound: connect to them, then no name is needed. A third
+            # round (every rank of the group takes it) keeps the directory until every local
+            # rank has connected.
+            if shared is not None:
+                try:
+                    shared.join()
+                except OSError as e:
+                    problem = f"could not reach this host's ranks' wake-up sockets: {e}"
+            done = self._setup_round(np.array([0 if problem else 1], dtype=np.int64))
+        if index == 0 and wakes:
+            shm.remove_wake_directory(wakes)
         if problem:
             log.warning("ringcomm rank %d: %s; the %s group uses TCP (give /dev/shm more room, "
                         "e.g. docker --shm-size, or set %s=tcp to skip shared memory)",
@@ -587,16 +631,15 @@ class RingBackend(Backend):
         if neighbours:
             self._ring_set = p2p
         if self._gid == _WORLD_ID:
-            self._ep.local_links = {self._world(r): shared.link(j)
+            self._ep.local_links = {self._world(r): links_to[j, 0]
                                     for j, r in enumerate(local) if j != index}
         if neighbours:
-            right, left = (self._rank + 1) % p, (self._rank - 1) % p
             if right in local:
                 self._right[0].close()
-                self._right = [shared.link(local.index(right), p2p)]
+                self._right = [links_to[local.index(right), p2p]]
             if left in local:
                 self._left[0].close()
-                self._left = [shared.link(local.index(left), p2p)]
+                self._left = [links_to[local.index(left), p2p]]
         if not even:
             return
         self._local = Local(shared, self._label, self._watch, self._gid)
@@ -1125,6 +1168,9 @@ class RingBackend(Backend):
 
     # -- groups ------------------------------------------------------------------------------
 
+    def peers_proved_secret(self) -> bool:
+        return self._ep.authenticated
+
     def split(self, color: int, key: int) -> Backend:
         mine = np.array([color, key], dtype=np.int64)
         table = np.empty(2 * self._size, dtype=np.int64)
@@ -1151,9 +1197,11 @@ class RingBackend(Backend):
 def create(rank: int, hosts: list[list[str]], key: bytes, timeout: float,
            stall: float = environment.DEFAULT_STALL_SECONDS,
            listeners: list[socket.socket] | None = None,
-           host_names: list[str] | None = None, shared_memory: bool = True) -> RingBackend:
+           host_names: list[str] | None = None, shared_memory: bool = True,
+           authenticated: bool = True) -> RingBackend:
     """Return the world group of this process from its rank hostfile entries.
 
+    `authenticated` says whether `key` is a secret (False: derived from public facts);
     `listeners` are this rank's already bound listeners (after a rendezvous);
     `host_names` says which ranks share a host, where the rendezvous learnt it;
     `shared_memory` lets the ranks of a host talk through shared memory.
@@ -1162,6 +1210,7 @@ def create(rank: int, hosts: list[list[str]], key: bytes, timeout: float,
     ep = Endpoint(rank, addrs, key, timeout, stall, listeners)
     ep.host_names = host_names
     ep.shared_memory = shared_memory
+    ep.authenticated = authenticated
     ep.tracer = trace.open_tracer(os.environ, rank)
     ep.algorithm = environment.algorithm(os.environ)
     ep.install_excepthook()

@@ -7,7 +7,9 @@ port and reports (rank, size, listening address, host). Rank 0 waits until
 every rank has reported, checks the reports (each rank once, the same size
 everywhere), and sends every rank the rank hostfile and which ranks share a
 host. From there the job goes on exactly as when a launcher wrote the
-hostfile. Connections are authenticated like every other ring connection.
+hostfile. Connections are authenticated like every other ring connection
+(the job's key: `jobkey`), and rank 0 listens on the address the others were
+told, one thread running every handshake.
 
 Every wait has the init deadline: an unreachable rank 0, a rank that never
 arrives (named), a duplicate rank and a size mismatch are InitErrors, and
@@ -16,6 +18,8 @@ rank 0 tells every rank that reported why the job cannot start.
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import json
 import logging
 import socket
@@ -24,12 +28,12 @@ import time
 from dataclasses import dataclass
 
 from ... import environment
-from ...errors import ConnectError, InitError
+from ...errors import CommTimeoutError, ConnectError, InitError, RingcommError
 from ...transport import handshake
 from ...transport.handshake import Hello, Kind
 from ...transport.net import Address, connect, describe_errno, listen
 
-__all__ = ["RankTable", "meet"]
+__all__ = ["RankTable", "address", "meet"]
 
 log = logging.getLogger("ringcomm")
 _LIMIT = 1 << 24
@@ -78,10 +82,14 @@ def local_address_towards(host: str) -> str:
         return str(s.getsockname()[0])
 
 
-def meet(info: environment.Rendezvous, key: bytes, timeout: float,
+def address(info: environment.Rendezvous) -> Address:
+    """Return where rank 0's rendezvous listens."""
+    return Address(info.host, info.port)
+
+
+def meet(info: environment.Rendezvous, key: bytes, deadline: float,
          host_id: str) -> tuple[RankTable, socket.socket]:
-    """Meet the other ranks; return the rank table and this rank's bound ring listener."""
-    deadline = time.monotonic() + timeout
+    """Meet the other ranks by `deadline`; return the rank table and this rank's ring listener."""
     ip = local_address_towards(info.host)
     ring = listen(Address(ip, 0))
     mine = {"rank": info.rank, "size": info.size, "host": host_id,
@@ -100,7 +108,7 @@ def _where(info: environment.Rendezvous) -> str:
 
 
 def _join(info: environment.Rendezvous, key: bytes, deadline: float, mine: dict) -> RankTable:
-    addr = Address(info.host, info.port)
+    addr = address(info)
     try:
         s = connect(addr, deadline, what=f"rank 0's {info.source} rendezvous")
     except ConnectError as e:
@@ -108,47 +116,83 @@ def _join(info: environment.Rendezvous, key: bytes, deadline: float, mine: dict)
                         "reachable from this host?") from None
     with s:
         try:
+            handshake.client(s, key, Hello(Kind.RDZV, info.rank, 0), deadline)
             # Rank 0 answers at the shared deadline at the latest, with the table or why not:
             # a little longer here lets its reason arrive instead of a bare timeout.
             s.settimeout(max(0.1, deadline - time.monotonic()) + REPLY_GRACE)
-            handshake.client(s, key, Hello(Kind.RDZV, info.rank, 0))
             _send(s, mine)
             reply = _recv(s)
-        except TimeoutError:
+        except (TimeoutError, CommTimeoutError):
             raise InitError(f"rank {info.rank}: rank 0 of the {_where(info)} did not hand out "
                             "the rank table before the deadline: some rank never arrived (rank "
                             "0's error names it)") from None
-        except (OSError, ValueError, handshake.HandshakeError) as e:
+        except (OSError, ValueError, RingcommError) as e:
             raise InitError(f"rank {info.rank}: the {_where(info)} failed: {e}") from None
     if "error" in reply:
         raise InitError(f"rank {info.rank}: {reply['error']}")
     return RankTable(reply["addresses"], reply["hosts"])
 
 
-def _serve(info: environment.Rendezvous, key: bytes, deadline: float, mine: dict) -> RankTable:
+def _is_loopback_name(host: str) -> bool:
     try:
-        server = socket.create_server(("", info.port), reuse_port=False)
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _listener(info: environment.Rendezvous) -> socket.socket:
+    """Listen where the other ranks reach rank 0: the address MASTER_ADDR (or the Slurm
+    step's first node) names, when it is one of this host's; else on every interface.
+
+    A host name that resolves to a loopback address here (Debian maps a host's own name to
+    127.0.1.1) names another address on the other hosts: every interface it is then.
+    """
+    try:
+        found = socket.getaddrinfo(info.host, info.port, socket.AF_UNSPEC, socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise InitError(f"cannot resolve the rendezvous host {info.host!r}: {e.strerror}; check "
+                        "MASTER_ADDR (or the Slurm node list) and name resolution") from None
+    for family, _, _, _, sockaddr in found:
+        ip = str(sockaddr[0])
+        if ipaddress.ip_address(ip.split("%")[0]).is_loopback and not _is_loopback_name(info.host):
+            continue
+        try:
+            return socket.create_server((ip, info.port), family=family)
+        except OSError as e:
+            if e.errno != errno.EADDRNOTAVAIL:
+                raise InitError(f"rank 0 cannot listen for the {_where(info)}: "
+                                f"{describe_errno(e)}") from None
+    log.debug("ringcomm rendezvous: %s is not an address of this host as such; listening on "
+              "every interface", info.host)
+    try:
+        return socket.create_server(("", info.port))
     except OSError as e:
         raise InitError(f"rank 0 cannot listen for the {_where(info)}: {describe_errno(e)}") \
             from None
+
+
+def _serve(info: environment.Rendezvous, key: bytes, deadline: float, mine: dict) -> RankTable:
+    server = _listener(info)
     reports: dict[int, dict] = {0: mine}
     conns: dict[int, socket.socket] = {}
     errors: list[str] = []
     lock = threading.Lock()
     arrived = threading.Condition(lock)
+    # Reading a report takes a thread; only connections that proved the key get one, and no
+    # more of them at once than the job has ranks (and a few for ranks that reconnect).
+    readers = threading.BoundedSemaphore(info.size + 8)
 
-    def admit(c: socket.socket) -> None:
+    def report(c: socket.socket, peer: str) -> None:
         try:
             c.settimeout(max(0.1, min(10.0, deadline - time.monotonic())))
-            hello = handshake.server(c, key, first_bytes=1.0)
-            if hello.kind != Kind.RDZV:
-                raise handshake.HandshakeError(f"a {hello.kind.name} connection, not a rendezvous")
-            report = _recv(c)
-            r, size = int(report["rank"]), int(report["size"])
-        except (OSError, ValueError, KeyError, handshake.HandshakeError) as e:
-            log.warning("ringcomm rendezvous: refused a connection: %s", e)
+            got = _recv(c)
+            r, size = int(got["rank"]), int(got["size"])
+        except (OSError, ValueError, KeyError, RingcommError) as e:
+            log.warning("ringcomm rendezvous: a rank at %s sent no report: %s", peer, e)
             c.close()
             return
+        finally:
+            readers.release()
         with arrived:
             if size != info.size:
                 errors.append(f"rank {r} reports a job of {size} ranks, rank 0 one of "
@@ -156,23 +200,21 @@ def _serve(info: environment.Rendezvous, key: bytes, deadline: float, mine: dict
             elif not 0 <= r < info.size:
                 errors.append(f"a rank reports rank {r}, outside 0..{info.size - 1}")
             elif r in reports:
-                errors.append(f"rank {r} reported twice (from {report.get('address')!r} and "
+                errors.append(f"rank {r} reported twice (from {got.get('address')!r} and "
                               f"{reports[r].get('address')!r}); every rank needs its own RANK")
             else:
-                reports[r] = report
+                reports[r] = got
             conns.setdefault(r, c)
             arrived.notify_all()
 
-    def accept() -> None:
-        while True:
-            try:
-                c, _ = server.accept()
-            except OSError:
-                return
-            threading.Thread(target=admit, args=(c,), daemon=True,
-                             name="ringcomm-rendezvous").start()
+    def admit(c: socket.socket, hello: Hello, peer: str) -> None:
+        if hello.kind != Kind.RDZV or not readers.acquire(blocking=False):
+            c.close()  # a probe of the key (QUERY), or more reports at once than ranks
+            return
+        threading.Thread(target=report, args=(c, peer), daemon=True,
+                         name="ringcomm-rendezvous").start()
 
-    threading.Thread(target=accept, daemon=True, name="ringcomm-rendezvous").start()
+    gate = handshake.Gate([server], key, admit, label="rendezvous")
     try:
         with arrived:
             arrived.wait_for(lambda: bool(errors) or len(reports) == info.size,
@@ -196,7 +238,7 @@ def _serve(info: environment.Rendezvous, key: bytes, deadline: float, mine: dict
                 except OSError:
                     pass  # that rank is gone; it reports its own error
     finally:
-        server.close()
+        gate.close()
         for c in conns.values():
             c.close()
     if table is None:
