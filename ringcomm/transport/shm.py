@@ -423,6 +423,7 @@ class Shared:
         self._wake_to = [_wake_address(wakes, j) for j in range(count)]
         self._wake = _bound(self._wake_to[index])
         self._wake_out: list[socket.socket | None] = [None] * count  # connected in `join`
+        self._joined = False
         # The compiled core's view of the same memory (small calls), where it is built: made
         # in `join`, once it can reach the other ranks' wake-ups.
         self.core: Any = None
@@ -435,6 +436,7 @@ class Shared:
         Call once every local rank has made its Shared and links (a round of the set-up):
         from then on nothing here needs a name, and the directory can go.
         """
+        self._joined = True
         for j in self._others:
             self._wake_out[j] = _connected(self._wake_to[j])
         for link in self._links.values():
@@ -467,6 +469,8 @@ class Shared:
         link = self._links.get((j, k))
         if link is None:
             assert k < self.sets and j != self.index, "this segment has no such link"
+            assert not self._joined, "every link is made before `join`: its wake-ups need the " \
+                "directory, which is gone after it"
             link = self._links[j, k] = ShmLink(self, j, k)
         return link
 

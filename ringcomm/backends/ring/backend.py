@@ -585,10 +585,10 @@ class RingBackend(Backend):
                         for j in range(count):
                             if j != index:
                                 links_to[j, 0] = shared.link(j)
-                    if neighbours:
-                        for r in (right, left):
-                            if r in local:
-                                links_to[local.index(r), p2p] = shared.link(local.index(r), p2p)
+                    if neighbours:  # the ring's neighbours, and all_to_all's pairs on this host
+                        for j in range(count):
+                            if j != index:
+                                links_to[j, p2p] = shared.link(j, p2p)
             except OSError as e:
                 problem = f"could not map the shared memory {name}: {e}"
         ok = count == 1 or (not problem and shared is not None)
