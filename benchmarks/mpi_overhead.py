@@ -79,7 +79,7 @@ def main(argv: list[str]) -> int:
     from mpi4py import MPI
 
     import ringcomm
-    from ringcomm.backends.base import ReduceOp
+    from ringcomm.signature import ReduceOp
 
     group = ringcomm.init(backend="mpi")
     backend = group._backend

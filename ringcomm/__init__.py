@@ -17,23 +17,20 @@ from .errors import (
     RingcommError,
 )
 from .group import Group, Work, init, is_available
+from .objects import all_gather_object, broadcast_object, recv_object, send_object
 from .ops import (
     all_gather,
-    all_gather_object,
     all_max,
     all_min,
     all_sum,
     all_to_all,
     barrier,
     broadcast,
-    broadcast_object,
     gather,
     recv,
     recv_like,
-    recv_object,
     scatter,
     send,
-    send_object,
     sum_scatter,
 )
 from .training import (

@@ -19,10 +19,10 @@ import pytest
 
 from ringcomm.environment import rank_addresses
 from ringcomm.launch import LaunchConfig, LaunchError, commands, launch
-from ringcomm.launch.api import failure_report
 from ringcomm.launch.cli import build_parser, split_argv
 from ringcomm.launch.options import program_argv
 from ringcomm.launch.plan import plan_job
+from ringcomm.launch.report import failure_report
 from ringcomm.launch.supervisor import JobResult, RankExit, Reason
 from tests import harness
 
@@ -279,8 +279,8 @@ def test_python_api_returns_exit_code(tmp_path):
 
 def test_mpirun_argv_and_openmpi_hostfile(monkeypatch):
     from ringcomm.launch import mpi
-    from ringcomm.launch.api import describe_plan
     from ringcomm.launch.plan import JobPlan, RankSpec, WrappedLaunch
+    from ringcomm.launch.report import describe_plan
 
     cfg = LaunchConfig(command=["-m", "mod"], cwd="/w", mpi_args=("--bind-to none", "-v"),
                        backend="mpi", python="/py")

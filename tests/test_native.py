@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from ringcomm import native
-from ringcomm.backends.signature import Op, Signature
+from ringcomm.signature import Op, Signature
 from ringcomm.transport.header import pack
 from ringcomm.transport.shm import HEADER, LINE, SLOT_BYTES, region_bytes
 

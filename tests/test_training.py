@@ -14,7 +14,8 @@ import pytest
 
 import ringcomm
 import ringcomm.ops
-from ringcomm.backends.base import Backend, ReduceOp
+from ringcomm.backends.base import Backend
+from ringcomm.signature import ReduceOp
 from ringcomm.training import Bucket, plan_buckets
 from tests.harness import ROOT, env, launch_argv, run, run_case
 

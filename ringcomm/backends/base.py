@@ -8,7 +8,7 @@ the backend's group except `send` and `recv`. Ranks are the backend's own
 
 Concurrency: one call is in flight per group at a time. The caller's thread
 makes the call and it returns when this rank's part is done; ranks make the
-same calls in the same order, which the backend checks (`signature.py`) and
+same calls in the same order, which the backend checks (`ringcomm.signature`) and
 turns into MismatchError when they do not. A backend may use threads of its
 own inside a call, never across calls.
 
@@ -21,32 +21,13 @@ timeout)` and `is_available()`.
 
 from __future__ import annotations
 
-import enum
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .signature import Op
+from ..signature import Op, ReduceOp
 
 __all__ = ["Backend", "ReduceOp"]
-
-
-class ReduceOp(enum.Enum):
-    """Elementwise reduction of `all_reduce` and `reduce_scatter`."""
-
-    SUM = "sum"  # on bool arrays: logical or
-    MAX = "max"
-    MIN = "min"
-
-    @property
-    def ufunc(self) -> np.ufunc:
-        """Return the NumPy ufunc that reduces two arrays elementwise by this op."""
-        return _UFUNCS[self]
-
-
-_UFUNCS = {ReduceOp.SUM: np.add, ReduceOp.MAX: np.maximum, ReduceOp.MIN: np.minimum}
 
 
 class Backend(ABC):
@@ -132,7 +113,6 @@ class Backend(ABC):
         p, r = self.size, self.rank
         n = buf.shape[0]
         every = np.empty((p * n,) + buf.shape[1:], dtype=buf.dtype)
-        from .signature import Op  # signature.py imports this module
 
         self._all_gather_as(buf, every, Op.ALL_TO_ALL, 0)
         m = n // p
@@ -146,7 +126,6 @@ class Backend(ABC):
         """
         every = out if out is not None else np.empty(
             (self.size * buf.shape[0],) + buf.shape[1:], dtype=buf.dtype)
-        from .signature import Op
 
         self._all_gather_as(buf, every, Op.GATHER, root)
 
@@ -156,7 +135,6 @@ class Backend(ABC):
         Every rank passes a `buf` of root's shape and dtype. The default broadcasts
         root's whole `buf`.
         """
-        from .signature import Op
 
         whole = buf.copy()
         self._broadcast_as(whole, root, Op.SCATTER)

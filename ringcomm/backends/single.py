@@ -6,7 +6,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .base import Backend, ReduceOp
+from ..signature import ReduceOp
+from .base import Backend
 
 
 class SingleBackend(Backend):

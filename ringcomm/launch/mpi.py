@@ -9,9 +9,9 @@ import tempfile
 from typing import TextIO
 
 from ..backends.mpi import detect
-from .api import describe_plan
 from .options import LaunchError
 from .plan import JobPlan, WrappedLaunch, rank_env
+from .report import describe_plan
 from .wrapper import run_wrapped
 
 __all__ = ["find_mpirun", "launch_mpi", "mpi_env", "mpirun_argv", "openmpi_hostfile"]

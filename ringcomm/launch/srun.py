@@ -11,9 +11,9 @@ from __future__ import annotations
 import shutil
 from typing import TextIO
 
-from .api import describe_plan
 from .options import LaunchConfig, LaunchError, program_argv
 from .plan import JobPlan, WrappedLaunch, rank_env
+from .report import describe_plan
 from .wrapper import run_wrapped
 
 __all__ = ["launch_srun", "srun_argv"]

@@ -3,7 +3,7 @@
 The other launcher places and numbers the ranks itself; ringcomm's launcher
 runs it under a guard like a rank, forwards its output and stdin, applies
 --timeout and Ctrl-C, and exits with its code. Its dry-run text and failure
-report are the launcher's own (`api.describe_plan`, `api.failure_report`).
+report are the launcher's own (`report.describe_plan`, `report.failure_report`).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import re
 from typing import TextIO
 
 from . import commands
-from .api import describe_plan, failure_report
 from .output import Output
 from .plan import JobPlan, WrappedLaunch
+from .report import describe_plan, failure_report
 from .supervisor import Job, JobResult, RankProcess
 
 __all__ = ["run_wrapped"]

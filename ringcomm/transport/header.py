@@ -12,7 +12,7 @@ import hashlib
 import struct
 
 from ..arrays import dtype_code, dtype_from_code
-from ..backends.signature import Op, Signature
+from ..signature import Op, Signature
 
 __all__ = ["SIZE", "pack", "unpack"]
 

@@ -24,8 +24,8 @@ import numpy as np
 
 from ...arrays import dtype_code, dtype_from_code
 from ...errors import InitError, MismatchError
-from ..base import Backend, ReduceOp
-from ..signature import REDUCTIONS, Op, Signature
+from ...signature import REDUCTIONS, Op, ReduceOp, Signature
+from ..base import Backend
 from . import detect as mpi_env
 from .watchdog import CallDeadline, Watchdog
 

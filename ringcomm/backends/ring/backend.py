@@ -27,6 +27,7 @@ import numpy as np
 from ... import environment, native, trace
 from ...arrays import check_dtype
 from ...errors import MismatchError, PeerError, RingcommError
+from ...signature import REDUCTIONS, Op, ReduceOp, Signature
 from ...transport import header, shm
 from ...transport.endpoint import Endpoint
 from ...transport.handshake import Hello, Kind
@@ -36,8 +37,7 @@ from ...transport.net import describe_errno, parse_address
 from ...transport.net import exchange as socket_exchange
 from ...transport.tcp import TcpLink
 from ...transport.watch import Activity, GroupInfo
-from ..base import Backend, ReduceOp
-from ..signature import REDUCTIONS, Op, Signature
+from ..base import Backend
 from . import pipeline
 from .local import _OPCODES, Local, Plan, _even
 

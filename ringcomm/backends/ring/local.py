@@ -38,10 +38,10 @@ import numpy as np
 
 from ... import native
 from ...errors import MismatchError, PeerAbortedError, PeerError
+from ...signature import Signature
 from ...transport import header
 from ...transport.shm import HEADER, LINE, SLOT_BYTES, Shared
 from ...transport.watch import Activity, Watch
-from ..signature import Signature
 
 __all__ = ["Local", "Plan"]
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...errors import CommTimeoutError
+from ...signature import Signature
 from ...transport import header
 from ...transport.link import Link
-from ..signature import Signature
 
 __all__ = [
     "Lane", "Transfer", "Step", "chunks", "even", "lanes", "steps", "run_sender", "run_receiver",

@@ -1,11 +1,12 @@
-"""What a rank is calling, and how two ranks' calls differ: the vocabulary of call checking.
+"""The vocabulary of calls: what a rank is calling, how it reduces, how two ranks' calls differ.
 
-Every backend checks that the ranks of a group make the same calls in the
-same order. A `Signature` describes one call (op, call number, group, dtype,
-shape, root); `differs` says what two ranks disagree on and `describe` writes
-a call for an error message. How a signature travels is the transport's
-business (`ringcomm.transport.header` packs it into the TCP header; the MPI
-backend agrees on a hash of it).
+A leaf: it imports nothing of ringcomm's, so the transports (which put a call on the wire)
+and the backends (which make calls) both build on it. Every backend checks that the ranks of
+a group make the same calls in the same order. A `Signature` describes one call (op, call
+number, group, dtype, shape, root); `differs` says what two ranks disagree on and `describe`
+writes a call for an error message. How a signature travels is the transport's business
+(`ringcomm.transport.header` packs it into the TCP header; the MPI backend agrees on a hash
+of it).
 """
 
 from __future__ import annotations
@@ -15,9 +16,23 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .base import ReduceOp
+__all__ = ["REDUCTIONS", "Op", "ReduceOp", "Signature"]
 
-__all__ = ["REDUCTIONS", "Op", "Signature"]
+
+class ReduceOp(enum.Enum):
+    """Elementwise reduction of `all_reduce` and `reduce_scatter`."""
+
+    SUM = "sum"  # on bool arrays: logical or
+    MAX = "max"
+    MIN = "min"
+
+    @property
+    def ufunc(self) -> np.ufunc:
+        """Return the NumPy ufunc that reduces two arrays elementwise by this op."""
+        return _UFUNCS[self]
+
+
+_UFUNCS = {ReduceOp.SUM: np.add, ReduceOp.MAX: np.maximum, ReduceOp.MIN: np.minimum}
 
 
 class Op(enum.IntEnum):
