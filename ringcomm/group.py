@@ -53,22 +53,24 @@ class Calls:
         self._label = label
         self._cond = threading.Condition()
         self._queue: deque[tuple[Work, Callable[[], Any]]] = deque()
-        self._pending = 0  # calls queued or running in the worker
+        # Calls queued or running in the worker: read by the API's fast entries (0: none in
+        # flight, so a call may run at once), written under the condition only.
+        self.pending = 0
         self._thread: threading.Thread | None = None
 
     @property
     def in_flight(self) -> int:
         """Return how many asynchronous calls have not finished."""
-        return self._pending
+        return self.pending
 
     def run(self, fn: Callable[[], Any], async_op: bool = False) -> Any:
         """Run `fn` in call order; return its result, or its Work when `async_op`."""
-        if not async_op and self._pending == 0:
+        if not async_op and self.pending == 0:
             return fn()
         work = Work()
         with self._cond:
             self._queue.append((work, fn))
-            self._pending += 1
+            self.pending += 1
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, daemon=True,
                                                 name=f"ringcomm-calls-{self._label}")
@@ -86,7 +88,7 @@ class Calls:
         """
         seconds = _timeout(timeout, os.environ)
         with self._cond:
-            return self._cond.wait_for(lambda: self._pending == 0, seconds)
+            return self._cond.wait_for(lambda: self.pending == 0, seconds)
 
     def _loop(self) -> None:
         # A daemon thread: after `drain`, a rank exits even with a call stuck in flight.
@@ -101,7 +103,7 @@ class Calls:
                 work.set_exception(e)
             finally:
                 with self._cond:
-                    self._pending -= 1
+                    self.pending -= 1
                     self._cond.notify_all()
 
 

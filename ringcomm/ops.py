@@ -69,7 +69,7 @@ def _call(g: Group, op: str, fn: Callable[[], Any], async_op: bool,
     inputs alone until the call was done.
     """
     calls = g._calls
-    if not async_op and calls._pending == 0:
+    if not async_op and calls.pending == 0:
         return fn()  # Calls.run's own fast path, without the call: the latency path
     if async_op and inputs and environment.debug(os.environ):
         fn = _guarded(op, fn, inputs)
@@ -99,7 +99,7 @@ def _reduce(op: str, rop: ReduceOp, x: ArrayT, group: Group | None, async_op: bo
         # The latency path: a NumPy array, a group with no call in flight, a backend that has
         # a fast path for it (it returns None where it has not).
         g = _groups._world if group is None else group
-        if g is not None and g._calls._pending == 0:
+        if g is not None and g._calls.pending == 0:
             y = g._backend.reduce_small(x, rop)  # type: ignore[arg-type]
             if y is not None:
                 return y
@@ -216,7 +216,7 @@ def send(x: ArrayT, dst: int, *, group: Group | None = None, stream: object = No
     if type(x) is _ndarray and not async_op:
         # The latency path (as _reduce's): the backend returns False where it has none.
         g = _groups._world if group is None else group
-        if g is not None and g._calls._pending == 0 and g._backend.send_small(
+        if g is not None and g._calls.pending == 0 and g._backend.send_small(
                 x, dst):  # type: ignore[arg-type]
             return x
     ad = adapt(x)
@@ -243,7 +243,7 @@ def recv(shape: Any, dtype: Any, src: int, *, group: Group | None = None,
     """Return an array of `shape` and `dtype` that rank `src` sent with `send`."""
     if not async_op and type(shape) in (tuple, int):
         g = _groups._world if group is None else group
-        if g is not None and g._calls._pending == 0:
+        if g is not None and g._calls.pending == 0:
             y = g._backend.recv_small(("in", src, dtype, shape), shape, dtype, src)
             if y is not None:
                 return y
@@ -272,7 +272,7 @@ def recv_like(x: ArrayT, src: int, *, group: Group | None = None, stream: object
     """Return an array like `x` (shape, dtype, array type) that rank `src` sent with `send`."""
     if type(x) is _ndarray and not async_op:
         g = _groups._world if group is None else group
-        if g is not None and g._calls._pending == 0:
+        if g is not None and g._calls.pending == 0:
             a = cast(np.ndarray, x)
             y = g._backend.recv_small(("in", src, a.dtype, a.shape), a.shape, a.dtype, src,
                                       "recv_like")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ringcomm.backends.ring import pipeline as _pipeline
+from ringcomm.backends.ring.algorithms import pipeline as _pipeline
 
 
 @pytest.mark.parametrize("n, parts", [(0, 3), (1, 4), (10, 3), (12, 4), (7, 7)])

@@ -1,1 +1,3 @@
-"""Sockets for the ring backend: addresses, authenticated connections, message headers."""
+"""Links between ranks and what travels on them: TCP and shared-memory links, the
+handshake, the call header, the abort protocol and the watch. Imports nothing from backends/.
+"""

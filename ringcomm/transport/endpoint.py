@@ -24,6 +24,7 @@ from . import handshake
 from .abort import Abort, Reason, decode
 from .handshake import Hello, Kind
 from .link import Link
+from .mailbox import Mailbox
 from .net import Address, connect, listen, tune
 from .tcp import TcpLink
 from .watch import Watch, reply
@@ -48,18 +49,11 @@ class Endpoint:
         self._cond = threading.Condition()
         self._filed: dict[tuple[int, int, int, int], socket.socket] = {}
         self._socks: list[socket.socket] = []
-        self._p2p_out: dict[int, Link] = {}
-        self._p2p_in: dict[int, Link] = {}
-        # Links to the ranks of this host through shared memory (set up by the world group).
-        self.local_links: dict[int, Link] = {}
-        self.p2p_lock = threading.Lock()
-        # One message at a time per connection: calls of two groups may run at once (async_op).
-        self._wire_locks: dict[tuple[str, int], threading.Lock] = {}
-        self._seqs: dict[tuple[str, int], int] = {}
+        self.mail = Mailbox(self._connect_p2p, self._take_p2p)  # send/recv's links and counters
         self.tracer: Tracer | None = None  # set by the backend when RINGCOMM_TRACE is on
         self.watch = Watch(rank, addrs, key, timeout,
                            lambda reason: self.abort(reason, Reason.MISMATCH, notify=True),
-                           self._counts, self._sent_to, stall)
+                           self.mail.counts, self.mail.sent_to, stall)
         self.aborts = Abort(rank, len(addrs), self._send_notice, self.watch.silent)
         self.aborts.hooks.append(self._wake_all)
         atexit.register(self.flush)  # notices started just before a normal exit still go out
@@ -154,45 +148,17 @@ class Endpoint:
                 self._cond.wait(left)
             return self._filed.pop(key)
 
-    def wire_lock(self, way: str, peer: int) -> threading.Lock:
-        """Return the lock that keeps one message whole on the `way` ("out"/"in") connection."""
-        with self.p2p_lock:
-            return self._wire_locks.setdefault((way, peer), threading.Lock())
+    def _connect_p2p(self, dst: int) -> Link:
+        """Open this process's sending link to world rank `dst` (a TCP connection)."""
+        deadline = time.monotonic() + self.timeout
+        s = self.connect(dst, Hello(Kind.P2P, self.rank, 0), deadline)
+        return TcpLink(s, self.peer(dst), self.timeout)
 
-    def p2p_out(self, dst: int) -> Link:
-        """Return this process's sending link to world rank `dst`.
-
-        A rank of this host (with shared memory) gets the shared-memory link; any
-        other a TCP connection made on first use.
-        """
-        link = self.local_links.get(dst) or self._p2p_out.get(dst)
-        if link is None:
-            deadline = time.monotonic() + self.timeout
-            s = self.connect(dst, Hello(Kind.P2P, self.rank, 0), deadline)
-            link = self._p2p_out[dst] = TcpLink(s, self.peer(dst), self.timeout)
-        return link
-
-    def p2p_in(self, src: int, what: str) -> Link:
-        """Return the link world rank `src` sends on to this process."""
-        link = self.local_links.get(src) or self._p2p_in.get(src)
-        if link is None:
-            deadline = time.monotonic() + self.timeout
-            s = self.take(Kind.P2P, src, 0, 0, deadline, what)
-            link = self._p2p_in[src] = TcpLink(s, self.peer(src), self.timeout)
-        return link
-
-    def _counts(self, peer: int) -> tuple[int, int]:
-        """Return (messages this process started to send to `peer`, receives it started from it)."""
-        return self._seqs.get(("out", peer), 0), self._seqs.get(("in", peer), 0)
-
-    def _sent_to(self) -> dict[int, int]:
-        """Return {world rank: messages this process started to send there}."""
-        return {r: n for (way, r), n in list(self._seqs.items()) if way == "out"}
-
-    def next_seq(self, key: tuple[str, int]) -> int:
-        """Return the next message number on a point-to-point connection (hold p2p_lock)."""
-        self._seqs[key] = self._seqs.get(key, 0) + 1
-        return self._seqs[key]
+    def _take_p2p(self, src: int, what: str) -> Link:
+        """Wait for the sending link world rank `src` opened to this process."""
+        deadline = time.monotonic() + self.timeout
+        return TcpLink(self.take(Kind.P2P, src, 0, 0, deadline, what), self.peer(src),
+                       self.timeout)
 
     # -- failure (the protocol is in `abort`) --------------------------------------------------
 

@@ -14,13 +14,22 @@ import struct
 from ..arrays import dtype_code, dtype_from_code
 from ..signature import Op, Signature
 
-__all__ = ["SIZE", "pack", "unpack"]
+__all__ = ["MAX_DIMS", "RANK_AT", "SEQ_AT", "SIZE", "dims_differ", "pack", "stamp", "unpack"]
 
 MAGIC = b"RCM1"
-_MAX_DIMS = 11
+MAX_DIMS = _MAX_DIMS = 11
 _FMT = struct.Struct(f"<4sBBBxqQii{_MAX_DIMS}q")
 SIZE = 128
 assert _FMT.size <= SIZE
+# Where the call number and the sender's rank lie (the compiled core asserts the same at load).
+SEQ_AT = struct.calcsize("<4sBBBx")
+RANK_AT = SEQ_AT + struct.calcsize("<qQ")
+assert (SEQ_AT, RANK_AT) == (8, 24)
+
+
+def stamp(template: bytes, seq: int) -> bytes:
+    """Return `template` (a header packed with call number 0) numbered `seq`."""
+    return template[:SEQ_AT] + seq.to_bytes(8, "little", signed=True) + template[SEQ_AT + 8:]
 
 
 def _dims(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -38,6 +47,19 @@ def pack(sig: Signature) -> bytes:
         sig.group, sig.rank, sig.arg, *_dims(sig.shape),
     )
     return body.ljust(SIZE, b"\0")
+
+
+def dims_differ(mine: Signature, data: bytes | bytearray | memoryview) -> str | None:
+    """Return what differs between the shape of call `mine` and that of the header `data`,
+    as far as `Signature.differs` cannot see it: for shapes of more than MAX_DIMS
+    dimensions the header holds the first ten and a digest of the whole shape, and
+    `unpack` gives the rest back as unknown (-1), so the digests are compared here."""
+    if len(mine.shape) <= _MAX_DIMS:
+        return None
+    theirs = _FMT.unpack_from(data)[-_MAX_DIMS:]
+    if tuple(theirs) != _dims(mine.shape):
+        return "the shapes differ"
+    return None
 
 
 def unpack(data: bytes | bytearray | memoryview) -> Signature | None:

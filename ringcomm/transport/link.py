@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 import select
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -49,6 +50,14 @@ __all__ = ["Link", "exchange", "path", "wait"]
 # passed before it sleeps, and wakes at least every RECHECK_SECONDS to check the peer and the job.
 YIELD_SECONDS = 200e-6
 RECHECK_SECONDS = 0.01
+_MAIN = threading.main_thread()
+
+
+def spin_budget(seconds: float) -> float:
+    """Return how long the calling thread may poll before it yields: `seconds` on the main
+    thread, none on a background one (async_op), whose polling would only take the core and
+    the interpreter from the caller's compute."""
+    return seconds if threading.current_thread() is _MAIN else 0.0
 
 
 class Link(ABC):

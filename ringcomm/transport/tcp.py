@@ -22,6 +22,10 @@ class TcpLink(Link):
         self.sock = sock
         self._pollers: dict[bool, select.poll] = {}
 
+    def fileno(self) -> int:
+        """Return the connection's descriptor (for the compiled core's exchange)."""
+        return self.sock.fileno()
+
     def send(self, data: memoryview | bytes, op: str) -> None:
         send_all(self.sock, data, peer=self.peer, op=op, timeout=self.timeout)
 

@@ -1,8 +1,10 @@
 """The ring backend: TCP between hosts, shared memory inside one; needs nothing but NumPy.
 
 `create` reads the launcher's environment (the rank and the rank hostfile,
-see `ringcomm.environment`) and builds this process's world group; the
-algorithms live in `backend.py` and `pipeline.py`.
+see `ringcomm.environment`, or a rendezvous) and the job's key (`jobkey`), and
+builds this process's world group (`backend.RingBackend`, a composition: its
+links, the shared-memory set-up, one algorithm per file under `algorithms/`,
+the choice between them in `choose.py`, send/recv in `p2p.py`).
 """
 
 from __future__ import annotations

@@ -18,17 +18,20 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 import numpy as np
 
-from ...errors import CommTimeoutError
-from ...signature import Signature
-from ...transport import header
-from ...transport.link import Link
+from ....errors import CommTimeoutError
+from ....signature import Signature
+from ....transport import header
+from ....transport.link import Link
+from .rows import even
 
 __all__ = [
-    "Lane", "Transfer", "Step", "chunks", "even", "lanes", "steps", "run_sender", "run_receiver",
+    "Lane", "Transfer", "Step", "chunks", "even", "lanes", "run", "steps", "run_sender",
+    "run_receiver",
 ]
 
 CHUNK_BYTES = 1 << 20
@@ -74,13 +77,6 @@ class Lane:
 
     def __post_init__(self) -> None:
         self.cond = threading.Condition()
-
-
-def even(n: int, parts: int) -> list[tuple[int, int]]:
-    """Return [0, n) cut into `parts` ranges whose sizes differ by at most one."""
-    q, r = divmod(n, parts)
-    bounds = [i * q + min(i, r) for i in range(parts + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def lanes(rank: int, size: int, right: list[Link], left: list[Link],
@@ -185,3 +181,29 @@ def run_receiver(lane: Lane, transfer: Transfer) -> None:
             with lane.cond:
                 lane.done += 1
                 lane.cond.notify()
+
+
+def run(lanes: list[Lane], transfer: Transfer, pool: Executor,
+        first_error: Callable[[BaseException], None]) -> BaseException | None:
+    """Run every lane's sender and receiver (the caller's thread takes the first); return
+    the first error, after `first_error(e)` told the peers and woke every other thread."""
+    tasks = [(f, lane) for lane in lanes for f in (run_sender, run_receiver)]
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def run_one(fn: Callable[[Lane, Transfer], None], lane: Lane) -> None:
+        try:
+            fn(lane, transfer)
+        except BaseException as e:  # re-raised by the calling thread
+            with lock:
+                errors.append(e)
+                first = len(errors) == 1
+            transfer.stop(lanes)
+            if first:
+                first_error(e)
+
+    futures: list[Future] = [pool.submit(run_one, fn, lane) for fn, lane in tasks[1:]]
+    run_one(*tasks[0])
+    for f in futures:
+        f.result()
+    return errors[0] if errors else None

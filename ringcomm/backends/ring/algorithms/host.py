@@ -36,29 +36,20 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ... import native
-from ...errors import MismatchError, PeerAbortedError, PeerError
-from ...signature import Signature
-from ...transport import header
-from ...transport.shm import HEADER, LINE, SLOT_BYTES, Shared
-from ...transport.watch import Activity, Watch
+from .... import native
+from ....errors import PeerAbortedError, PeerError
+from ....signature import Signature
+from ....transport import header
+from ....transport.shm import HEADER, LINE, SLOT_BYTES, Shared
+from ....transport.watch import Activity, Watch
+from ..call import mismatch
+from ..plans import Plans
+from .pair import OPCODES
+from .rows import even, reduce_rows
 
 __all__ = ["Local", "Plan"]
 
-_OPCODES: dict[Any, int] = {np.add: 0, np.maximum: 1, np.minimum: 2}
 
-# Where the call number lies in the header.
-_SEQ = slice(8, 16)
-
-
-def _even(n: int, parts: int) -> list[tuple[int, int]]:
-    q, r = divmod(n, parts)
-    bounds, a = [], 0
-    for j in range(parts):
-        b = a + q + (1 if j < r else 0)
-        bounds.append((a, b))
-        a = b
-    return bounds
 
 
 class Plan(NamedTuple):
@@ -79,7 +70,7 @@ class Local:
     """
 
     def __init__(self, shared: Shared, label: str, watch: Watch | None = None,
-                 gid: int = 0) -> None:
+                 gid: int = 0, native_everywhere: bool | None = None) -> None:
         self.sh = shared
         self.core = shared.core
         self.watch = watch
@@ -90,16 +81,19 @@ class Local:
         # Messages that fit a slot take it (one post; every rank reduces every rank's data),
         # except that Python's reduction of many rows costs more than the chunked path's
         # second step: there the slot's share shrinks with the ranks.
-        share = 1 if shared.core is not None else max(1, shared.count // 2)
+        # `native_everywhere` (every rank of the group runs the core) decides, not this rank's
+        # own core: ranks that chose differently would read one message two ways.
+        everywhere = shared.core is not None if native_everywhere is None else native_everywhere
+        share = 1 if everywhere else max(1, shared.count // 2)
         self.small = (SLOT_BYTES - HEADER) // share
         self._mem = shared.mem
         self._slot_at = [[j * shared.region + LINE + s * SLOT_BYTES for s in range(2)]
                          for j in range(self.size)]
         self._hdr = b""
-        self._templates: dict[tuple, bytes] = {}
-        self._views: dict[tuple, np.ndarray] = {}
+        self._templates: Plans[bytes] = Plans()
+        self._views: Plans[np.ndarray] = Plans()
         self._chunks = 0  # staging halves alternate by chunk, across calls
-        self._plans: dict[tuple, Plan] = {}
+        self._plans: Plans[Plan] = Plans()
         self._others = [j for j in range(self.size) if j != self.rank]
 
     def _half(self) -> int:
@@ -116,11 +110,9 @@ class Local:
         the same call write the same bytes; it is made from a per-call-kind template.
         """
         key = (sig.op, sig.group, sig.dtype, sig.shape, sig.arg)
-        tmpl = self._templates.get(key)
-        if tmpl is None:
-            tmpl = self._templates[key] = header.pack(sig._replace(seq=0, rank=0))
-        self._hdr = tmpl[:_SEQ.start] + sig.seq.to_bytes(8, "little", signed=True) + \
-            tmpl[_SEQ.stop:]
+        tmpl = self._templates.get(key) or self._templates.add(
+            key, header.pack(sig._replace(seq=0, rank=0)))
+        self._hdr = header.stamp(tmpl, sig.seq)
 
     def _step(self, sig: Signature, check: bool) -> int:
         """Post, wait for every local rank; compare headers when `check`. Return the slot index."""
@@ -149,21 +141,16 @@ class Local:
             raise PeerError(f"{sig.op.label}: {self.sh.names(j)} wrote a header that is not a "
                             "ringcomm call (a different ringcomm version?)")
         what = sig.differs(other._replace(rank=sig.rank)) or "the calls differ"
-        raise MismatchError(
-            f"{sig.op.label} mismatch in the {self.label} group: rank {self.rank} called "
-            f"{sig.describe()} but rank {j} called {other.describe()}: {what}; every rank "
-            "must make the same calls in the same order with the same dtype and shape")
+        raise mismatch(sig.op.label, self.label, self.rank, sig, j, other, what)
 
     def _rows(self, s: int, dtype: np.dtype, count: int) -> np.ndarray:
         """Return the (size, count) view of every rank's slot `s` as `dtype` (cached)."""
         key = (s, dtype, count)
         view = self._views.get(key)
         if view is None:
-            if len(self._views) > 64:
-                self._views.clear()
-            view = self._views[key] = np.ndarray(
+            view = self._views.add(key, np.ndarray(
                 (self.size, count), dtype, buffer=self._mem, offset=self._slot_at[0][s] + HEADER,
-                strides=(self.sh.region, dtype.itemsize))
+                strides=(self.sh.region, dtype.itemsize)))
         return view
 
     def _row(self, j: int, s: int, dtype: np.dtype, count: int) -> np.ndarray:
@@ -203,13 +190,11 @@ class Local:
             mine = halves[i][h][:c * dt.itemsize].view(dt)
             mine[...] = flat[o:o + c]
             self._step(sig, k == 0)
-            bounds = _even(c, p)
+            bounds = even(c, p)
             a, b = bounds[i]
             dst = out[o + a:o + b]
             parts = [halves[j][h][a * dt.itemsize:b * dt.itemsize].view(dt) for j in range(p)]
-            ufunc(parts[0], parts[1], out=dst)
-            for part in parts[2:]:
-                ufunc(dst, part, out=dst)
+            reduce_rows(parts, dst, ufunc)
             mine[a:b] = dst
             self._step(sig, False)
             for j in range(p):
@@ -225,14 +210,12 @@ class Local:
         key = (sig.op, sig.dtype, sig.shape)
         plan = self._plans.get(key)
         if plan is None:
-            if len(self._plans) > 256:
-                self._plans.clear()
             n, dt = int(np.prod(sig.shape, dtype=np.int64)), sig.dtype
-            opcode = _OPCODES.get(ufunc, -1)
+            opcode = OPCODES.get(ufunc, -1)
             kind = native.kind(dt) if opcode >= 0 else -1
             rows = (self._rows(0, dt, n), self._rows(1, dt, n))
-            plan = self._plans[key] = Plan(header.pack(sig._replace(rank=0)), kind, opcode, ufunc,
-                                           sig, rows)
+            plan = self._plans.add(key, Plan(header.pack(sig._replace(rank=0)), kind, opcode,
+                                              ufunc, sig, rows))
         return plan
 
     def reduce_small(self, src: np.ndarray, out: np.ndarray, plan: Plan, seq: int) -> None:
@@ -272,17 +255,12 @@ class Local:
             raise PeerAbortedError(f"{label}: a rank of this host left the job")
         if code == native.Codes.MISMATCH:
             sig = plan.sig._replace(seq=seq)
-            self._hdr = self._header(plan, seq)
+            self._hdr = header.stamp(plan.template, seq)
             self._compare(sig, s)
             raise PeerError(f"{label}: the headers of the {self.label} group differ, yet match "
                             "when read again (memory corrupted?)")
         if code == native.Codes.REDUCE:
             self._reduce_rows(plan, s, out)
-
-    @staticmethod
-    def _header(plan: Plan, seq: int) -> bytes:
-        t = plan.template
-        return t[:_SEQ.start] + seq.to_bytes(8, "little", signed=True) + t[_SEQ.stop:]
 
     def _reduce_rows(self, plan: Plan, s: int, out: np.ndarray) -> None:
         rows = plan.rows[s]
@@ -296,7 +274,7 @@ class Local:
         sh, mem = self.sh, self._mem
         s = (sh.posts + 1) & 1
         at = self._slot_at[self.rank][s]
-        hdr = self._hdr = self._header(plan, seq)
+        hdr = self._hdr = header.stamp(plan.template, seq)
         mem[at:at + HEADER] = hdr
         if src.nbytes:
             mem[at + HEADER:at + HEADER + src.nbytes] = src.reshape(-1)  # type: ignore[call-overload]
@@ -360,9 +338,7 @@ class Local:
                 continue
             parts = [halves[j][h][i * size:i * size + c * dt.itemsize].view(dt) for j in range(p)]
             dst = out[o:o + c]
-            ufunc(parts[0], parts[1], out=dst)
-            for part in parts[2:]:
-                ufunc(dst, part, out=dst)
+            reduce_rows(parts, dst, ufunc)
         return "shm-chunked"
 
     def gather_slices(self, src: np.ndarray, out: np.ndarray, bounds: list[tuple[int, int]],
