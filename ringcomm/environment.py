@@ -28,6 +28,7 @@ __all__ = [
     "HOSTFILE",
     "HOSTFILE_VARS",
     "KEY_DIR",
+    "MAX_OBJECT_BYTES",
     "LOG_LEVEL",
     "MLX_HOSTFILE",
     "MLX_RANK",
@@ -53,6 +54,7 @@ __all__ = [
     "format_address",
     "launcher_vars",
     "log_level",
+    "max_object_bytes",
     "parse_address",
     "rank_addresses",
     "read_rank_hostfile",
@@ -83,6 +85,9 @@ KEY_DIR = "RINGCOMM_KEY_DIR"
 UNAUTHENTICATED = "RINGCOMM_UNAUTHENTICATED"
 # 1: object calls unpickle what peers of such a job sent (a stranger's pickle runs code).
 UNAUTHENTICATED_PICKLE = "RINGCOMM_UNAUTHENTICATED_PICKLE"
+# The largest pickled object an object call takes from a peer (bytes; default 1 GiB).
+MAX_OBJECT_BYTES = "RINGCOMM_MAX_OBJECT_BYTES"
+DEFAULT_MAX_OBJECT_BYTES = 1 << 30
 # 0: run the pure-Python path even where the compiled core is built (ringcomm.native).
 NATIVE = "RINGCOMM_NATIVE"
 # The small all-reduce's algorithm across sockets: auto (by the model), ring, or doubling.
@@ -463,3 +468,17 @@ def unauthenticated(environ: Mapping[str, str]) -> bool:
 def unauthenticated_pickle(environ: Mapping[str, str]) -> bool:
     """Return whether RINGCOMM_UNAUTHENTICATED_PICKLE lets object calls of such a job unpickle."""
     return _yes(environ, UNAUTHENTICATED_PICKLE)
+
+
+def max_object_bytes(environ: Mapping[str, str]) -> int:
+    """Return RINGCOMM_MAX_OBJECT_BYTES (default 1 GiB); raise ValueError when malformed."""
+    raw = environ.get(MAX_OBJECT_BYTES, "").strip()
+    if not raw:
+        return DEFAULT_MAX_OBJECT_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{MAX_OBJECT_BYTES} must be a number of bytes, got {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"{MAX_OBJECT_BYTES} must be at least 1, got {raw!r}")
+    return value

@@ -171,6 +171,11 @@ class Backend(ABC):
     def split(self, color: int, key: int) -> Backend:
         """Return the backend of the subgroup of ranks that passed the same color (MPI_Comm_split)."""
 
+    def object_key(self) -> bytes | None:
+        """Return the key that seals object calls' messages, or None where the transport
+        itself is trusted (MPI's, one process)."""
+        return None
+
     def peers_proved_secret(self) -> bool:
         """Return whether every peer proved a secret only the job's ranks know.
 
