@@ -426,7 +426,9 @@ def test_the_package_installs_and_runs_without_a_compiler(tmp_path: Path) -> Non
     # Its own site-packages: a user's machine, not this one's installed (editable) ringcomm.
     venv.create(env_dir, with_pip=True)
     py = str(env_dir / "bin" / "python")
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("RINGCOMM_")}
+    # Nor a source tree on PYTHONPATH (a worktree under test), which would shadow the install.
+    environ = {k: v for k, v in os.environ.items()
+               if not k.startswith("RINGCOMM_") and k != "PYTHONPATH"}
     # As a user's `pip install`: an isolated build (setuptools from the registry).
     environ.update(CC="false", PIP_DISABLE_PIP_VERSION_CHECK="1")
     build = subprocess.run([py, "-m", "pip", "install", "-v", str(src)],
