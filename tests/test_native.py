@@ -1,4 +1,4 @@
-"""The compiled core (ringcomm/_native.c) and the pure-Python path beside it.
+"""The compiled core (ringcomm/csrc/, the module ringcomm._native) and the pure-Python path beside it.
 
 The core's reductions must give NumPy's bits in rank order for every dtype it
 takes, its checks must report what Python then turns into errors, and the
@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import types
 import venv
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pytest
 
 from ringcomm import native
 from ringcomm.backends.signature import Op, Signature
+from ringcomm.transport import header as header_module
 from ringcomm.transport.header import pack
 from ringcomm.transport.shm import HEADER, LINE, SLOT_BYTES, region_bytes
 
@@ -407,6 +409,31 @@ def test_header_size_agrees_with_the_core() -> None:
     assert HEADER == 128
     if _native is not None:
         assert _native.HEADER == HEADER
+
+
+def test_the_header_layout_is_read_from_header_pys_struct_format() -> None:
+    layout = native._header_layout(header_module._FMT.format)
+    assert layout["seq"] == (8, 8) and layout["rank"] == (24, 4)
+    # Another layout moves the offsets: they are computed, not assumed.
+    moved = native._header_layout("<4sBBBxxxxxqQqi11q")
+    assert moved["seq"] == (12, 8) and moved["rank"] == (28, 8)
+    with pytest.raises(ValueError, match="little-endian"):
+        native._header_layout("@4sBBBxqQii11q")
+
+
+@needs_core
+def test_the_core_exports_the_header_offsets_and_a_core_out_of_step_is_refused() -> None:
+    assert (_native.HEADER_BYTES, _native.SEQ_AT, _native.SEQ_BYTES, _native.RANK_AT,
+            _native.RANK_BYTES) == (header_module.SIZE, 8, 8, 24, 4)
+    native._check_header(_native)  # the built core agrees with header.py
+    stale = types.SimpleNamespace(__file__="stale.so", HEADER_BYTES=128, SEQ_AT=16, SEQ_BYTES=8,
+                                  RANK_AT=24, RANK_BYTES=4)
+    with pytest.raises(ImportError, match="out of step.*rebuild"):
+        native._check_header(stale)  # type: ignore[arg-type]
+    del stale.RANK_AT  # a core from before the constants
+    stale.SEQ_AT = 8
+    with pytest.raises(ImportError, match="out of step"):
+        native._check_header(stale)  # type: ignore[arg-type]
 
 
 @pytest.mark.timeout(300)
