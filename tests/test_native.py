@@ -111,6 +111,55 @@ def test_the_core_reduces_as_numpy_in_rank_order_bit_for_bit(p: int, dt: np.dtyp
         ranks.close()
 
 
+def _tie_rows(dt: np.dtype, p: int) -> list[np.ndarray]:
+    """Every way `p` ranks can hold +0.0, -0.0, 1.0 and two NaNs of other bits (payload, sign),
+    one way per element: ties of zeros of both signs in every order, NaN against NaN."""
+    bits = np.uint32 if dt == np.float32 else np.uint64
+    nan1 = np.array(0x7FC00001 if dt == np.float32 else 0x7FF8000000000001, bits).view(dt)
+    nan2 = np.array(0xFFC00002 if dt == np.float32 else 0xFFF8000000000002, bits).view(dt)
+    values = np.array([0.0, -0.0, 1.0, nan1, nan2], dt)
+    ways = np.array(np.meshgrid(*[np.arange(len(values))] * p, indexing="ij")).reshape(p, -1)
+    return [values[w].copy() for w in ways]
+
+
+@needs_core
+@pytest.mark.parametrize("p", [2, 3])
+@pytest.mark.parametrize("dt", [np.dtype(np.float32), np.dtype(np.float64)], ids=str)
+def test_max_and_min_break_ties_of_signed_zeros_and_nans_as_numpy_bit_for_bit(
+        p: int, dt: np.dtype) -> None:
+    # NumPy keeps the second operand on a tie: maximum(+0.0, -0.0) is -0.0 and
+    # maximum(-0.0, +0.0) is +0.0 (minimum likewise), and the first NaN's bits.
+    assert np.signbit(np.maximum(np.array(0.0, dt), np.array(-0.0, dt)))
+    assert not np.signbit(np.maximum(np.array(-0.0, dt), np.array(0.0, dt)))
+    assert np.signbit(np.minimum(np.array(0.0, dt), np.array(-0.0, dt)))
+    assert not np.signbit(np.minimum(np.array(-0.0, dt), np.array(0.0, dt)))
+    rows = _tie_rows(dt, p)
+    ranks = Ranks(p)
+    try:
+        for op, ufunc in ((1, np.maximum), (2, np.minimum)):
+            want = rows[0].copy()
+            for r in rows[1:]:
+                ufunc(want, r, out=want)
+            codes, outs = ranks.reduce(rows, op, native.kind(dt), [header(dt, rows[0].shape)] * p)
+            assert codes == [native.Codes.DONE] * p
+            for out in outs:
+                assert out.tobytes() == want.tobytes(), ufunc.__name__
+    finally:
+        ranks.close()
+    if p == 2:  # the pair's exchange reduces with the same loops, in rank order too
+        a, b = rows
+        for op, ufunc in ((1, np.maximum), (2, np.minimum)):
+            socks = Sockets()
+            try:
+                out0, out1 = np.empty_like(a), np.empty_like(b)
+                assert pair_call(socks, 1, b, out1, op=op)[1][0] == native.Codes.PENDING
+                _, r0 = pair_call(socks, 0, a, out0, op=op)  # rank 1's message is there
+                assert r0[0] == native.Codes.DONE
+                assert out0.tobytes() == ufunc(a, b).tobytes(), ufunc.__name__
+            finally:
+                socks.close()
+
+
 @needs_core
 def test_the_core_checks_every_header_and_leaves_other_dtypes_to_python() -> None:
     ranks = Ranks(3)

@@ -15,7 +15,11 @@
         }                                                                                      \
     }
 
-/* NumPy's maximum and minimum: NaN wins. */
+/* NumPy's maximum and minimum, as np.maximum(a, b) and np.minimum(a, b) give them: a when it
+ * is NaN or strictly greater (less), else b. So NaN wins (the first NaN, its bits as they
+ * are), and on a tie the second operand wins: maximum(+0.0, -0.0) is -0.0 and
+ * maximum(-0.0, +0.0) is +0.0, and the same for minimum. In rank order the last rank of a
+ * tie wins, as it does in NumPy's out = r0; maximum(out, r1, out=out); ... */
 #define CMP_LOOP(T, NAME, CMP)                                                                 \
     static void NAME##_##T(char *out_, char *const *rows, int p, Py_ssize_t n)                \
     {                                                                                          \
@@ -31,7 +35,7 @@
         }                                                                                      \
     }
 
-#define ALL_LOOPS(T, U) SUM_LOOP(T, U) CMP_LOOP(T, max, >=) CMP_LOOP(T, min, <=)
+#define ALL_LOOPS(T, U) SUM_LOOP(T, U) CMP_LOOP(T, max, >) CMP_LOOP(T, min, <)
 
 ALL_LOOPS(float, float)
 ALL_LOOPS(double, double)
