@@ -90,9 +90,29 @@ def _check_header(core: ModuleType) -> None:
             f"it (pip install -e .), or set {environment.NATIVE}=0 to run the pure-Python path")
 
 
+def _host_problem() -> str | None:
+    """Return why this host cannot run the core, or None when it can.
+
+    The core writes the header's numbers little-endian and shares 8-byte counters between
+    processes, which a 32-bit host would tear (the C sources refuse to build there too).
+    """
+    if sys.byteorder != "little":
+        return f"this host is {sys.byteorder}-endian and the core writes little-endian headers"
+    if sys.maxsize < 2**63 - 1:
+        return "this host is 32-bit and the core shares 8-byte counters, which would tear"
+    return None
+
+
 def _load() -> tuple[ModuleType | None, str]:
     want = os.environ.get(environment.NATIVE, "").strip().lower()
     if want in ("0", "false", "no", "off", "python"):
+        return None, "python"
+    problem = _host_problem()
+    if problem is not None:
+        if want in ("1", "true", "yes", "on", "native"):
+            raise ImportError(
+                f"{environment.NATIVE}={want} but ringcomm's compiled core does not run here: "
+                f"{problem}; unset {environment.NATIVE} to run the pure-Python path")
         return None, "python"
     try:
         from . import _native  # type: ignore[attr-defined]
@@ -102,8 +122,6 @@ def _load() -> tuple[ModuleType | None, str]:
                 f"{environment.NATIVE}={want} but ringcomm's compiled core is not built ({e}); "
                 "reinstall with a C compiler present (pip install -e . builds it), or unset "
                 f"{environment.NATIVE} to run the pure-Python path") from e
-        return None, "python"
-    if sys.byteorder != "little":  # pragma: no cover - the core writes little-endian headers
         return None, "python"
     _check_header(_native)
     return _native, "native"

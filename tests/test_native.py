@@ -538,6 +538,43 @@ def test_the_package_installs_and_runs_without_a_compiler(tmp_path: Path) -> Non
     assert "reinstall with a C compiler" in forced.stderr
 
 
+@pytest.mark.parametrize("host", ["big-endian", "32-bit"])
+def test_a_host_the_core_cannot_run_on_falls_back_quietly_or_fails_when_asked(
+        host: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if host == "big-endian":
+        monkeypatch.setattr(sys, "byteorder", "big")
+    else:
+        monkeypatch.setattr(sys, "maxsize", 2**31 - 1)
+    monkeypatch.delenv("RINGCOMM_NATIVE", raising=False)
+    assert native._load() == (None, "python")  # quietly, as without a core
+    monkeypatch.setenv("RINGCOMM_NATIVE", "0")
+    assert native._load() == (None, "python")
+    monkeypatch.setenv("RINGCOMM_NATIVE", "1")
+    with pytest.raises(ImportError, match="RINGCOMM_NATIVE=1 but ringcomm's compiled core "
+                       f"does not run here: this host is {host}"):
+        native._load()
+
+
+def test_the_core_refuses_to_build_for_a_32_bit_host(tmp_path: Path) -> None:
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler to try the 32-bit check with")
+    import sysconfig
+    probe = tmp_path / "probe.c"
+    # What a 32-bit host's headers say, on this one: the core's check must stop the build.
+    probe.write_text("#include <stdint.h>\n#undef UINTPTR_MAX\n#define UINTPTR_MAX 0xffffffffu\n"
+                     '#include "core.h"\n')
+    run = subprocess.run([cc, "-fsyntax-only", "-I", str(ROOT / "ringcomm" / "csrc"),
+                          "-I", sysconfig.get_paths()["include"], str(probe)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0
+    assert "needs a 64-bit host" in run.stderr
+    ok = subprocess.run([cc, "-fsyntax-only", "-I", sysconfig.get_paths()["include"],
+                         str(ROOT / "ringcomm" / "csrc" / "module.c")],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+
+
 @needs_core
 def test_ringcomm_native_0_forces_the_python_path() -> None:
     probe = "import ringcomm.native as n; print(n.PATH, n.CORE)"

@@ -35,6 +35,16 @@
 #include <sys/socket.h>
 #include <time.h>
 
+/* The shared counters are 8-byte words that other processes read and write while this one
+ * does: on a 32-bit host they would tear. The package runs its pure-Python path there
+ * (native.py refuses the core too, at load). */
+#if UINTPTR_MAX < UINT64_MAX || SIZE_MAX < UINT64_MAX
+#error "ringcomm's compiled core needs a 64-bit host (its 8-byte shared counters would tear on a 32-bit one); the package runs its pure-Python path without it"
+#endif
+_Static_assert(sizeof(void *) == 8 && sizeof(Py_ssize_t) == 8, "a 64-bit host");
+_Static_assert(__atomic_always_lock_free(sizeof(uint64_t), 0),
+               "8-byte atomics without a lock: the counters are shared between processes");
+
 /* Names shared between the core's files, not exported from the module's library. */
 #if defined(__GNUC__)
 #define RC_INTERNAL __attribute__((visibility("hidden")))
