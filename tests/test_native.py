@@ -14,8 +14,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
+import time
 import types
 import venv
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -452,6 +455,206 @@ def test_the_pairs_exchange_refuses_arguments_that_do_not_fit() -> None:
             _native.pair_allreduce(*fds, rows)
     finally:
         socks.close()
+
+
+# -- the review's findings: every length bounded, peers' counters untrusted, init and close safe
+
+
+@needs_core
+def test_finish_bounds_out_by_the_slot() -> None:
+    ranks = Ranks(2)
+    try:
+        x = np.arange(4, dtype=np.float32)
+        codes, _ = ranks.reduce([x, x], 0, native.kind(x.dtype), [header(x.dtype, x.shape)] * 2)
+        assert codes == [native.Codes.DONE] * 2
+        f32 = native.kind(np.dtype(np.float32))
+        # An `out` longer than a slot's data would read past the slot (past the mapping, for
+        # the last rank's second slot): refused, as allreduce refuses such buffers.
+        for core in ranks.cores:
+            with pytest.raises(ValueError, match="exceed a slot"):
+                core.finish(np.empty(SLOT_BYTES // 4, np.float32), ranks.posts, f32, 0)
+            with pytest.raises(ValueError, match="not whole elements"):
+                core.finish(np.empty(6, np.uint8), ranks.posts, f32, 0)
+            out = np.empty(4, np.float32)
+            assert core.finish(out, ranks.posts, f32, 0) == native.Codes.DONE
+            assert out.tolist() == [0, 2, 4, 6]
+    finally:
+        ranks.close()
+
+
+@needs_core
+def test_the_core_refuses_every_argument_out_of_range() -> None:
+    ranks = Ranks(2)
+    socks = Sockets()
+    try:
+        core, x = ranks.cores[0], np.zeros(4, np.float32)
+        h = header(x.dtype, x.shape)
+
+        def call(**change: object) -> object:
+            a = dict(src=x, out=x.copy(), template=h, seq=1, posts=0, kind=0, op=0, spin=0.0,
+                     yield_=0.0)
+            a.update(change)
+            return core.allreduce(*a.values())
+
+        for bad, kind in (({"spin": float("nan")}, ValueError), ({"yield_": -1.0}, ValueError),
+                          ({"yield_": float("inf")}, ValueError), ({"posts": -1}, ValueError),
+                          ({"src": np.zeros(7, np.uint8), "out": np.zeros(7, np.uint8)},
+                           ValueError), ({"out": np.zeros(5, np.float32)}, ValueError),
+                          ({"template": bytearray(128)}, TypeError), ({"seq": 2**64}, OverflowError)):
+            with pytest.raises(kind):
+                call(**bad)
+        assert bytes(ranks.mem[:8]) == bytes(8)  # nothing was posted
+        with pytest.raises(ValueError, match="control words"):  # slots over the counters
+            _native.Segment(ranks.mem, 0, 2, ranks.region, 0, SLOT_BYTES, [-1, -1])
+        fds = socks.fds(0)
+        rows = np.empty((2, HEADER + 16), np.uint8)
+        for bad in ((-1, fds[1]), (fds[0], 2**40)):
+            with pytest.raises(ValueError, match="out of range"):
+                _native.pair_allreduce(*bad, rows, 0, h, 1, x, np.empty(4, np.float32), 0, 0, 0.)
+        with pytest.raises(ValueError, match="rank 0 or 1"):
+            _native.pair_allreduce(*fds, rows, 2**64, h, 1, x, np.empty(4, np.float32), 0, 0, 0.)
+        with pytest.raises(ValueError, match="spin"):
+            _native.pair_allreduce(*fds, rows, 0, h, 1, x, np.empty(4, np.float32), 0, 0,
+                                   float("nan"))
+        with pytest.raises(ValueError, match="whole elements"):
+            _native.pair_allreduce(*fds, np.empty((2, HEADER + 6), np.uint8), 0, h, 1,
+                                   np.zeros(6, np.uint8), np.zeros(6, np.uint8), 0, 0, 0.)
+        # 2**32 + 1 is not kind 1 (a truncation would make it float64): Python reduces it.
+        pair_call(socks, 1, x, x.copy())
+        _, r = pair_call(socks, 0, x, x.copy(), kind=2**32 + 1)
+        assert r[0] == native.Codes.REDUCE
+    finally:
+        socks.close()
+        ranks.close()
+
+
+@needs_core
+def test_a_channel_refuses_counters_a_peer_corrupted() -> None:
+    cap = 1024
+    pair = Pair(cap)
+    try:
+        q, tail_at, in_head_at = pair.q, LINE // 8, 0  # the channel a sends on, b receives on
+        dt = np.dtype(np.uint8)
+        h = send_header(dt, (16,))
+        x, out = np.full(16, 5, dt), np.empty(16, dt)
+        # A message bigger than the ring never fits whole: PENDING (the link streams it).
+        assert pair.a.send(send_header(dt, (cap,)), 1, np.zeros(cap - HEADER + 1, dt)) \
+            == native.Codes.PENDING
+        assert pair.a.send(send_header(dt, (cap,)), 1, np.zeros(cap - HEADER, dt)) \
+            == native.Codes.DONE  # exactly the ring
+        assert pair.a.send(h, 2, x) == native.Codes.PENDING  # full, not corrupt
+        q[tail_at] = cap  # the ring read: room again
+        # A tail the peer wrote beyond our head, or a head more than the ring past the tail:
+        # never a negative or huge free size.
+        for head, tail in ((cap, cap + 1), (cap, 2**64 - 1), (cap + cap + 1, cap)):
+            q[in_head_at], q[tail_at] = head, tail
+            with pytest.raises(RuntimeError, match="counters are corrupt"):
+                pair.a.send(h, 2, x)
+            with pytest.raises(RuntimeError, match="counters are corrupt"):
+                pair.b.recv(h, 2, out, 0.0, 0.0)
+            assert (int(q[in_head_at]), int(q[tail_at])) == (head, tail)  # nothing moved
+        q[in_head_at], q[tail_at] = cap, cap
+        assert pair.a.send(h, 2, x) == native.Codes.DONE
+        assert pair.b.recv(h, 2, out, 0.0, 0.0) == native.Codes.DONE and (out == 5).all()
+    finally:
+        del q
+        pair.close()
+
+
+@needs_core
+def test_a_failed_reinit_leaves_the_segment_and_the_channel_as_they_were() -> None:
+    ranks = Ranks(2)
+    small = mmap.mmap(-1, 4096)
+    try:
+        seg, f32 = ranks.cores[0], native.kind(np.dtype(np.float32))
+        # Each of these fails after what used to be stored already (the geometry, the fds):
+        # the segment keeps its memory and geometry, and holds nothing of the new memory.
+        for args, kind in (((small, 0, 2, ranks.region, LINE, SLOT_BYTES, [-1, -1]), ValueError),
+                           ((ranks.mem, 1, 3, ranks.region, LINE, SLOT_BYTES, [-1, "x", -1]),
+                            TypeError),
+                           ((ranks.mem, 0, 2, ranks.region * 4, LINE, SLOT_BYTES, [-1, -1]),
+                            ValueError),
+                           ((ranks.mem, 0, 2, ranks.region, LINE, -8, [-1, -1]), ValueError)):
+            with pytest.raises(kind):
+                seg.__init__(*args)
+        small.close()  # no buffer of it is held
+        x = np.arange(SLOT_BYTES // 4 - HEADER // 4, dtype=np.float32)  # a whole slot's data
+        codes, outs = ranks.reduce([x, x], 0, f32, [header(x.dtype, x.shape)] * 2)
+        assert codes == [native.Codes.DONE] * 2 and (outs[0] == 2 * x).all()
+        chan_mem = mmap.mmap(-1, 4096)
+        c = _native.Channel(chan_mem, 0, 2048, 1024, -1, -1)
+        other = mmap.mmap(-1, 1024)
+        for args in ((other, 0, 2048, 1024, -1, -1), (chan_mem, 0, 2048, 1000, -1, -1),
+                     (chan_mem, 0, 2048, 2048, -1, -1), (chan_mem, 0, 512, 1024, -1, -1)):
+            with pytest.raises(ValueError):
+                c.__init__(*args)
+        other.close()
+        hd = send_header(np.dtype(np.uint8), (800,))
+        assert c.send(hd, 1, np.zeros(800, np.uint8)) == native.Codes.DONE  # still cap 1024
+        # A successful re-init releases the old memory.
+        fresh = mmap.mmap(-1, 4096)
+        c.__init__(fresh, 0, 2048, 1024, -1, -1)
+        chan_mem.close()
+        c.close()
+        fresh.close()
+    finally:
+        ranks.close()
+
+
+def _in_a_thread(call: Callable[[], object]) -> tuple[threading.Thread, dict]:
+    """Start `call` in a thread; return it and where its result, error and time will be."""
+    box: dict = {}
+    started = threading.Event()
+
+    def run() -> None:
+        started.set()
+        t = time.perf_counter()
+        try:
+            box["result"] = call()
+        except Exception as e:  # noqa: BLE001 - handed to the test
+            box["error"] = e
+        box["seconds"] = time.perf_counter() - t
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    started.wait()
+    time.sleep(0.2)  # into the call's wait, which released the GIL
+    return thread, box
+
+
+@needs_core
+def test_close_from_another_thread_during_a_wait_keeps_the_memory_until_the_call_ends() -> None:
+    ranks = Ranks(2)
+    try:
+        x = np.arange(4, dtype=np.float32)
+        seg = ranks.cores[0]
+        # Nobody else posts: the call waits (10 s at most) without the GIL.
+        thread, box = _in_a_thread(lambda: seg.allreduce(
+            x, x.copy(), header(x.dtype, x.shape), 1, 0, 0, 0, 0.0, 10.0))
+        assert thread.is_alive() and ranks.mem[0] == 1  # posted, waiting
+        with pytest.raises(RuntimeError, match="in use"):  # not re-initialised under it either
+            seg.__init__(ranks.mem, 0, 2, ranks.region, LINE, SLOT_BYTES, [-1, -1])
+        seg.close()
+        thread.join(10)
+        assert box == {"result": native.Codes.PENDING, "seconds": box["seconds"]}
+        assert box["seconds"] < 5  # close ended the wait
+        with pytest.raises(ValueError, match="released"):
+            seg.finish(x.copy(), 1, 0, 0)
+        # The channel's recv likewise; the mapping stays while the call is in it.
+        pair = Pair(1024)
+        thread, box = _in_a_thread(lambda: pair.b.recv(
+            send_header(np.dtype(np.uint8), (4,)), 1, np.empty(4, np.uint8), 0.0, 10.0))
+        pair.b.close()
+        with_export = pair.mem
+        with pytest.raises(BufferError):  # the waiting call still holds the memory
+            pair.a.close()
+            with_export.close()
+        thread.join(10)
+        assert box["result"] == native.Codes.PENDING and box["seconds"] < 5
+        pair.close()  # now every hold is gone: the mapping closes
+        assert pair.mem.closed
+    finally:
+        ranks.close()
 
 
 def test_header_size_agrees_with_the_core() -> None:

@@ -28,6 +28,7 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <math.h>
 #include <sched.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -135,6 +136,134 @@ static inline int spin_then_yield(int (*poll)(void *), void *ctx, double spin, d
     }
     Py_END_ALLOW_THREADS
     return r > 0 ? r : WAIT_IDLE;
+}
+
+/* ---- arguments: every one checked before anything is stored or written ----------------- */
+
+/* An int argument in [lo, hi] (ValueError outside it, TypeError when not an int). */
+static inline int long_arg(PyObject *o, long lo, long hi, const char *what, long *v)
+{
+    int overflow;
+    long x = PyLong_AsLongAndOverflow(o, &overflow);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow || x < lo || x > hi) {
+        PyErr_Format(PyExc_ValueError, "%s: out of range [%ld, %ld]", what, lo, hi);
+        return -1;
+    }
+    *v = x;
+    return 0;
+}
+
+/* A kind or op number: any int; one out of the core's range means Python reduces (REDUCE). */
+static inline int code_arg(PyObject *o, int limit, int *v)
+{
+    int overflow;
+    long x = PyLong_AsLongAndOverflow(o, &overflow);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    *v = overflow || x < 0 || x >= limit ? -1 : (int)x;
+    return 0;
+}
+
+/* A wait's length in seconds: finite and not negative (NaN would never end a wait). */
+static inline int seconds_arg(PyObject *o, const char *what, double *v)
+{
+    double x = PyFloat_AsDouble(o);
+    if (x == -1.0 && PyErr_Occurred())
+        return -1;
+    if (!isfinite(x) || x < 0.0) {
+        PyErr_Format(PyExc_ValueError, "%s: a finite number of seconds, not negative", what);
+        return -1;
+    }
+    *v = x;
+    return 0;
+}
+
+/* A call's 128-byte header template (bytes). */
+static inline int template_arg(PyObject *o, const char **tmpl)
+{
+    char *t;
+    Py_ssize_t n;
+    if (PyBytes_AsStringAndSize(o, &t, &n) < 0)
+        return -1;
+    if (n != HEADER_BYTES) {
+        PyErr_SetString(PyExc_ValueError, "the header template must be 128 bytes");
+        return -1;
+    }
+    *tmpl = t;
+    return 0;
+}
+
+/* ---- the memory a Segment or Channel maps, and the calls in flight on it --------------------
+ *
+ * A call that releases the GIL (a wait) keeps using the memory meanwhile, and another thread
+ * may call close() then: close only marks the memory closed while calls are in flight (the
+ * waits see the mark and end), and the last call out releases it. `busy` changes only with
+ * the GIL held; `closed` is read by waits without it. */
+typedef struct {
+    Py_buffer view;
+    int held;   /* `view` holds the memory */
+    int busy;   /* calls in flight */
+    int closed; /* close() was called */
+} rc_memory;
+
+/* Begin a call on the memory: ValueError when it was released (or never held). */
+static inline int memory_pin(rc_memory *m, const char *what)
+{
+    if (!m->held || __atomic_load_n(&m->closed, __ATOMIC_RELAXED)) {
+        PyErr_Format(PyExc_ValueError, "the %s was released", what);
+        return -1;
+    }
+    m->busy++;
+    return 0;
+}
+
+static inline void memory_release(rc_memory *m)
+{
+    if (m->held) {
+        m->held = 0;
+        PyBuffer_Release(&m->view);
+    }
+}
+
+/* End a call: the last one out of a closed memory releases it. */
+static inline void memory_unpin(rc_memory *m)
+{
+    if (--m->busy == 0 && __atomic_load_n(&m->closed, __ATOMIC_RELAXED))
+        memory_release(m);
+}
+
+static inline int memory_closing(rc_memory *m)
+{
+    return __atomic_load_n(&m->closed, __ATOMIC_RELAXED);
+}
+
+static inline void memory_close(rc_memory *m)
+{
+    __atomic_store_n(&m->closed, 1, __ATOMIC_RELAXED);
+    if (m->busy == 0)
+        memory_release(m);
+}
+
+/* -1 (RuntimeError) while a call is in flight: a re-__init__ then changes nothing. */
+static inline int memory_busy(rc_memory *m, const char *what)
+{
+    if (m->busy) {
+        PyErr_Format(PyExc_RuntimeError, "the %s is in use by a call in flight", what);
+        return -1;
+    }
+    return 0;
+}
+
+/* Take `fresh` (a writable buffer of the object's new memory, its geometry checked) in place
+ * of the memory held now (no call is in flight). */
+static inline void memory_replace(rc_memory *m, Py_buffer *fresh)
+{
+    memory_release(m);
+    m->view = *fresh;
+    m->held = 1;
+    __atomic_store_n(&m->closed, 0, __ATOMIC_RELAXED);
 }
 
 /* ---- what each file gives the others ----------------------------------------------------- */

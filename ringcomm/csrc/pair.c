@@ -80,23 +80,33 @@ PyObject *rc_pair_allreduce(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_TypeError, "pair_allreduce takes 11 arguments");
         return NULL;
     }
-    int out_fd = (int)PyLong_AsLong(args[0]);
-    int in_fd = (int)PyLong_AsLong(args[1]);
-    int rank = (int)PyLong_AsLong(args[3]);
-    long long seq = PyLong_AsLongLong(args[5]);
-    int kind = (int)PyLong_AsLong(args[8]);
-    int op = (int)PyLong_AsLong(args[9]);
-    double spin = PyFloat_AsDouble(args[10]);
-    if (PyErr_Occurred())
+    long out_fd, in_fd, rank;
+    long long seq;
+    int kind, op;
+    double spin;
+    const char *tmpl;
+    if (long_arg(args[0], 0, INT_MAX, "pair_allreduce: out_fd", &out_fd) < 0 ||
+        long_arg(args[1], 0, INT_MAX, "pair_allreduce: in_fd", &in_fd) < 0)
         return NULL;
-    char *tmpl;
+    int overflow;
+    rank = PyLong_AsLongAndOverflow(args[3], &overflow);
+    if (rank == -1 && PyErr_Occurred())
+        return NULL;
+    seq = PyLong_AsLongLong(args[5]);
+    if (seq == -1 && PyErr_Occurred())
+        return NULL;
+    if (code_arg(args[8], N_KINDS, &kind) < 0 || code_arg(args[9], N_OPS, &op) < 0 ||
+        seconds_arg(args[10], "pair_allreduce: spin", &spin) < 0)
+        return NULL;
+    char *t;
     Py_ssize_t tn;
-    if (PyBytes_AsStringAndSize(args[4], &tmpl, &tn) < 0)
+    if (PyBytes_AsStringAndSize(args[4], &t, &tn) < 0)
         return NULL;
-    if (tn != HEADER_BYTES || (rank != 0 && rank != 1)) {
+    if (tn != HEADER_BYTES || overflow || (rank != 0 && rank != 1)) {
         PyErr_SetString(PyExc_ValueError, "pair_allreduce: a 128-byte template, rank 0 or 1");
         return NULL;
     }
+    tmpl = t;
     Py_buffer rows, src, out;
     if (PyObject_GetBuffer(args[2], &rows, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0)
         return NULL;
@@ -110,15 +120,22 @@ PyObject *rc_pair_allreduce(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         return NULL;
     }
     PyObject *result = NULL;
-    Py_ssize_t n = HEADER_BYTES + src.len;
-    if (out.len != src.len || rows.len != 2 * n) {
+    Py_ssize_t isz = kind >= 0 ? rc_itemsize[kind] : 1;
+    if (out.len != src.len || src.len > PY_SSIZE_T_MAX / 2 - HEADER_BYTES ||
+        rows.len != 2 * (HEADER_BYTES + src.len)) {
         PyErr_SetString(PyExc_ValueError, "pair_allreduce: the buffers differ in size");
         goto done;
     }
-    struct exchange x = {out_fd, in_fd, (char *)rows.buf + rank * n,
+    if (src.len % isz) {
+        PyErr_Format(PyExc_ValueError, "pair_allreduce: %zd bytes are not whole elements of "
+                     "%zd bytes", src.len, isz);
+        goto done;
+    }
+    Py_ssize_t n = HEADER_BYTES + src.len;
+    struct exchange x = {(int)out_fd, (int)in_fd, (char *)rows.buf + rank * n,
                          (char *)rows.buf + (1 - rank) * n, n, 0, 0, 0, 0, 0};
     stamp_header(x.mine, tmpl, seq);
-    memcpy(x.mine + HEADER_BYTES, src.buf, (size_t)src.len);
+    memmove(x.mine + HEADER_BYTES, src.buf, (size_t)src.len); /* `src` may be in `rows` */
     spin_then_yield(poll_exchange, &x, spin, spin); /* spins only: a socket's bytes come soon */
     int code;
     if (x.send_err || x.recv_err)
@@ -127,11 +144,11 @@ PyObject *rc_pair_allreduce(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         code = MISMATCH;
     else if (x.sent < n || x.got < n)
         code = PENDING;
-    else if (kind < 0 || kind >= N_KINDS || op < 0 || op >= N_OPS)
+    else if (kind < 0 || op < 0)
         code = REDUCE;
     else {
         char *r[2] = {(char *)rows.buf + HEADER_BYTES, (char *)rows.buf + n + HEADER_BYTES};
-        rc_reducers[kind][op](out.buf, r, 2, src.len / rc_itemsize[kind]);
+        rc_reducers[kind][op](out.buf, r, 2, src.len / isz);
         code = DONE;
     }
     result = Py_BuildValue("(innii)", code, x.sent, x.got, x.send_err, x.recv_err);

@@ -3,14 +3,29 @@
  * bit for bit, so that every rank, and the Python path, has the same result. */
 #include "core.h"
 
+/* The rows and the result are any caller's bytes (a slot, an array, a row of a message at an
+ * odd offset): every element is read and written through a type of alignment 1, which the
+ * compiler turns into plain (unaligned) loads and stores, vectorised as before. */
+#define UNALIGNED(T) typedef T T##_u __attribute__((aligned(1), may_alias));
+UNALIGNED(float)
+UNALIGNED(double)
+UNALIGNED(int8_t)
+UNALIGNED(int16_t)
+UNALIGNED(int32_t)
+UNALIGNED(int64_t)
+UNALIGNED(uint8_t)
+UNALIGNED(uint16_t)
+UNALIGNED(uint32_t)
+UNALIGNED(uint64_t)
+
 #define SUM_LOOP(T, U)                                                                         \
     static void sum_##T(char *out_, char *const *rows, int p, Py_ssize_t n)                   \
     {                                                                                          \
-        T *out = (T *)out_;                                                                    \
-        const T *r0 = (const T *)rows[0];                                                      \
+        T##_u *out = (T##_u *)out_;                                                            \
+        const T##_u *r0 = (const T##_u *)rows[0];                                              \
         for (Py_ssize_t i = 0; i < n; i++) out[i] = r0[i];                                     \
         for (int j = 1; j < p; j++) {                                                          \
-            const T *r = (const T *)rows[j];                                                   \
+            const T##_u *r = (const T##_u *)rows[j];                                           \
             for (Py_ssize_t i = 0; i < n; i++) out[i] = (T)((U)out[i] + (U)r[i]);              \
         }                                                                                      \
     }
@@ -23,11 +38,11 @@
 #define CMP_LOOP(T, NAME, CMP)                                                                 \
     static void NAME##_##T(char *out_, char *const *rows, int p, Py_ssize_t n)                \
     {                                                                                          \
-        T *out = (T *)out_;                                                                    \
-        const T *r0 = (const T *)rows[0];                                                      \
+        T##_u *out = (T##_u *)out_;                                                            \
+        const T##_u *r0 = (const T##_u *)rows[0];                                              \
         for (Py_ssize_t i = 0; i < n; i++) out[i] = r0[i];                                     \
         for (int j = 1; j < p; j++) {                                                          \
-            const T *r = (const T *)rows[j];                                                   \
+            const T##_u *r = (const T##_u *)rows[j];                                           \
             for (Py_ssize_t i = 0; i < n; i++) {                                               \
                 T a = out[i], b = r[i];                                                        \
                 out[i] = (a CMP b || a != a) ? a : b;                                          \
