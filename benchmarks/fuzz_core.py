@@ -1,6 +1,7 @@
 """Fuzz the compiled core (ringcomm._native) with random inputs, many cases per process.
 
     python benchmarks/fuzz_core.py --cases 1000000 --seed N [--report-every 100000]
+                                   [--seconds S]   # stop after S seconds, if sooner
 
 Each case drives one call of the core against state and arguments drawn from a seeded
 generator (the same seed gives the same cases):
@@ -822,18 +823,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--report-every", type=int, default=0, help="print progress every N cases")
+    ap.add_argument("--seconds", type=float, default=0.0,
+                    help="stop after this long (at the next 1000 cases) if the cases take longer")
     a = ap.parse_args(argv)
     print(f"core: {_native.__file__}", flush=True)
     fuzzer = Fuzzer(a.seed)
     start = time.perf_counter()
-    step = a.report_every or a.cases
+    step = min(a.report_every or a.cases, 1000 if a.seconds else a.cases)
+    report = a.report_every
     try:
         while fuzzer.cases < a.cases:
             fuzzer.run(min(step, a.cases - fuzzer.cases))
-            if a.report_every:
-                t = time.perf_counter() - start
+            t = time.perf_counter() - start
+            if report and fuzzer.cases % report == 0:
                 print(f"{fuzzer.cases} cases, {t:.1f} s, {fuzzer.outcomes['WRONG']} wrong",
                       flush=True)
+            if a.seconds and t >= a.seconds:
+                print(f"stopped after {t:.1f} s (--seconds {a.seconds:g})", flush=True)
+                break
     finally:
         fuzzer.close()
     seconds = time.perf_counter() - start
