@@ -76,7 +76,10 @@ def _header_layout(fmt: str) -> dict[str, tuple[int, int]]:
 
 def _check_header(core: ModuleType) -> None:
     """Raise ImportError unless the core's header offsets are transport/header.py's."""
-    from .transport import header  # not at module level: only where the core is loaded
+    # Here, not at module level: header.py's layout is the one source of the offsets, read
+    # only where the core is loaded. header.py imports the arrays and the backends' signature,
+    # none of which imports this module: no circle either way (tests/test_shape.py checks).
+    from .transport import header
 
     layout = _header_layout(header._FMT.format)
     want = {"HEADER_BYTES": header.SIZE, "SEQ_AT": layout["seq"][0],
