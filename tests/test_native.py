@@ -1,4 +1,4 @@
-"""The compiled core (ringcomm/_native.c) and the pure-Python path beside it.
+"""The compiled core (ringcomm/csrc/, the module ringcomm._native) and the pure-Python path beside it.
 
 The core's reductions must give NumPy's bits in rank order for every dtype it
 takes, its checks must report what Python then turns into errors, and the
@@ -14,7 +14,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
+import time
+import types
 import venv
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +26,7 @@ import pytest
 
 from ringcomm import native
 from ringcomm.signature import Op, Signature
+from ringcomm.transport import header as header_module
 from ringcomm.transport.header import pack
 from ringcomm.transport.shm import HEADER, LINE, SLOT_BYTES, region_bytes
 
@@ -107,6 +112,55 @@ def test_the_core_reduces_as_numpy_in_rank_order_bit_for_bit(p: int, dt: np.dtyp
                 assert out.tobytes() == want.tobytes(), (ufunc.__name__, out[:8], want[:8])
     finally:
         ranks.close()
+
+
+def _tie_rows(dt: np.dtype, p: int) -> list[np.ndarray]:
+    """Every way `p` ranks can hold +0.0, -0.0, 1.0 and two NaNs of other bits (payload, sign),
+    one way per element: ties of zeros of both signs in every order, NaN against NaN."""
+    bits = np.uint32 if dt == np.float32 else np.uint64
+    nan1 = np.array(0x7FC00001 if dt == np.float32 else 0x7FF8000000000001, bits).view(dt)
+    nan2 = np.array(0xFFC00002 if dt == np.float32 else 0xFFF8000000000002, bits).view(dt)
+    values = np.array([0.0, -0.0, 1.0, nan1, nan2], dt)
+    ways = np.array(np.meshgrid(*[np.arange(len(values))] * p, indexing="ij")).reshape(p, -1)
+    return [values[w].copy() for w in ways]
+
+
+@needs_core
+@pytest.mark.parametrize("p", [2, 3])
+@pytest.mark.parametrize("dt", [np.dtype(np.float32), np.dtype(np.float64)], ids=str)
+def test_max_and_min_break_ties_of_signed_zeros_and_nans_as_numpy_bit_for_bit(
+        p: int, dt: np.dtype) -> None:
+    # NumPy keeps the second operand on a tie: maximum(+0.0, -0.0) is -0.0 and
+    # maximum(-0.0, +0.0) is +0.0 (minimum likewise), and the first NaN's bits.
+    assert np.signbit(np.maximum(np.array(0.0, dt), np.array(-0.0, dt)))
+    assert not np.signbit(np.maximum(np.array(-0.0, dt), np.array(0.0, dt)))
+    assert np.signbit(np.minimum(np.array(0.0, dt), np.array(-0.0, dt)))
+    assert not np.signbit(np.minimum(np.array(-0.0, dt), np.array(0.0, dt)))
+    rows = _tie_rows(dt, p)
+    ranks = Ranks(p)
+    try:
+        for op, ufunc in ((1, np.maximum), (2, np.minimum)):
+            want = rows[0].copy()
+            for r in rows[1:]:
+                ufunc(want, r, out=want)
+            codes, outs = ranks.reduce(rows, op, native.kind(dt), [header(dt, rows[0].shape)] * p)
+            assert codes == [native.Codes.DONE] * p
+            for out in outs:
+                assert out.tobytes() == want.tobytes(), ufunc.__name__
+    finally:
+        ranks.close()
+    if p == 2:  # the pair's exchange reduces with the same loops, in rank order too
+        a, b = rows
+        for op, ufunc in ((1, np.maximum), (2, np.minimum)):
+            socks = Sockets()
+            try:
+                out0, out1 = np.empty_like(a), np.empty_like(b)
+                assert pair_call(socks, 1, b, out1, op=op)[1][0] == native.Codes.PENDING
+                _, r0 = pair_call(socks, 0, a, out0, op=op)  # rank 1's message is there
+                assert r0[0] == native.Codes.DONE
+                assert out0.tobytes() == ufunc(a, b).tobytes(), ufunc.__name__
+            finally:
+                socks.close()
 
 
 @needs_core
@@ -403,10 +457,235 @@ def test_the_pairs_exchange_refuses_arguments_that_do_not_fit() -> None:
         socks.close()
 
 
+# -- the review's findings: every length bounded, peers' counters untrusted, init and close safe
+
+
+@needs_core
+def test_finish_bounds_out_by_the_slot() -> None:
+    ranks = Ranks(2)
+    try:
+        x = np.arange(4, dtype=np.float32)
+        codes, _ = ranks.reduce([x, x], 0, native.kind(x.dtype), [header(x.dtype, x.shape)] * 2)
+        assert codes == [native.Codes.DONE] * 2
+        f32 = native.kind(np.dtype(np.float32))
+        # An `out` longer than a slot's data would read past the slot (past the mapping, for
+        # the last rank's second slot): refused, as allreduce refuses such buffers.
+        for core in ranks.cores:
+            with pytest.raises(ValueError, match="exceed a slot"):
+                core.finish(np.empty(SLOT_BYTES // 4, np.float32), ranks.posts, f32, 0)
+            with pytest.raises(ValueError, match="not whole elements"):
+                core.finish(np.empty(6, np.uint8), ranks.posts, f32, 0)
+            out = np.empty(4, np.float32)
+            assert core.finish(out, ranks.posts, f32, 0) == native.Codes.DONE
+            assert out.tolist() == [0, 2, 4, 6]
+    finally:
+        ranks.close()
+
+
+@needs_core
+def test_the_core_refuses_every_argument_out_of_range() -> None:
+    ranks = Ranks(2)
+    socks = Sockets()
+    try:
+        core, x = ranks.cores[0], np.zeros(4, np.float32)
+        h = header(x.dtype, x.shape)
+
+        def call(**change: object) -> object:
+            a = dict(src=x, out=x.copy(), template=h, seq=1, posts=0, kind=0, op=0, spin=0.0,
+                     yield_=0.0)
+            a.update(change)
+            return core.allreduce(*a.values())
+
+        for bad, kind in (({"spin": float("nan")}, ValueError), ({"yield_": -1.0}, ValueError),
+                          ({"yield_": float("inf")}, ValueError), ({"posts": -1}, ValueError),
+                          ({"src": np.zeros(7, np.uint8), "out": np.zeros(7, np.uint8)},
+                           ValueError), ({"out": np.zeros(5, np.float32)}, ValueError),
+                          ({"template": bytearray(128)}, TypeError), ({"seq": 2**64}, OverflowError)):
+            with pytest.raises(kind):
+                call(**bad)
+        assert bytes(ranks.mem[:8]) == bytes(8)  # nothing was posted
+        with pytest.raises(ValueError, match="control words"):  # slots over the counters
+            _native.Segment(ranks.mem, 0, 2, ranks.region, 0, SLOT_BYTES, [-1, -1])
+        fds = socks.fds(0)
+        rows = np.empty((2, HEADER + 16), np.uint8)
+        for bad in ((-1, fds[1]), (fds[0], 2**40)):
+            with pytest.raises(ValueError, match="out of range"):
+                _native.pair_allreduce(*bad, rows, 0, h, 1, x, np.empty(4, np.float32), 0, 0, 0.)
+        with pytest.raises(ValueError, match="rank 0 or 1"):
+            _native.pair_allreduce(*fds, rows, 2**64, h, 1, x, np.empty(4, np.float32), 0, 0, 0.)
+        with pytest.raises(ValueError, match="spin"):
+            _native.pair_allreduce(*fds, rows, 0, h, 1, x, np.empty(4, np.float32), 0, 0,
+                                   float("nan"))
+        with pytest.raises(ValueError, match="whole elements"):
+            _native.pair_allreduce(*fds, np.empty((2, HEADER + 6), np.uint8), 0, h, 1,
+                                   np.zeros(6, np.uint8), np.zeros(6, np.uint8), 0, 0, 0.)
+        # 2**32 + 1 is not kind 1 (a truncation would make it float64): Python reduces it.
+        pair_call(socks, 1, x, x.copy())
+        _, r = pair_call(socks, 0, x, x.copy(), kind=2**32 + 1)
+        assert r[0] == native.Codes.REDUCE
+    finally:
+        socks.close()
+        ranks.close()
+
+
+@needs_core
+def test_a_channel_refuses_counters_a_peer_corrupted() -> None:
+    cap = 1024
+    pair = Pair(cap)
+    try:
+        q, tail_at, in_head_at = pair.q, LINE // 8, 0  # the channel a sends on, b receives on
+        dt = np.dtype(np.uint8)
+        h = send_header(dt, (16,))
+        x, out = np.full(16, 5, dt), np.empty(16, dt)
+        # A message bigger than the ring never fits whole: PENDING (the link streams it).
+        assert pair.a.send(send_header(dt, (cap,)), 1, np.zeros(cap - HEADER + 1, dt)) \
+            == native.Codes.PENDING
+        assert pair.a.send(send_header(dt, (cap,)), 1, np.zeros(cap - HEADER, dt)) \
+            == native.Codes.DONE  # exactly the ring
+        assert pair.a.send(h, 2, x) == native.Codes.PENDING  # full, not corrupt
+        q[tail_at] = cap  # the ring read: room again
+        # A tail the peer wrote beyond our head, or a head more than the ring past the tail:
+        # never a negative or huge free size.
+        for head, tail in ((cap, cap + 1), (cap, 2**64 - 1), (cap + cap + 1, cap)):
+            q[in_head_at], q[tail_at] = head, tail
+            with pytest.raises(RuntimeError, match="counters are corrupt"):
+                pair.a.send(h, 2, x)
+            with pytest.raises(RuntimeError, match="counters are corrupt"):
+                pair.b.recv(h, 2, out, 0.0, 0.0)
+            assert (int(q[in_head_at]), int(q[tail_at])) == (head, tail)  # nothing moved
+        q[in_head_at], q[tail_at] = cap, cap
+        assert pair.a.send(h, 2, x) == native.Codes.DONE
+        assert pair.b.recv(h, 2, out, 0.0, 0.0) == native.Codes.DONE and (out == 5).all()
+    finally:
+        del q
+        pair.close()
+
+
+@needs_core
+def test_a_failed_reinit_leaves_the_segment_and_the_channel_as_they_were() -> None:
+    ranks = Ranks(2)
+    small = mmap.mmap(-1, 4096)
+    try:
+        seg, f32 = ranks.cores[0], native.kind(np.dtype(np.float32))
+        # Each of these fails after what used to be stored already (the geometry, the fds):
+        # the segment keeps its memory and geometry, and holds nothing of the new memory.
+        for args, kind in (((small, 0, 2, ranks.region, LINE, SLOT_BYTES, [-1, -1]), ValueError),
+                           ((ranks.mem, 1, 3, ranks.region, LINE, SLOT_BYTES, [-1, "x", -1]),
+                            TypeError),
+                           ((ranks.mem, 0, 2, ranks.region * 4, LINE, SLOT_BYTES, [-1, -1]),
+                            ValueError),
+                           ((ranks.mem, 0, 2, ranks.region, LINE, -8, [-1, -1]), ValueError)):
+            with pytest.raises(kind):
+                seg.__init__(*args)
+        small.close()  # no buffer of it is held
+        x = np.arange(SLOT_BYTES // 4 - HEADER // 4, dtype=np.float32)  # a whole slot's data
+        codes, outs = ranks.reduce([x, x], 0, f32, [header(x.dtype, x.shape)] * 2)
+        assert codes == [native.Codes.DONE] * 2 and (outs[0] == 2 * x).all()
+        chan_mem = mmap.mmap(-1, 4096)
+        c = _native.Channel(chan_mem, 0, 2048, 1024, -1, -1)
+        other = mmap.mmap(-1, 1024)
+        for args in ((other, 0, 2048, 1024, -1, -1), (chan_mem, 0, 2048, 1000, -1, -1),
+                     (chan_mem, 0, 2048, 2048, -1, -1), (chan_mem, 0, 512, 1024, -1, -1)):
+            with pytest.raises(ValueError):
+                c.__init__(*args)
+        other.close()
+        hd = send_header(np.dtype(np.uint8), (800,))
+        assert c.send(hd, 1, np.zeros(800, np.uint8)) == native.Codes.DONE  # still cap 1024
+        # A successful re-init releases the old memory.
+        fresh = mmap.mmap(-1, 4096)
+        c.__init__(fresh, 0, 2048, 1024, -1, -1)
+        chan_mem.close()
+        c.close()
+        fresh.close()
+    finally:
+        ranks.close()
+
+
+def _in_a_thread(call: Callable[[], object]) -> tuple[threading.Thread, dict]:
+    """Start `call` in a thread; return it and where its result, error and time will be."""
+    box: dict = {}
+    started = threading.Event()
+
+    def run() -> None:
+        started.set()
+        t = time.perf_counter()
+        try:
+            box["result"] = call()
+        except Exception as e:  # handed to the test
+            box["error"] = e
+        box["seconds"] = time.perf_counter() - t
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    started.wait()
+    time.sleep(0.2)  # into the call's wait, which released the GIL
+    return thread, box
+
+
+@needs_core
+def test_close_from_another_thread_during_a_wait_keeps_the_memory_until_the_call_ends() -> None:
+    ranks = Ranks(2)
+    try:
+        x = np.arange(4, dtype=np.float32)
+        seg = ranks.cores[0]
+        # Nobody else posts: the call waits (10 s at most) without the GIL.
+        thread, box = _in_a_thread(lambda: seg.allreduce(
+            x, x.copy(), header(x.dtype, x.shape), 1, 0, 0, 0, 0.0, 10.0))
+        assert thread.is_alive() and ranks.mem[0] == 1  # posted, waiting
+        with pytest.raises(RuntimeError, match="in use"):  # not re-initialised under it either
+            seg.__init__(ranks.mem, 0, 2, ranks.region, LINE, SLOT_BYTES, [-1, -1])
+        seg.close()
+        thread.join(10)
+        assert box == {"result": native.Codes.PENDING, "seconds": box["seconds"]}
+        assert box["seconds"] < 5  # close ended the wait
+        with pytest.raises(ValueError, match="released"):
+            seg.finish(x.copy(), 1, 0, 0)
+        # The channel's recv likewise; the mapping stays while the call is in it.
+        pair = Pair(1024)
+        thread, box = _in_a_thread(lambda: pair.b.recv(
+            send_header(np.dtype(np.uint8), (4,)), 1, np.empty(4, np.uint8), 0.0, 10.0))
+        pair.b.close()
+        with_export = pair.mem
+        with pytest.raises(BufferError):  # the waiting call still holds the memory
+            pair.a.close()
+            with_export.close()
+        thread.join(10)
+        assert box["result"] == native.Codes.PENDING and box["seconds"] < 5
+        pair.close()  # now every hold is gone: the mapping closes
+        assert pair.mem.closed
+    finally:
+        ranks.close()
+
+
 def test_header_size_agrees_with_the_core() -> None:
     assert HEADER == 128
     if _native is not None:
         assert _native.HEADER == HEADER
+
+
+def test_the_header_layout_is_read_from_header_pys_struct_format() -> None:
+    layout = native._header_layout(header_module._FMT.format)
+    assert layout["seq"] == (8, 8) and layout["rank"] == (24, 4)
+    # Another layout moves the offsets: they are computed, not assumed.
+    moved = native._header_layout("<4sBBBxxxxxqQqi11q")
+    assert moved["seq"] == (12, 8) and moved["rank"] == (28, 8)
+    with pytest.raises(ValueError, match="little-endian"):
+        native._header_layout("@4sBBBxqQii11q")
+
+
+@needs_core
+def test_the_core_exports_the_header_offsets_and_a_core_out_of_step_is_refused() -> None:
+    assert (_native.HEADER_BYTES, _native.SEQ_AT, _native.SEQ_BYTES, _native.RANK_AT,
+            _native.RANK_BYTES) == (header_module.SIZE, 8, 8, 24, 4)
+    native._check_header(_native)  # the built core agrees with header.py
+    stale = types.SimpleNamespace(__file__="stale.so", HEADER_BYTES=128, SEQ_AT=16, SEQ_BYTES=8,
+                                  RANK_AT=24, RANK_BYTES=4)
+    with pytest.raises(ImportError, match="out of step.*rebuild"):
+        native._check_header(stale)  # type: ignore[arg-type]
+    del stale.RANK_AT  # a core from before the constants
+    stale.SEQ_AT = 8
+    with pytest.raises(ImportError, match="out of step"):
+        native._check_header(stale)  # type: ignore[arg-type]
 
 
 @pytest.mark.timeout(300)
@@ -426,7 +705,9 @@ def test_the_package_installs_and_runs_without_a_compiler(tmp_path: Path) -> Non
     # Its own site-packages: a user's machine, not this one's installed (editable) ringcomm.
     venv.create(env_dir, with_pip=True)
     py = str(env_dir / "bin" / "python")
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("RINGCOMM_")}
+    # Nor a source tree on PYTHONPATH (a worktree under test), which would shadow the install.
+    environ = {k: v for k, v in os.environ.items()
+               if not k.startswith("RINGCOMM_") and k != "PYTHONPATH"}
     # As a user's `pip install`: an isolated build (setuptools from the registry).
     environ.update(CC="false", PIP_DISABLE_PIP_VERSION_CHECK="1")
     build = subprocess.run([py, "-m", "pip", "install", "-v", str(src)],
@@ -458,6 +739,43 @@ def test_the_package_installs_and_runs_without_a_compiler(tmp_path: Path) -> Non
     assert forced.returncode != 0
     assert "RINGCOMM_NATIVE=1 but ringcomm's compiled core is not built" in forced.stderr
     assert "reinstall with a C compiler" in forced.stderr
+
+
+@pytest.mark.parametrize("host", ["big-endian", "32-bit"])
+def test_a_host_the_core_cannot_run_on_falls_back_quietly_or_fails_when_asked(
+        host: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if host == "big-endian":
+        monkeypatch.setattr(sys, "byteorder", "big")
+    else:
+        monkeypatch.setattr(sys, "maxsize", 2**31 - 1)
+    monkeypatch.delenv("RINGCOMM_NATIVE", raising=False)
+    assert native._load() == (None, "python")  # quietly, as without a core
+    monkeypatch.setenv("RINGCOMM_NATIVE", "0")
+    assert native._load() == (None, "python")
+    monkeypatch.setenv("RINGCOMM_NATIVE", "1")
+    with pytest.raises(ImportError, match="RINGCOMM_NATIVE=1 but ringcomm's compiled core "
+                       f"does not run here: this host is {host}"):
+        native._load()
+
+
+def test_the_core_refuses_to_build_for_a_32_bit_host(tmp_path: Path) -> None:
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler to try the 32-bit check with")
+    import sysconfig
+    probe = tmp_path / "probe.c"
+    # What a 32-bit host's headers say, on this one: the core's check must stop the build.
+    probe.write_text("#include <stdint.h>\n#undef UINTPTR_MAX\n#define UINTPTR_MAX 0xffffffffu\n"
+                     '#include "core.h"\n')
+    run = subprocess.run([cc, "-fsyntax-only", "-I", str(ROOT / "ringcomm" / "csrc"),
+                          "-I", sysconfig.get_paths()["include"], str(probe)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0
+    assert "needs a 64-bit host" in run.stderr
+    ok = subprocess.run([cc, "-fsyntax-only", "-I", sysconfig.get_paths()["include"],
+                         str(ROOT / "ringcomm" / "csrc" / "module.c")],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
 
 
 @needs_core

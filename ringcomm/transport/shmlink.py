@@ -95,8 +95,10 @@ class ShmLink(Link):
     def send_some(self, data: memoryview, op: str) -> int:
         q = self._q
         head = q[self._out_head]  # this end's own word: only it writes there
-        free = self.cap - (head - q[self._out_tail])
-        n = min(free, len(data), self._piece)
+        tail = q[self._out_tail]  # the peer's word: checked before it is used
+        if tail > head or head - tail > self.cap:
+            raise PeerError(self._corrupt(op, head, tail))
+        n = min(self.cap - (head - tail), len(data), self._piece)
         if n <= 0:
             return 0
         acquire()  # the receiver's reads of that room are done
@@ -116,7 +118,10 @@ class ShmLink(Link):
     def recv_some(self, view: memoryview, op: str) -> int:
         q = self._q
         tail = q[self._in_tail]  # this end's own word
-        n = min(q[self._in_head] - tail, len(view), self._piece)
+        head = q[self._in_head]  # the peer's word: checked before it is used
+        if tail > head or head - tail > self.cap:
+            raise PeerError(self._corrupt(op, head, tail))
+        n = min(head - tail, len(view), self._piece)
         if n <= 0:
             return 0
         acquire()
@@ -132,6 +137,10 @@ class ShmLink(Link):
         if q[self._in_peer_sleep]:
             wake(self._to_writer)
         return n
+
+    def _corrupt(self, op: str, head: int, tail: int) -> str:
+        return (f"{op}: the shared-memory link with {self.peer} holds counters no rank writes "
+                f"(head {head}, tail {tail}, ring of {self.cap} bytes): its memory was corrupted")
 
     def send(self, data: memoryview | bytes, op: str) -> None:
         self._all(memoryview(data).cast("B"), op, True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
 import numpy as np
 
@@ -176,7 +176,12 @@ class PointToPoint:
         try:
             with ep.mail.lock:
                 seq = ep.mail.next_seq(plan.key)
-            done = plan.channel.send(plan.template, seq, x) == _DONE
+            try:
+                done = plan.channel.send(plan.template, seq, x) == _DONE
+            except RingcommError:
+                raise
+            except RuntimeError as e:  # counters a peer corrupted
+                self._corrupt("send", plan, e)
             self.route.took("shm-p2p", done)
             if not done:
                 self._send_rest(x, plan.world, seq)  # no room: wait for it as send does
@@ -207,8 +212,13 @@ class PointToPoint:
         try:
             with ep.mail.lock:
                 seq = ep.mail.next_seq(plan.key)
-            done = plan.channel.recv(
-                plan.template, seq, out, plan.spin, YIELD_SECONDS) == _DONE
+            try:
+                done = plan.channel.recv(plan.template, seq, out, plan.spin,
+                                         YIELD_SECONDS) == _DONE
+            except RingcommError:
+                raise
+            except RuntimeError as e:  # counters a peer corrupted
+                self._corrupt("recv", plan, e)
             self.route.took("shm-p2p", done)
             if not done:
                 # Not all there yet, or a header that differs: the link's wait and checks.
@@ -216,6 +226,11 @@ class PointToPoint:
         finally:
             lock.release()
         return out
+
+    def _corrupt(self, op: str, plan: P2pPlan, e: RuntimeError) -> NoReturn:
+        """Counters a peer corrupted: the error every rank raises, naming the peer."""
+        self._fail(op, PeerError(f"{op}: the link with {self._peer(plan.peer)}: {e}"))
+        raise e  # not reached: fail raises
 
     def _plan(self, way: str, op: str, peer: object, dtype: object,
               shape: object) -> P2pPlan | None:

@@ -1,0 +1,92 @@
+/* The rank-order reductions of the core: out = r0 op r1 op ... op r(p-1), element by element,
+ * as NumPy's ufuncs give it when called in that order (out = r0; ufunc(out, r1, out=out); ...),
+ * bit for bit, so that every rank, and the Python path, has the same result. */
+#include "core.h"
+
+/* The rows and the result are any caller's bytes (a slot, an array, a row of a message at an
+ * odd offset): every element is read and written through a type of alignment 1, which the
+ * compiler turns into plain (unaligned) loads and stores, vectorised as before. */
+#define UNALIGNED(T) typedef T T##_u __attribute__((aligned(1), may_alias));
+UNALIGNED(float)
+UNALIGNED(double)
+UNALIGNED(int8_t)
+UNALIGNED(int16_t)
+UNALIGNED(int32_t)
+UNALIGNED(int64_t)
+UNALIGNED(uint8_t)
+UNALIGNED(uint16_t)
+UNALIGNED(uint32_t)
+UNALIGNED(uint64_t)
+
+#define SUM_LOOP(T, U)                                                                         \
+    static void sum_##T(char *out_, char *const *rows, int p, Py_ssize_t n)                   \
+    {                                                                                          \
+        T##_u *out = (T##_u *)out_;                                                            \
+        const T##_u *r0 = (const T##_u *)rows[0];                                              \
+        for (Py_ssize_t i = 0; i < n; i++) out[i] = r0[i];                                     \
+        for (int j = 1; j < p; j++) {                                                          \
+            const T##_u *r = (const T##_u *)rows[j];                                           \
+            for (Py_ssize_t i = 0; i < n; i++) out[i] = (T)((U)out[i] + (U)r[i]);              \
+        }                                                                                      \
+    }
+
+/* NumPy's maximum and minimum, as np.maximum(a, b) and np.minimum(a, b) give them: a when it
+ * is NaN or strictly greater (less), else b. So NaN wins (the first NaN, its bits as they
+ * are), and on a tie the second operand wins: maximum(+0.0, -0.0) is -0.0 and
+ * maximum(-0.0, +0.0) is +0.0, and the same for minimum. In rank order the last rank of a
+ * tie wins, as it does in NumPy's out = r0; maximum(out, r1, out=out); ... */
+#define CMP_LOOP(T, NAME, CMP)                                                                 \
+    static void NAME##_##T(char *out_, char *const *rows, int p, Py_ssize_t n)                \
+    {                                                                                          \
+        T##_u *out = (T##_u *)out_;                                                            \
+        const T##_u *r0 = (const T##_u *)rows[0];                                              \
+        for (Py_ssize_t i = 0; i < n; i++) out[i] = r0[i];                                     \
+        for (int j = 1; j < p; j++) {                                                          \
+            const T##_u *r = (const T##_u *)rows[j];                                           \
+            for (Py_ssize_t i = 0; i < n; i++) {                                               \
+                T a = out[i], b = r[i];                                                        \
+                out[i] = (a CMP b || a != a) ? a : b;                                          \
+            }                                                                                  \
+        }                                                                                      \
+    }
+
+#define ALL_LOOPS(T, U) SUM_LOOP(T, U) CMP_LOOP(T, max, >) CMP_LOOP(T, min, <)
+
+ALL_LOOPS(float, float)
+ALL_LOOPS(double, double)
+ALL_LOOPS(int8_t, uint8_t)
+ALL_LOOPS(int16_t, uint16_t)
+ALL_LOOPS(int32_t, uint32_t)
+ALL_LOOPS(int64_t, uint64_t)
+ALL_LOOPS(uint8_t, uint8_t)
+ALL_LOOPS(uint16_t, uint16_t)
+ALL_LOOPS(uint32_t, uint32_t)
+ALL_LOOPS(uint64_t, uint64_t)
+
+/* bool: sum is logical or (as NumPy's add), max is or, min is and. */
+static void or_bool(char *out_, char *const *rows, int p, Py_ssize_t n)
+{
+    uint8_t *out = (uint8_t *)out_;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint8_t v = 0;
+        for (int j = 0; j < p; j++) v |= (uint8_t)rows[j][i];
+        out[i] = v ? 1 : 0;
+    }
+}
+
+static void and_bool(char *out_, char *const *rows, int p, Py_ssize_t n)
+{
+    uint8_t *out = (uint8_t *)out_;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint8_t v = 1;
+        for (int j = 0; j < p; j++) v &= (uint8_t)(rows[j][i] != 0);
+        out[i] = v;
+    }
+}
+
+#define ROW(T) {sum_##T, max_##T, min_##T}
+const reducer rc_reducers[N_KINDS][N_OPS] = {
+    ROW(float), ROW(double), ROW(int8_t), ROW(int16_t), ROW(int32_t), ROW(int64_t),
+    ROW(uint8_t), ROW(uint16_t), ROW(uint32_t), ROW(uint64_t), {or_bool, or_bool, and_bool},
+};
+const int rc_itemsize[N_KINDS] = {4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1};
