@@ -107,6 +107,9 @@ class Abort:
         self._notified = False
         self._notifying: dict[int, threading.Thread] = {}
         self._deadline = 0.0
+        # The errors `fail` raised: one that comes back through another layer of the same call
+        # is passed on as it is, not announced and waited for again.
+        self._raised: list[BaseException] = []
         self.hooks: list[Callable[[], None]] = []
         """Called once, in order, when the job stops: what each link does to wake its waiters."""
 
@@ -210,10 +213,12 @@ class Abort:
 
         `blame()` says which rank the watch found frozen, for a timeout.
         """
+        if any(exc is e for e in self._raised):
+            raise exc
         if self._reason is not None and self._kind == Reason.MISMATCH \
                 and not isinstance(exc, MismatchError):
             # This rank's watch found a deadlock and stopped the job under this call.
-            raise MismatchError(f"{op}: {self._reason}") from exc
+            raise self._record(MismatchError(f"{op}: {self._reason}")) from exc
         if isinstance(exc, CommTimeoutError):
             who = blame()
             if who is not None:
@@ -227,6 +232,11 @@ class Abort:
                 try:
                     self.raise_if_stopped()
                 except RingcommError as e:
-                    raise type(e)(f"{op}: {e}") from exc
+                    raise self._record(type(e)(f"{op}: {e}")) from exc
         self.stop(reason, kind, notify=False)
-        raise exc
+        raise self._record(exc)
+
+    def _record(self, exc: BaseException) -> BaseException:
+        """Remember an error `fail` raises (the last few: a job fails once)."""
+        self._raised = [*self._raised[-3:], exc]
+        return exc
