@@ -28,8 +28,9 @@ _FALSE = ("", "0", "false", "no", "off")
 # should reuse a reason these match.
 MISSING_PARTS: list[tuple[re.Pattern[str], str, str]] = [(re.compile(p, re.IGNORECASE), what, how)
                                                          for p, what, how in [
-    (r"compiled core is not built", "ringcomm's compiled core (ringcomm/_native.c)",
+    (r"compiled core is not built", "ringcomm's compiled core (ringcomm/csrc/)",
      "`pip install -e .` builds it with the C compiler CI has (.ci/setup)"),
+    (r"no C compiler", "a C compiler", "CI builds the compiled core with it"),
     (r"could not import 'torch|\btorch(run)?\b.*(not installed|has no)", "torch",
      ".ci/setup installs torch==2.13.0 (CPU)"),
     (r"could not import 'mlx|\bmlx\b.*not installed", "mlx", '.ci/setup installs "mlx[cpu]"'),
@@ -42,6 +43,7 @@ MISSING_PARTS: list[tuple[re.Pattern[str], str, str]] = [(re.compile(p, re.IGNOR
      "the namespace test hosts (root, ip netns, sshd)",
      ".ci/setup installs openssh-server and iproute2; CI runs as root"),
     (r"Slurm tests need", "Slurm and munge", ".ci/setup-slurm installs them"),
+    (r"needs root", "root", "CI runs as root, as the namespace test hosts need"),
     (r"could not import 'sklearn", "scikit-learn", ".ci/setup installs the test extra"),
     (r"matplotlib is not installed|could not import 'matplotlib", "matplotlib",
      ".ci/setup installs the plot extra"),
