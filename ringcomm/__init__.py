@@ -7,6 +7,14 @@
 Run it on N local processes with ``ringcomm launch -n N script.py``.
 """
 
+import sys as _sys
+
+# Shared counters are 8-byte words that a 32-bit process reads in two halves (torn), and the
+# kernel's timeouts are set with a 64-bit layout: a 32-bit Python is refused, not miscounted.
+if _sys.maxsize < 2**63 - 1:
+    raise ImportError("ringcomm needs a 64-bit Python (this one is 32-bit): its shared-memory "
+                      "counters are 8-byte words that a 32-bit process cannot read whole")
+
 from .errors import (
     CommTimeoutError,
     ConnectError,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
 import sys
 import tempfile
 
@@ -117,3 +118,34 @@ def test_more_local_ranks_than_the_core_holds_keep_tcp() -> None:
     assert sharing.too_many(shm.MAX_LOCAL_RANKS) is None
     problem = sharing.too_many(shm.MAX_LOCAL_RANKS + 1)
     assert problem is not None and str(shm.MAX_LOCAL_RANKS) in problem
+
+
+# -- hosts and peers the library cannot serve correctly ------------------------------------
+
+
+def test_a_32_bit_python_is_refused_at_import() -> None:
+    code = ("import sys; sys.maxsize = 2**31 - 1\n"
+            "try:\n    import ringcomm\nexcept ImportError as e:\n    print(e)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env=env())
+    assert "needs a 64-bit Python" in run.stdout, (run.stdout, run.stderr)
+
+
+def test_an_abort_notice_longer_than_any_rank_sends_is_refused_unread() -> None:
+    import struct
+
+    from ringcomm.transport import abort
+
+    body = struct.pack("<BI", 2, abort.NOTE_LIMIT + 1)
+    reads: list[int] = []
+
+    def read_exact(n: int) -> bytes:
+        reads.append(n)
+        return body if n == len(body) else b"x" * n
+
+    with pytest.raises(ValueError, match="abort notice"):
+        abort.decode(read_exact)
+    assert reads == [len(body)]  # the length was read; the body was not
+    text, kind = abort.decode(lambda n: abort.encode("why", abort.Reason.CAUSE)[:n]
+                              if n == len(body) else b"why")
+    assert (text, kind) == ("why", abort.Reason.CAUSE)

@@ -270,6 +270,45 @@ def test_a_handshake_that_gets_no_answer_is_a_ringcomm_error() -> None:
         listener.close()
 
 
+@pytest.mark.timeout(90)
+def test_strangers_at_the_rendezvous_hold_no_thread_and_the_ranks_still_meet(tmp_path: Path) -> None:
+    port = _free_pair()
+    extra = {"RINGCOMM_KEY_DIR": str(tmp_path / "keys"), "RINGCOMM_TIMEOUT": "30"}
+    code = ("import numpy as np, ringcomm\nw = ringcomm.init()\n"
+            "print('sum', ringcomm.all_sum(np.ones(2))[0], flush=True)\n")
+    marker = uuid.uuid4().hex
+    strangers: list[socket.socket] = []
+    try:
+        with harness.Started([sys.executable, "-c", code], environ=_torch_env(0, 2, port, **extra),
+                             marker=marker) as r0:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port + 1), timeout=1).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, "rank 0's rendezvous never listened"
+                    time.sleep(0.05)
+            for _ in range(100):  # each sends the magic, then nothing: a thread each, before
+                s = socket.create_connection(("127.0.0.1", port + 1), timeout=5)
+                s.sendall(handshake.MAGIC)
+                strangers.append(s)
+            time.sleep(0.5)
+            with open(f"/proc/{r0.pid}/status") as f:
+                threads = int(next(ln for ln in f if ln.startswith("Threads:")).split()[1])
+            assert threads < 12, f"rank 0 runs {threads} threads with 100 strangers at its door"
+            with harness.Started([sys.executable, "-c", code],
+                                 environ=_torch_env(1, 2, port, **extra), marker=marker) as r1:
+                jobs = [r0.wait(30), r1.wait(30)]
+    finally:
+        for s in strangers:
+            s.close()
+    harness.assert_none_survive(marker)
+    for job in jobs:
+        assert job.returncode == 0 and "sum 2.0" in job.stdout, job.stderr[-2000:]
+    assert "refused a connection" in jobs[0].stderr  # logged once, then counted
+
+
 # -- 3. local wake-ups -----------------------------------------------------------------------
 
 

@@ -127,6 +127,9 @@ try:
         ringcomm.barrier()
         time.sleep(0.5)
         extra = f", threads {threading.active_count()}"
+        # Past the strangers' first-bytes deadline (1 s from their accept), so that rank 1 has
+        # dropped them, and said so, before the job ends.
+        time.sleep(1.0)
         ringcomm.barrier()
         t0 = time.monotonic()
         y = ringcomm.all_sum(np.full(10, R + 1.0))
