@@ -25,10 +25,12 @@ from pathlib import Path
 SIZES = "4,4096,65536,1048576,16777216,67108864"
 
 
-def bench(tree: Path, n: int, op: str, timeout: float) -> dict[int, float]:
+def bench(tree: Path, n: int, op: str, timeout: float, sizes: str | None) -> dict[int, float]:
     """Return {size: rank 0's median µs} of `ringcomm bench` run from `tree`."""
     env = dict(os.environ, PYTHONPATH=str(tree))
-    sizes = "16384" if op == "decode" else ("4,16384,65536,1048576" if op == "sendrecv" else SIZES)
+    if sizes is None:
+        sizes = "16384" if op == "decode" else (
+            "4,16384,65536,1048576" if op == "sendrecv" else SIZES)
     cmd = [sys.executable, "-m", "ringcomm", "bench", "-n", str(n), "--json", "--op", op,
            "--sizes", sizes]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
@@ -47,6 +49,7 @@ def main() -> None:
     ap.add_argument("-n", default="2,4", help="comma-separated rank counts (default 2,4)")
     ap.add_argument("--rounds", type=int, default=2, help="old/new pairs per setting")
     ap.add_argument("--ops", default="all_sum", help="comma-separated ops of ringcomm bench")
+    ap.add_argument("--sizes", help="comma-separated sizes for every op (default: per op)")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per bench run")
     args = ap.parse_args()
     trees = {"old": args.old.resolve(), "new": args.new.resolve()}
@@ -55,7 +58,7 @@ def main() -> None:
             times: dict[tuple[str, int], list[float]] = defaultdict(list)
             for _ in range(args.rounds):
                 for name, tree in trees.items():  # old, then new, every round
-                    for size, t in bench(tree, n, op, args.timeout).items():
+                    for size, t in bench(tree, n, op, args.timeout, args.sizes).items():
                         times[(name, size)].append(t)
             print(f"\n{op}, p={n}, {args.rounds} round(s) each, interleaved; time = rank 0's "
                   "median in µs (median of rounds, [min, max] of rounds)")

@@ -101,7 +101,9 @@ class Abort:
         self._send = send
         self._silent = silent
         self._cond = threading.Condition()
-        self._reason: str | None = None
+        # Why the job stopped, or None while it runs: read on every call's fast path (an
+        # attribute, not a property), written under the condition only.
+        self.reason: str | None = None
         self._kind = Reason.ECHO
         self._remote = False
         self._notified = False
@@ -115,14 +117,9 @@ class Abort:
 
     # -- state ---------------------------------------------------------------------------------
 
-    @property
-    def reason(self) -> str | None:
-        """Return why the job stopped, or None while it runs."""
-        return self._reason
-
     def raise_if_stopped(self) -> None:
         """Raise the job's error if it has stopped."""
-        reason = self._reason
+        reason = self.reason
         if reason is not None:
             if self._kind == Reason.MISMATCH:
                 raise MismatchError(reason)
@@ -131,7 +128,7 @@ class Abort:
     def wait_reason(self, seconds: float) -> bool:
         """Wait up to `seconds` for any reason to stop; return whether there is one."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._reason is not None, seconds)
+            return self._cond.wait_for(lambda: self.reason is not None, seconds)
 
     def wait_cause(self, seconds: float) -> bool:
         """Wait up to `seconds` for a cause (not an echo); return whether it came."""
@@ -148,9 +145,9 @@ class Abort:
         if notify:
             self.notify(reason, kind)
         with self._cond:
-            first = self._reason is None
+            first = self.reason is None
             if first or (remote and kind > self._kind == Reason.ECHO):
-                self._reason, self._kind, self._remote = reason, kind, remote
+                self.reason, self._kind, self._remote = reason, kind, remote
                 self._cond.notify_all()
         if first:
             for hook in self.hooks:
@@ -201,9 +198,9 @@ class Abort:
         """
         reason = f"rank {self.rank} failed in {op}: {exc}"
         kind = classify(exc)
-        if kind == Reason.ECHO and self._reason is None:
+        if kind == Reason.ECHO and self.reason is None:
             self.wait_reason(ECHO_PAUSE)
-        if self._reason is None:
+        if self.reason is None:
             self.notify(reason, kind)  # at once: ranks further away must not wait in turn
             self.flush()
         return reason, kind
@@ -215,10 +212,10 @@ class Abort:
         """
         if any(exc is e for e in self._raised):
             raise exc
-        if self._reason is not None and self._kind == Reason.MISMATCH \
+        if self.reason is not None and self._kind == Reason.MISMATCH \
                 and not isinstance(exc, MismatchError):
             # This rank's watch found a deadlock and stopped the job under this call.
-            raise self._record(MismatchError(f"{op}: {self._reason}")) from exc
+            raise self._record(MismatchError(f"{op}: {self.reason}")) from exc
         if isinstance(exc, CommTimeoutError):
             who = blame()
             if who is not None:

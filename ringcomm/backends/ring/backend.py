@@ -54,6 +54,7 @@ log = logging.getLogger("ringcomm")
 # rank that has to answer.
 SPIN_SECONDS = 20e-6
 _WORLD_ID = 1
+_MISSING = Plans.MISSING
 
 
 def _child_id(parent: int, nth: int, color: int) -> int:
@@ -312,8 +313,8 @@ class RingBackend(Backend):
         if plans is None:
             return None
         key = (op, x.dtype, x.shape)
-        plan = plans.get(key, Plans.MISSING)
-        if plan is Plans.MISSING:
+        plan = plans.get(key, _MISSING)
+        if plan is _MISSING:
             plan = plans.add(key, self._plan(x, op))
         if plan is None or not x.flags.c_contiguous:
             return None
@@ -322,13 +323,13 @@ class RingBackend(Backend):
             aborts.raise_if_stopped()
         seq = self._seq = self._seq + 1
         out = np.empty(plan.sig.shape, plan.sig.dtype)
-        local = self._local
+        local, route = self._local, self.route
         try:
             if local is not None:
                 local.reduce_small(x, out, plan, seq)
-                self.route.took("shm-slot", local.core is not None)
+                route.path, route.native = "shm-slot", local.core is not None
             else:
-                self.route.took("tcp-latency", True)
+                route.path, route.native = "tcp-latency", True
                 self._flat.pair_reduce(x, out, plan, seq, True)
         except RingcommError as e:
             self._fail(plan.sig.op.label, e)

@@ -40,6 +40,7 @@ __all__ = ["P2P_SMALL_BYTES", "P2pPlan", "PointToPoint"]
 # latency path (one call moves the header and the data).
 P2P_SMALL_BYTES = 64 << 10
 _DONE = native.Codes.DONE
+_MISSING = Plans.MISSING
 
 
 class P2pPlan(NamedTuple):
@@ -163,26 +164,29 @@ class PointToPoint:
         if plans is None:
             return False
         key = ("out", dst, x.dtype, x.shape)
-        plan = plans.get(key, Plans.MISSING)
-        if plan is Plans.MISSING:
+        plan = plans.get(key, _MISSING)
+        if plan is _MISSING:
             plan = plans.add(key, self._plan("send", "send", dst, x.dtype, x.shape))
         if plan is None or not x.flags.c_contiguous:
             return False
         ep = self.ep
-        ep.aborts.raise_if_stopped()
+        if ep.aborts.reason is not None:
+            ep.aborts.raise_if_stopped()
         lock = plan.lock
         if not lock.acquire(False):
             return False  # another thread of this rank sends there now
         try:
-            with ep.mail.lock:
-                seq = ep.mail.next_seq(plan.key)
+            mail = ep.mail
+            with mail.lock:
+                seq = mail.next_seq(plan.key)
             try:
                 done = plan.channel.send(plan.template, seq, x) == _DONE
             except RingcommError:
                 raise
             except RuntimeError as e:  # counters a peer corrupted
                 self._corrupt("send", plan, e)
-            self.route.took("shm-p2p", done)
+            route = self.route
+            route.path, route.native = "shm-p2p", done
             if not done:
                 self._send_rest(x, plan.world, seq)  # no room: wait for it as send does
         finally:
@@ -198,20 +202,22 @@ class PointToPoint:
         plans = self.plans
         if plans is None:
             return None
-        plan = plans.get(key, Plans.MISSING)
-        if plan is Plans.MISSING:
+        plan = plans.get(key, _MISSING)
+        if plan is _MISSING:
             plan = plans.add(key, self._plan("recv", op, src, dtype, shape))
         if plan is None:
             return None
         ep = self.ep
-        ep.aborts.raise_if_stopped()
+        if ep.aborts.reason is not None:
+            ep.aborts.raise_if_stopped()
         lock = plan.lock
         if not lock.acquire(False):
             return None  # another thread of this rank receives from there now
         out = np.empty(plan.shape, plan.dtype)
         try:
-            with ep.mail.lock:
-                seq = ep.mail.next_seq(plan.key)
+            mail = ep.mail
+            with mail.lock:
+                seq = mail.next_seq(plan.key)
             try:
                 done = plan.channel.recv(plan.template, seq, out, plan.spin,
                                          YIELD_SECONDS) == _DONE
@@ -219,7 +225,8 @@ class PointToPoint:
                 raise
             except RuntimeError as e:  # counters a peer corrupted
                 self._corrupt("recv", plan, e)
-            self.route.took("shm-p2p", done)
+            route = self.route
+            route.path, route.native = "shm-p2p", done
             if not done:
                 # Not all there yet, or a header that differs: the link's wait and checks.
                 self._recv_rest(out, plan.peer, plan.world, seq)
