@@ -116,6 +116,31 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def free_port_pair() -> int:
+    """Return a port p of 127.0.0.1 with p and p+1 free a moment ago (torch's store listens
+    on MASTER_PORT, the ring's rendezvous one above it)."""
+    while True:
+        [port] = free_ports(1)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+
+
+def wait_listening(port: int, seconds: float, what: str) -> None:
+    """Wait until something accepts connections on 127.0.0.1:`port`; fail after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"{what} never listened on port {port}"
+            time.sleep(0.05)
+
+
 # -- the survivor detector ------------------------------------------------------------------
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import socket
 import sys
 import time
 from pathlib import Path
@@ -25,26 +24,12 @@ from tests.harness import env
 from tests.ranks import conformance as suite
 
 
-def _free_port() -> int:
-    # The rendezvous uses the port above MASTER_PORT: both must be free.
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-
-
 @pytest.mark.timeout(300)
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                     reason="torchrun is not installed (pip install torch)")
 def test_torchrun_runs_the_conformance_suite_on_three_ranks(tmp_path) -> None:
     argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "3",
-            "--master-port", str(_free_port()), harness.script("conformance.py"), "ring"]
+            "--master-port", str(harness.free_port_pair()), harness.script("conformance.py"), "ring"]
     # torchrun's own files go to tmp_path.
     proc = harness.run(argv, timeout=280,
                        environ=env(RINGCOMM_TOKEN="torchrun-test", TMPDIR=str(tmp_path)))
@@ -71,7 +56,7 @@ def _ranks(ranks: list[int], size: int, port: int, timeout: str = "4",
 @pytest.mark.timeout(60)
 def test_hand_set_torch_variables_start_the_ring_with_rank_0s_key_file(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
-    results = _ranks([0, 1, 2], 3, _free_port(), RINGCOMM_KEY_DIR=str(keys))
+    results = _ranks([0, 1, 2], 3, harness.free_port_pair(), RINGCOMM_KEY_DIR=str(keys))
     for r in results:
         assert r.returncode == 0, r.stderr[-2000:]
         assert r.stdout.split() == ["sum", "3.0", "3", "ring"], r.stdout
@@ -82,7 +67,7 @@ def test_hand_set_torch_variables_start_the_ring_with_rank_0s_key_file(tmp_path:
 @pytest.mark.timeout(60)
 def test_a_rank_that_never_arrives_is_named_within_the_deadline() -> None:
     t0 = time.monotonic()
-    results = _ranks([0, 1], 3, _free_port(), RINGCOMM_TOKEN="t")
+    results = _ranks([0, 1], 3, harness.free_port_pair(), RINGCOMM_TOKEN="t")
     assert time.monotonic() - t0 < 4 + 3
     for r in results:
         assert r.returncode == 1
@@ -92,10 +77,10 @@ def test_a_rank_that_never_arrives_is_named_within_the_deadline() -> None:
 
 @pytest.mark.timeout(60)
 def test_a_duplicate_rank_and_a_size_mismatch_fail_every_rank() -> None:
-    results = _ranks([0, 1, 1], 3, _free_port(), RINGCOMM_TOKEN="t")
+    results = _ranks([0, 1, 1], 3, harness.free_port_pair(), RINGCOMM_TOKEN="t")
     assert all(r.returncode == 1 for r in results)
     assert "rank 1 reported twice" in results[0].stderr, results[0].stderr[-1500:]
-    port = _free_port()
+    port = harness.free_port_pair()
     code = "import ringcomm; ringcomm.init()"
     jobs = harness.run_together(
         [([sys.executable, "-c", code],
@@ -107,7 +92,7 @@ def test_a_duplicate_rank_and_a_size_mismatch_fail_every_rank() -> None:
 
 @pytest.mark.timeout(60)
 def test_an_unreachable_rank_0_is_an_error_with_the_address_and_a_hint() -> None:
-    port = _free_port()
+    port = harness.free_port_pair()
     t0 = time.monotonic()
     [result] = _ranks([1], 2, port, timeout="2", RINGCOMM_TOKEN="t")
     assert time.monotonic() - t0 < 2 + 3

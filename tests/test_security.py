@@ -33,18 +33,6 @@ def _torch_env(rank: int, size: int, port: int, **extra: str) -> dict[str, str]:
                WORLD_SIZE=str(size), TORCHELASTIC_RUN_ID="none", **extra)
 
 
-def _free_pair() -> int:
-    """Return a port p with p and p+1 free (torch's store and the ring's rendezvous)."""
-    while True:
-        [port] = harness.free_ports(1)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-
-
 def _public_keys(port: int, size: int) -> list[bytes]:
     """Keys anyone could derive from a torchrun job's public facts, before and now."""
     identity = f"rendezvous:torch:none:127.0.0.1:{port + 1}:{size}".encode()
@@ -81,20 +69,13 @@ def _wait_for(path: Path, seconds: float) -> None:
 
 @pytest.mark.timeout(90)
 def test_torchruns_default_variables_give_a_key_no_stranger_can_derive(tmp_path: Path) -> None:
-    port, keys = _free_pair(), tmp_path / "keys"
+    port, keys = harness.free_port_pair(), tmp_path / "keys"
     extra = {"RINGCOMM_KEY_DIR": str(keys), "STRANGER_DIR": str(tmp_path), "RINGCOMM_TIMEOUT": "30"}
     argv = [sys.executable, script("stranger.py")]
     marker = uuid.uuid4().hex
     with harness.Started(argv, environ=_torch_env(0, 2, port, **extra), marker=marker) as r0:
         # Rank 0 waits at its rendezvous for rank 1: a stranger with a public key knocks there.
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port + 1), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "rank 0's rendezvous never listened"
-                time.sleep(0.05)
+        harness.wait_listening(port + 1, 20, "rank 0's rendezvous")
         for key in _public_keys(port, 2):
             assert _knock("127.0.0.1", port + 1, key, Hello(Kind.RDZV, 1, 0)) == "refused"
         key_file = next(keys.iterdir())
@@ -118,7 +99,7 @@ def test_torchruns_default_variables_give_a_key_no_stranger_can_derive(tmp_path:
 
 @pytest.mark.timeout(60)
 def test_a_rank_that_cannot_see_rank_0s_key_says_how_to_set_a_token(tmp_path: Path) -> None:
-    port = _free_pair()
+    port = harness.free_port_pair()
     t0 = time.monotonic()
     code = "import ringcomm; ringcomm.init()"
     jobs = run_together([([sys.executable, "-c", code],
@@ -146,7 +127,7 @@ def test_a_job_without_a_secret_runs_only_by_choice_and_refuses_to_unpickle() ->
             "    print('objects', got, flush=True)\n")
     for extra, expect in (({}, "refused:"), ({"RINGCOMM_UNAUTHENTICATED_PICKLE": "1"},
                                               "objects [0, 1]")):
-        port = _free_pair()
+        port = harness.free_port_pair()
         jobs = run_together([([sys.executable, "-c", code],
                               _torch_env(r, 2, port, RINGCOMM_UNAUTHENTICATED="1", **extra))
                              for r in (0, 1)], timeout=30)
@@ -272,7 +253,7 @@ def test_a_handshake_that_gets_no_answer_is_a_ringcomm_error() -> None:
 
 @pytest.mark.timeout(90)
 def test_strangers_at_the_rendezvous_hold_no_thread_and_the_ranks_still_meet(tmp_path: Path) -> None:
-    port = _free_pair()
+    port = harness.free_port_pair()
     extra = {"RINGCOMM_KEY_DIR": str(tmp_path / "keys"), "RINGCOMM_TIMEOUT": "30"}
     code = ("import numpy as np, ringcomm\nw = ringcomm.init()\n"
             "print('sum', ringcomm.all_sum(np.ones(2))[0], flush=True)\n")
@@ -281,14 +262,7 @@ def test_strangers_at_the_rendezvous_hold_no_thread_and_the_ranks_still_meet(tmp
     try:
         with harness.Started([sys.executable, "-c", code], environ=_torch_env(0, 2, port, **extra),
                              marker=marker) as r0:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port + 1), timeout=1).close()
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline, "rank 0's rendezvous never listened"
-                    time.sleep(0.05)
+            harness.wait_listening(port + 1, 20, "rank 0's rendezvous")
             for _ in range(100):  # each sends the magic, then nothing: a thread each, before
                 s = socket.create_connection(("127.0.0.1", port + 1), timeout=5)
                 s.sendall(handshake.MAGIC)
