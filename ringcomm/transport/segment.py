@@ -285,14 +285,7 @@ def wake_address(directory: str, index: int | str) -> str:
 
 def bound(path: str) -> socket.socket:
     """Return a non-blocking datagram socket bound to `path` (a waiter's wake-up)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        s.setblocking(False)
-        s.bind(path)
-    except BaseException:
-        s.close()
-        raise
-    return s
+    return _datagram(path, bind=True)
 
 
 def connected(path: str) -> socket.socket:
@@ -300,10 +293,14 @@ def connected(path: str) -> socket.socket:
 
     Once connected it reaches that socket without its name, so the name can be removed.
     """
+    return _datagram(path, bind=False)
+
+
+def _datagram(path: str, *, bind: bool) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         s.setblocking(False)
-        s.connect(path)
+        (s.bind if bind else s.connect)(path)
     except BaseException:
         s.close()
         raise
