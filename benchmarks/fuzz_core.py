@@ -52,8 +52,9 @@ DONE, PENDING, MISMATCH, GONE, REDUCE = range(5)
 CODE_NAMES = ("DONE", "PENDING", "MISMATCH", "GONE", "REDUCE")
 DTYPES = [np.dtype(t) for t in ("float32", "float64", "int8", "int16", "int32", "int64", "uint8",
                                 "uint16", "uint32", "uint64", "bool")]
-UFUNCS = (np.add, np.maximum, np.minimum)
-BAD_CODES = (-1, 11, 3, 2**31, 2**40, -2**70, 10**30)
+UFUNCS = (np.add, np.maximum, np.minimum, np.multiply, np.bitwise_and, np.bitwise_or,
+          np.bitwise_xor)
+BAD_CODES = (-1, 11, 7, 2**31, 2**40, -2**70, 10**30)
 MASK64 = (1 << 64) - 1
 
 
@@ -70,6 +71,12 @@ def same_call(a: bytes, b: bytes) -> bool:
     return a[:RANK_AT] == b[:RANK_AT] and a[RANK_AT + 4:] == b[RANK_AT + 4:]
 
 
+def reducible(kind: int, op: int) -> bool:
+    """Whether the core reduces `kind` by `op` (the bitwise ops are for integers and bool)."""
+    return (0 <= kind < len(DTYPES) and 0 <= op < len(UFUNCS)
+            and (op < 4 or DTYPES[kind].kind in "biu"))
+
+
 def expected(rows: list[np.ndarray], kind: int, op: int) -> np.ndarray:
     """NumPy's reduction of `rows` in rank order: out = r0; ufunc(out, r1, out=out); ..."""
     want = rows[0].copy()
@@ -82,7 +89,8 @@ def expected(rows: list[np.ndarray], kind: int, op: int) -> np.ndarray:
 def agrees(got: np.ndarray, want: np.ndarray, kind: int, op: int) -> bool:
     if got.tobytes() == want.tobytes():
         return True
-    if DTYPES[kind].kind == "f" and op == 0:  # a sum's NaN: any NaN (payloads may differ)
+    if DTYPES[kind].kind == "f" and op in (0, 3):  # a sum's or product's NaN: any NaN
+        # (payloads may differ)
         bits = np.uint32 if kind == 0 else np.uint64
         same = (got.view(bits) == want.view(bits)) | (np.isnan(got) & np.isnan(want))
         return bool(same.all())
@@ -221,7 +229,7 @@ class Fuzzer:
     def kind_op(self) -> tuple[int, int]:
         r = self.r
         kind = r.randrange(len(DTYPES)) if r.random() < 0.92 else r.choice(BAD_CODES)
-        op = r.randrange(3) if r.random() < 0.95 else r.choice(BAD_CODES)
+        op = r.randrange(len(UFUNCS)) if r.random() < 0.95 else r.choice(BAD_CODES)
         return kind, op
 
     # -- Segment --------------------------------------------------------------------------------
@@ -234,7 +242,7 @@ class Fuzzer:
         posts = r.randrange(0, 1000) if r.random() < 0.8 else r.randrange(0, 2**63 - 1)
         goal, kind, op = posts + 1, *self.kind_op()
         which = goal & 1
-        valid = 0 <= kind < len(DTYPES) and 0 <= op < 3
+        valid = reducible(kind, op)
         isz = DTYPES[kind].itemsize if 0 <= kind < len(DTYPES) else 1
         nbytes = r.randrange(0, rig.room // isz + 1) * isz
         fault = r.choice(("",) * 14 + ("big", "ragged", "outlen", "spin", "yield", "posts",
@@ -555,7 +563,7 @@ class Fuzzer:
         r = self.r
         out_s, in_s, peer_in, peer_out = self.socks
         kind, op = self.kind_op()
-        valid = 0 <= kind < len(DTYPES) and 0 <= op < 3
+        valid = reducible(kind, op)
         isz = DTYPES[kind].itemsize if 0 <= kind < len(DTYPES) else 1
         nbytes = r.randrange(0, 2048 // isz + 1) * isz
         rank = r.randrange(2)

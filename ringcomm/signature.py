@@ -16,23 +16,47 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["REDUCTIONS", "Op", "ReduceOp", "Signature"]
+__all__ = ["REDUCTIONS", "SCATTER_OPS", "Op", "ReduceOp", "Signature"]
 
 
 class ReduceOp(enum.Enum):
-    """Elementwise reduction of `all_reduce` and `reduce_scatter`."""
+    """Elementwise reduction of `all_reduce` and `reduce_scatter`.
 
-    SUM = "sum"  # on bool arrays: logical or
+    On bool arrays SUM is logical or and PROD logical and. AVG is SUM divided by the group's
+    size, for floating and complex dtypes. BAND, BOR and BXOR are bitwise, for integers and
+    bool. MAX and MIN order complex numbers as NumPy does: by real part, then imaginary.
+    """
+
+    SUM = "sum"
+    AVG = "avg"
+    PROD = "prod"
     MAX = "max"
     MIN = "min"
+    BAND = "band"
+    BOR = "bor"
+    BXOR = "bxor"
 
     @property
     def ufunc(self) -> np.ufunc:
-        """Return the NumPy ufunc that reduces two arrays elementwise by this op."""
+        """Return the NumPy ufunc that reduces two arrays elementwise by this op (AVG sums:
+        the caller divides)."""
         return _UFUNCS[self]
 
+    def refuses(self, dt: np.dtype) -> str | None:
+        """Return why this op cannot reduce arrays of dtype `dt`, or None when it can."""
+        kind = dt.kind
+        if self is ReduceOp.AVG and kind not in "fcV":  # V: bfloat16 (ml_dtypes)
+            return ("an average of integers is not an integer; cast to a floating dtype, "
+                    "or sum and divide")
+        if self in _BITWISE and kind not in "biu":
+            return f"{self.value} is bitwise: it takes integer or bool arrays"
+        return None
 
-_UFUNCS = {ReduceOp.SUM: np.add, ReduceOp.MAX: np.maximum, ReduceOp.MIN: np.minimum}
+
+_UFUNCS = {ReduceOp.SUM: np.add, ReduceOp.AVG: np.add, ReduceOp.PROD: np.multiply,
+           ReduceOp.MAX: np.maximum, ReduceOp.MIN: np.minimum, ReduceOp.BAND: np.bitwise_and,
+           ReduceOp.BOR: np.bitwise_or, ReduceOp.BXOR: np.bitwise_xor}
+_BITWISE = (ReduceOp.BAND, ReduceOp.BOR, ReduceOp.BXOR)
 
 
 class Op(enum.IntEnum):
@@ -51,6 +75,15 @@ class Op(enum.IntEnum):
     ALL_TO_ALL = 11
     GATHER = 12
     SCATTER = 13
+    ALL_PROD = 14
+    ALL_AVG = 15
+    ALL_BAND = 16
+    ALL_BOR = 17
+    ALL_BXOR = 18
+    ALL_GATHER_V = 19  # the agreement on counts that opens a variable-size call
+    REDUCE_SCATTER_V = 20
+    ALL_TO_ALL_V = 21
+    NEW_GROUP = 22  # the members' agreement on a group made without the others
 
     @property
     def label(self) -> str:
@@ -59,10 +92,19 @@ class Op(enum.IntEnum):
 
 
 _LABELS = {op: op.name.lower() for op in Op}
+_LABELS[Op.ALL_PROD] = "all_reduce(prod)"
+_LABELS[Op.ALL_AVG] = "all_reduce(avg)"
+for _op in (Op.ALL_BAND, Op.ALL_BOR, Op.ALL_BXOR):
+    _LABELS[_op] = f"all_reduce({_op.name[4:].lower()})"
 
 
 # The op each reduction is called as.
-REDUCTIONS = {ReduceOp.SUM: Op.ALL_SUM, ReduceOp.MAX: Op.ALL_MAX, ReduceOp.MIN: Op.ALL_MIN}
+REDUCTIONS = {ReduceOp.SUM: Op.ALL_SUM, ReduceOp.MAX: Op.ALL_MAX, ReduceOp.MIN: Op.ALL_MIN,
+              ReduceOp.PROD: Op.ALL_PROD, ReduceOp.AVG: Op.ALL_AVG, ReduceOp.BAND: Op.ALL_BAND,
+              ReduceOp.BOR: Op.ALL_BOR, ReduceOp.BXOR: Op.ALL_BXOR}
+# A reduce-scatter's op travels in the signature's argument (SUM is 0: sum_scatter's calls
+# are as they were).
+SCATTER_OPS = {op: i for i, op in enumerate(ReduceOp)}
 
 
 class Signature(NamedTuple):
@@ -86,8 +128,15 @@ class Signature(NamedTuple):
             return f"{self.op.label}() [call #{self.seq}]"
         shape = "(" + ", ".join("?" if d < 0 else str(d) for d in self.shape) + (
             ",)" if len(self.shape) == 1 else ")")
-        root = f", root={self.arg}" if self.op in (Op.BROADCAST, Op.GATHER, Op.SCATTER) else ""
-        return f"{self.op.label}({self.dtype}, shape {shape}{root}) [call #{self.seq}]"
+        if self.op in (Op.BROADCAST, Op.GATHER, Op.SCATTER):
+            extra = f", root={self.arg}"
+        elif self.op is Op.SUM_SCATTER and self.arg:
+            extra = f", op={_SCATTER_NAMES.get(self.arg, self.arg)}"
+        elif self.op in _COUNTED and self.arg:
+            extra = f", counts #{self.arg & 0xFFFF:04x}"  # a digest of the counts
+        else:
+            extra = ""
+        return f"{self.op.label}({self.dtype}, shape {shape}{extra}) [call #{self.seq}]"
 
     def differs(self, other: Signature) -> str | None:
         """Return what differs between two ranks' calls, or None when they match."""
@@ -103,5 +152,13 @@ class Signature(NamedTuple):
                 a != b and a >= 0 and b >= 0 for a, b in zip(self.shape, other.shape)):
             return "the shapes differ"
         if self.arg != other.arg:
+            if self.op is Op.SUM_SCATTER:
+                return "the reduce ops differ"
+            if self.op in _COUNTED:
+                return "the counts differ"
             return "the roots differ"
         return None
+
+
+_SCATTER_NAMES = {i: op.value for op, i in SCATTER_OPS.items()}
+_COUNTED = (Op.ALL_GATHER_V, Op.REDUCE_SCATTER_V, Op.ALL_TO_ALL_V, Op.NEW_GROUP)

@@ -68,7 +68,7 @@ _Static_assert(__atomic_always_lock_free(sizeof(uint64_t), 0),
 enum { DONE = 0, PENDING = 1, MISMATCH = 2, GONE = 3, REDUCE = 4 };
 /* Element kinds (native.py's KINDS) and ops (backends/ring's _OPCODES). */
 enum { K_F32, K_F64, K_I8, K_I16, K_I32, K_I64, K_U8, K_U16, K_U32, K_U64, K_BOOL, N_KINDS };
-enum { OP_SUM = 0, OP_MAX = 1, OP_MIN = 2, N_OPS = 3 };
+enum { OP_SUM = 0, OP_MAX = 1, OP_MIN = 2, OP_PROD = 3, OP_BAND = 4, OP_BOR = 5, OP_BXOR = 6, N_OPS = 7 };
 
 static inline double now(void)
 {
@@ -273,6 +273,13 @@ static inline void memory_replace(rc_memory *m, Py_buffer *fresh)
 typedef void (*reducer)(char *out, char *const *rows, int p, Py_ssize_t n);
 RC_INTERNAL extern const reducer rc_reducers[N_KINDS][N_OPS];
 RC_INTERNAL extern const int rc_itemsize[N_KINDS];
+
+/* Whether the core reduces `kind` by `op` (both as code_arg gave them): a code out of range,
+ * or an op the kind has not (bitwise ops of floats), is Python's to reduce (REDUCE). */
+static inline int reducible(int kind, int op)
+{
+    return kind >= 0 && op >= 0 && rc_reducers[kind][op] != NULL;
+}
 
 /* segment.c, channel.c, pair.c */
 RC_INTERNAL extern PyTypeObject rc_SegmentType;

@@ -144,7 +144,7 @@ PyObject *rc_pair_allreduce(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         code = MISMATCH;
     else if (x.sent < n || x.got < n)
         code = PENDING;
-    else if (kind < 0 || op < 0)
+    else if (!reducible(kind, op))
         code = REDUCE;
     else {
         char *r[2] = {(char *)rows.buf + HEADER_BYTES, (char *)rows.buf + n + HEADER_BYTES};

@@ -50,20 +50,44 @@ UNALIGNED(uint64_t)
         }                                                                                      \
     }
 
+/* A product, and the bitwise ops, in the same rank order. Integers multiply as uint64_t and
+ * keep their low bits, as NumPy's wrap-around gives (a narrower unsigned type would be promoted
+ * to int, where 65535 * 65535 overflows). */
+#define OP_LOOP(T, NAME, EXPR)                                                                 \
+    static void NAME##_##T(char *out_, char *const *rows, int p, Py_ssize_t n)                \
+    {                                                                                          \
+        T##_u *out = (T##_u *)out_;                                                            \
+        const T##_u *r0 = (const T##_u *)rows[0];                                              \
+        for (Py_ssize_t i = 0; i < n; i++) out[i] = r0[i];                                     \
+        for (int j = 1; j < p; j++) {                                                          \
+            const T##_u *r = (const T##_u *)rows[j];                                           \
+            for (Py_ssize_t i = 0; i < n; i++) {                                               \
+                T a = out[i], b = r[i];                                                        \
+                out[i] = (T)(EXPR);                                                            \
+            }                                                                                  \
+        }                                                                                      \
+    }
+
 #define ALL_LOOPS(T, U) SUM_LOOP(T, U) CMP_LOOP(T, max, >) CMP_LOOP(T, min, <)
+#define FLOAT_LOOPS(T) ALL_LOOPS(T, T) OP_LOOP(T, prod, a * b)
+#define INT_LOOPS(T, U)                                                                        \
+    ALL_LOOPS(T, U)                                                                            \
+    OP_LOOP(T, prod, (uint64_t)a * (uint64_t)b)                                                \
+    OP_LOOP(T, band, a & b) OP_LOOP(T, bor, a | b) OP_LOOP(T, bxor, a ^ b)
 
-ALL_LOOPS(float, float)
-ALL_LOOPS(double, double)
-ALL_LOOPS(int8_t, uint8_t)
-ALL_LOOPS(int16_t, uint16_t)
-ALL_LOOPS(int32_t, uint32_t)
-ALL_LOOPS(int64_t, uint64_t)
-ALL_LOOPS(uint8_t, uint8_t)
-ALL_LOOPS(uint16_t, uint16_t)
-ALL_LOOPS(uint32_t, uint32_t)
-ALL_LOOPS(uint64_t, uint64_t)
+FLOAT_LOOPS(float)
+FLOAT_LOOPS(double)
+INT_LOOPS(int8_t, uint8_t)
+INT_LOOPS(int16_t, uint16_t)
+INT_LOOPS(int32_t, uint32_t)
+INT_LOOPS(int64_t, uint64_t)
+INT_LOOPS(uint8_t, uint8_t)
+INT_LOOPS(uint16_t, uint16_t)
+INT_LOOPS(uint32_t, uint32_t)
+INT_LOOPS(uint64_t, uint64_t)
 
-/* bool: sum is logical or (as NumPy's add), max is or, min is and. */
+/* bool: sum is logical or (as NumPy's add), max is or, min is and; prod and band are and,
+ * bor is or, bxor is parity. */
 static void or_bool(char *out_, char *const *rows, int p, Py_ssize_t n)
 {
     uint8_t *out = (uint8_t *)out_;
@@ -84,9 +108,22 @@ static void and_bool(char *out_, char *const *rows, int p, Py_ssize_t n)
     }
 }
 
-#define ROW(T) {sum_##T, max_##T, min_##T}
+static void xor_bool(char *out_, char *const *rows, int p, Py_ssize_t n)
+{
+    uint8_t *out = (uint8_t *)out_;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint8_t v = 0;
+        for (int j = 0; j < p; j++) v ^= (uint8_t)(rows[j][i] != 0);
+        out[i] = v;
+    }
+}
+
+/* NULL: an op the kind does not have (bitwise ops of floats); callers check rc_reducible. */
+#define FLOAT_ROW(T) {sum_##T, max_##T, min_##T, prod_##T, NULL, NULL, NULL}
+#define INT_ROW(T) {sum_##T, max_##T, min_##T, prod_##T, band_##T, bor_##T, bxor_##T}
 const reducer rc_reducers[N_KINDS][N_OPS] = {
-    ROW(float), ROW(double), ROW(int8_t), ROW(int16_t), ROW(int32_t), ROW(int64_t),
-    ROW(uint8_t), ROW(uint16_t), ROW(uint32_t), ROW(uint64_t), {or_bool, or_bool, and_bool},
+    FLOAT_ROW(float), FLOAT_ROW(double), INT_ROW(int8_t), INT_ROW(int16_t), INT_ROW(int32_t),
+    INT_ROW(int64_t), INT_ROW(uint8_t), INT_ROW(uint16_t), INT_ROW(uint32_t), INT_ROW(uint64_t),
+    {or_bool, or_bool, and_bool, and_bool, and_bool, or_bool, xor_bool},
 };
 const int rc_itemsize[N_KINDS] = {4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1};

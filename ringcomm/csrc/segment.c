@@ -170,7 +170,7 @@ static int finish(Segment *s, int which, char *out, Py_ssize_t n, int kind, int 
     for (int j = 0; j < s->count; j++)
         if (j != s->index && memcmp(slot(s, j, which), mine, HEADER_BYTES) != 0)
             return MISMATCH;
-    if (kind < 0 || op < 0)
+    if (!reducible(kind, op))
         return REDUCE;
     char *rows[MAX_RANKS];
     for (int j = 0; j < s->count; j++) rows[j] = slot(s, j, which) + HEADER_BYTES;

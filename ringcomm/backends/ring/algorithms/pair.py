@@ -28,7 +28,8 @@ __all__ = ["OPCODES", "PairPlan", "allreduce", "plan"]
 _DONE, _GONE, _MISMATCH, _PENDING = (native.Codes.DONE, native.Codes.GONE,
                                      native.Codes.MISMATCH, native.Codes.PENDING)
 # The core's operations, by the ufunc that reduces in Python.
-OPCODES: dict[object, int] = {np.add: 0, np.maximum: 1, np.minimum: 2}
+OPCODES: dict[object, int] = {np.add: 0, np.maximum: 1, np.minimum: 2, np.multiply: 3,
+                              np.bitwise_and: 4, np.bitwise_or: 5, np.bitwise_xor: 6}
 
 
 class PairPlan(NamedTuple):
@@ -42,9 +43,11 @@ class PairPlan(NamedTuple):
     sig: Signature  # the call with number 0 (for error messages)
 
 
-def plan(sig: Signature, dtype: np.dtype, ufunc: Callable) -> PairPlan:
-    """Return the plan of calls like `sig` (call number 0)."""
-    n = int(np.prod(sig.shape, dtype=np.int64)) * dtype.itemsize
+def plan(sig: Signature, dtype: np.dtype, ufunc: Callable, nbytes: int | None = None
+         ) -> PairPlan:
+    """Return the plan of calls like `sig` (call number 0) that move `nbytes` (by default
+    the whole array of `sig`'s shape)."""
+    n = int(np.prod(sig.shape, dtype=np.int64)) * dtype.itemsize if nbytes is None else nbytes
     opcode = OPCODES.get(ufunc, -1)
     return PairPlan(header.pack(sig), np.empty((2, header.SIZE + n), np.uint8),
                     native.kind(dtype) if opcode >= 0 else -1, opcode,
