@@ -24,12 +24,13 @@ from .errors import (
     PeerError,
     RingcommError,
 )
-from .group import Group, Work, init, is_available
+from .group import Group, Work, init, is_available, new_group
 from .objects import all_gather_object, broadcast_object, recv_object, send_object
 from .ops import (
     all_gather,
     all_max,
     all_min,
+    all_reduce,
     all_sum,
     all_to_all,
     barrier,
@@ -37,10 +38,12 @@ from .ops import (
     gather,
     recv,
     recv_like,
+    reduce_scatter,
     scatter,
     send,
     sum_scatter,
 )
+from .signature import ReduceOp
 from .training import (
     GradientReducer,
     average_gradients,
@@ -48,6 +51,7 @@ from .training import (
     tree_map,
     tree_unflatten,
 )
+from .uneven import all_gather_v, all_to_all_v, reduce_scatter_v
 
 
 def _version() -> str:
@@ -62,8 +66,9 @@ def _version() -> str:
 __version__ = _version()
 
 __all__ = [
-    "Group", "Work", "init", "is_available",
-    "all_sum", "all_max", "all_min", "all_gather", "sum_scatter",
+    "Group", "Work", "init", "is_available", "new_group",
+    "all_sum", "all_max", "all_min", "all_reduce", "ReduceOp", "all_gather", "sum_scatter",
+    "reduce_scatter", "all_gather_v", "reduce_scatter_v", "all_to_all_v",
     "send", "recv", "recv_like", "broadcast", "barrier",
     "all_to_all", "gather", "scatter",
     "all_gather_object", "broadcast_object", "send_object", "recv_object",

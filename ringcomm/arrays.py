@@ -10,7 +10,7 @@ out; a torch tensor in, a tensor of the same dtype and device out.
   detached); bfloat16 travels as its bits through ``ml_dtypes.bfloat16``.
 - JAX arrays: a view of the host buffer; the result is put on the input's
   device with the input's dtype.
-- MLX arrays: one copy out, one copy back in (bfloat16 as its bits).
+- MLX arrays: a read-only view on the way in (no copy), one copy back (bfloat16 as its bits).
 - GPU arrays (CUDA torch tensors, CuPy) are staged through host memory: one
   device-to-host copy on the way in and one host-to-device copy onto the
   input's device on the way out. No GPU-direct transport exists.
@@ -22,6 +22,8 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from .signature import ReduceOp
 
 __all__ = ["Adapted", "adapt", "bfloat16", "check_dtype", "dtype_code", "dtype_from_code"]
 
@@ -56,15 +58,16 @@ def dtype_from_code(code: int) -> np.dtype | None:
     return _CODES[code - 1] if 0 < code <= len(_CODES) else None
 
 
-def check_dtype(dt: np.dtype, op: str) -> None:
-    """Raise TypeError unless `op` supports arrays of dtype `dt`."""
+def check_dtype(dt: np.dtype, op: str, reduce: ReduceOp | None = None) -> None:
+    """Raise TypeError unless `op` (reducing by `reduce`, if it reduces) supports arrays of
+    dtype `dt`."""
     if not isinstance(dt, np.dtype):
         dt = np.dtype(dt)
     if dt not in _CODE_OF:
         supported = ", ".join(str(d) for d in _CODES)
         raise TypeError(f"{op}: unsupported dtype {np.dtype(dt)!s}; supported: {supported}")
-    if dt.kind == "c" and op in ("all_max", "all_min"):
-        raise TypeError(f"{op}: complex numbers have no order; reduce .real and .imag separately")
+    if reduce is not None and (why := reduce.refuses(dt)) is not None:
+        raise TypeError(f"{op}({reduce.value}): no reduction of {dt} arrays: {why}")
 
 
 class Adapted(NamedTuple):
@@ -121,12 +124,19 @@ def _from_mlx(x: Any) -> Adapted:
     import mlx.core as mx
 
     dtype = x.dtype
-    if dtype == mx.bfloat16:  # NumPy has no bfloat16: move the bits as uint16
-        a = np.array(x.view(mx.uint16)).view(_need_bfloat16("arrays"))
+    # Zero copies on the way in: MLX's buffer protocol hands out its (evaluated) memory. The
+    # view is taken of a private alias of x, not of x: `x[i] = v` replaces x's descriptor, and
+    # an old buffer that nothing else holds may be donated to the next op's output; the alias
+    # holds it, so the view never sees it reused. Read-only: inputs are never written.
+    if dtype == mx.bfloat16:  # no PEP 3118 format for bfloat16: its bits as uint16
+        a = np.asarray(x.view(mx.uint16)).view(_need_bfloat16("arrays"))
     else:
-        a = np.array(x)
+        a = np.asarray(x.reshape(x.shape))
+    a.flags.writeable = False
 
     def wrap(r: np.ndarray) -> Any:
+        # One copy on the way back: MLX 0.32 adopts no foreign memory (mx.array and
+        # mx.from_dlpack copy), so the result never aliases a buffer of ringcomm's pool.
         if dtype == mx.bfloat16:
             return mx.array(_c_order(r).view(np.uint16)).view(mx.bfloat16)
         return mx.array(r, dtype=dtype)  # without dtype, float64 would come back float32

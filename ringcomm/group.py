@@ -17,7 +17,7 @@ from .backends.base import Backend
 from .backends.mpi import detect as mpi_detect
 from .errors import InitError
 
-__all__ = ["Group", "Work", "init", "is_available", "world"]
+__all__ = ["Group", "Work", "init", "is_available", "new_group", "world"]
 
 _lock = threading.Lock()
 _world: Group | None = None
@@ -133,6 +133,24 @@ class Group:
             raise ValueError(f"split: color must be >= 0, got {color}")
         k = self.rank() if key == -1 else key
         return self._calls.run(lambda: Group(self._backend.split(color, k), f"split{color}"))
+
+    def new_group(self, ranks: list[int] | tuple[int, ...], tag: str = "") -> Group:
+        """Return the group of `ranks` (ranks of this group; the new group's rank i is
+        ranks[i]), made by those ranks alone: only members call it, and every member passes
+        the same `ranks` and `tag` (which tells apart groups of the same ranks). For
+        frameworks whose groups are made by their members only (torch's new_group)."""
+        members = [int(r) for r in ranks]
+        size, me = self.size(), self.rank()
+        if not members or len(set(members)) != len(members):
+            raise ValueError(f"new_group: ranks must be distinct and at least one, got {members}")
+        if any(not 0 <= r < size for r in members):
+            raise ValueError(f"new_group: ranks must be in [0, {size}), got {members}")
+        if me not in members:
+            raise ValueError(f"new_group: rank {me} is not in {members}; only the members of "
+                             "a new group call new_group (use split() for a call of every rank)")
+        name = tag or ",".join(map(str, members))
+        return self._calls.run(lambda: Group(self._backend.subgroup(members, str(tag)),
+                                             f"group({name})"))
 
     @property
     def backend(self) -> str:
@@ -264,3 +282,10 @@ def is_available(backend: str = "any") -> bool:
     if backend == "any":
         return True
     return backend in backends.names() and backends.available(backend)
+
+
+def new_group(ranks: list[int] | tuple[int, ...], *, parent: Group | None = None,
+              tag: str = "") -> Group:
+    """Return the group of `ranks` of `parent` (the world by default), made by those ranks
+    alone (`Group.new_group`)."""
+    return (parent if parent is not None else world()).new_group(ranks, tag)

@@ -21,10 +21,12 @@ from . import group as _groups
 from .arrays import adapt, check_dtype
 from .backends.base import Backend
 from .errors import RingcommError
+from .frameworks import hook, register
 from .group import Group, Work, world
 from .signature import ReduceOp
 
 __all__ = [
+    "all_reduce",
     "all_gather",
     "all_to_all",
     "all_max",
@@ -37,6 +39,7 @@ __all__ = [
     "recv_like",
     "scatter",
     "send",
+    "reduce_scatter",
     "sum_scatter",
 ]
 
@@ -91,21 +94,50 @@ def _guarded(op: str, fn: Callable[[], Any], inputs: tuple[np.ndarray, ...]) -> 
 
 
 _ndarray = np.ndarray
-_SUM, _MAX, _MIN = ReduceOp.SUM, ReduceOp.MAX, ReduceOp.MIN
+_SUM, _MAX, _MIN, _AVG = ReduceOp.SUM, ReduceOp.MAX, ReduceOp.MIN, ReduceOp.AVG
 
 
-def _reduce(op: str, rop: ReduceOp, x: ArrayT, group: Group | None, async_op: bool) -> Any:
-    if type(x) is _ndarray and not async_op:
+def _fw(name: str, x: Any, args: tuple, group: Group | None, stream: object, async_op: bool,
+        **more: Any) -> Any:
+    """Hand a call on a framework's array to that framework's module first (`frameworks`):
+    its result, or NotImplemented for the plain path."""
+    module = hook(x)
+    if module is None:
+        return NotImplemented
+    kwargs = {"group": group, "stream": stream, "async_op": async_op, **more}
+    return module.dispatch(name, x, args, kwargs)
+
+
+def reduce_op(op: ReduceOp | str) -> ReduceOp:
+    """Return the ReduceOp named by `op` (a ReduceOp or its value, "sum")."""
+    if isinstance(op, ReduceOp):
+        return op
+    try:
+        return ReduceOp(str(op).lower())
+    except ValueError:
+        names = ", ".join(repr(o.value) for o in ReduceOp)
+        raise ValueError(f"unknown reduce op {op!r}; use one of {names}") from None
+
+
+def _reduce(op: str, rop: ReduceOp, x: ArrayT, group: Group | None, async_op: bool,
+            stream: object = None) -> Any:
+    if type(x) is not _ndarray:
+        more = {"op": rop} if op == "all_reduce" else {}
+        if (r := _fw(op, x, (), group, stream, async_op, **more)) is not NotImplemented:
+            return r
+    elif not async_op:
         # The latency path: a NumPy array, a group with no call in flight, a backend that has
         # a fast path for it (it returns None where it has not).
         g = _groups._world if group is None else group
         if g is not None and g._calls.pending == 0:
             y = g._backend.reduce_small(x, rop)  # type: ignore[arg-type]
             if y is not None:
+                if rop is _AVG:
+                    np.divide(y, g._backend.size, out=y)
                 return y
     ad = adapt(x)
     a = ad.array
-    check_dtype(a.dtype, op)
+    check_dtype(a.dtype, op, rop)
     src = a if a.flags.c_contiguous else np.asarray(a, order="C")
     out = _pool.empty(src.shape, src.dtype)
     g = _group(group)
@@ -113,6 +145,8 @@ def _reduce(op: str, rop: ReduceOp, x: ArrayT, group: Group | None, async_op: bo
 
     def run() -> ArrayT:
         b.all_reduce_into(src, out, rop)
+        if rop is _AVG:
+            np.divide(out, b.size, out=out)
         return ad.wrap(out)
     return _call(g, op, run, async_op, (src,))
 
@@ -126,7 +160,7 @@ def all_sum(x: ArrayT, *, group: Group | None = ..., stream: object = ...,
 def all_sum(x: ArrayT, *, group: Group | None = None, stream: object = None,
             async_op: bool = False) -> ArrayT | Work:
     """Return the elementwise sum of `x` over all ranks (logical or for bool)."""
-    return _reduce("all_sum", _SUM, x, group, async_op)
+    return _reduce("all_sum", _SUM, x, group, async_op, stream)
 
 
 @overload
@@ -138,7 +172,7 @@ def all_max(x: ArrayT, *, group: Group | None = ..., stream: object = ...,
 def all_max(x: ArrayT, *, group: Group | None = None, stream: object = None,
             async_op: bool = False) -> ArrayT | Work:
     """Return the elementwise maximum of `x` over all ranks."""
-    return _reduce("all_max", _MAX, x, group, async_op)
+    return _reduce("all_max", _MAX, x, group, async_op, stream)
 
 
 @overload
@@ -150,7 +184,7 @@ def all_min(x: ArrayT, *, group: Group | None = ..., stream: object = ...,
 def all_min(x: ArrayT, *, group: Group | None = None, stream: object = None,
             async_op: bool = False) -> ArrayT | Work:
     """Return the elementwise minimum of `x` over all ranks."""
-    return _reduce("all_min", _MIN, x, group, async_op)
+    return _reduce("all_min", _MIN, x, group, async_op, stream)
 
 
 @overload
@@ -162,6 +196,9 @@ def all_gather(x: ArrayT, *, group: Group | None = ..., stream: object = ...,
 def all_gather(x: ArrayT, *, group: Group | None = None, stream: object = None,
                async_op: bool = False) -> ArrayT | Work:
     """Return every rank's `x` concatenated along axis 0 (a 0-d `x` counts as shape (1,))."""
+    if type(x) is not _ndarray:
+        if (r := _fw("all_gather", x, (), group, stream, async_op)) is not NotImplemented:
+            return r
     ad = adapt(x)
     check_dtype(ad.array.dtype, "all_gather")
     g = _group(group)
@@ -184,24 +221,44 @@ def sum_scatter(x: ArrayT, *, group: Group | None = ..., stream: object = ...,
 def sum_scatter(x: ArrayT, *, group: Group | None = None, stream: object = None,
                 async_op: bool = False) -> ArrayT | Work:
     """Return rows [r*n/size, (r+1)*n/size) of the sum of `x` over ranks, on rank r."""
+    return _scatter("sum_scatter", x, _SUM, group, stream, async_op)
+
+
+def reduce_scatter(x: ArrayT, op: ReduceOp | str = "sum", *, group: Group | None = None,
+                   stream: object = None, async_op: bool = False) -> ArrayT | Work:
+    """Return rows [r*n/size, (r+1)*n/size) of the reduction of `x` by `op` over ranks, on
+    rank r (`sum_scatter` with any ReduceOp)."""
+    return _scatter("reduce_scatter", x, reduce_op(op), group, stream, async_op)
+
+
+def _scatter(op: str, x: Any, rop: ReduceOp, group: Group | None, stream: object,
+             async_op: bool) -> Any:
+    if type(x) is not _ndarray:
+        more = {"op": rop} if op == "reduce_scatter" else {}
+        if (r := _fw(op, x, (), group, stream, async_op, **more)) is not NotImplemented:
+            return r
     ad = adapt(x)
-    check_dtype(ad.array.dtype, "sum_scatter")
+    check_dtype(ad.array.dtype, op, rop)
     g = _group(group)
     b = g._backend
     a = ad.array
-    if a.ndim == 0 or a.shape[0] % b.size:
-        got = "a 0-d array" if a.ndim == 0 else f"{a.shape[0]} rows"
-        raise ValueError(
-            f"sum_scatter: axis 0 must divide evenly among {b.size} ranks, got {got}; "
-            "pad the array to a multiple of the group size"
-        )
+    _blocks(op, a, b.size)
     src = np.asarray(a, order="C")
     out = np.empty((a.shape[0] // b.size,) + a.shape[1:], dtype=a.dtype)
 
-    def run() -> ArrayT:
-        b.reduce_scatter(src, out, ReduceOp.SUM)
+    def run() -> Any:
+        b.reduce_scatter(src, out, rop)
+        if rop is _AVG:
+            np.divide(out, b.size, out=out)
         return ad.wrap(out)
-    return _call(g, "sum_scatter", run, async_op, (src,))
+    return _call(g, op, run, async_op, (src,))
+
+
+def all_reduce(x: ArrayT, op: ReduceOp | str = "sum", *, group: Group | None = None,
+               stream: object = None, async_op: bool = False) -> ArrayT | Work:
+    """Return the elementwise reduction of `x` over all ranks by `op`: a ReduceOp or its
+    name ("sum", "avg", "prod", "max", "min", "band", "bor", "bxor")."""
+    return _reduce("all_reduce", reduce_op(op), x, group, async_op, stream)
 
 
 @overload
@@ -213,6 +270,9 @@ def send(x: ArrayT, dst: int, *, group: Group | None = ..., stream: object = ...
 def send(x: ArrayT, dst: int, *, group: Group | None = None, stream: object = None,
          async_op: bool = False) -> ArrayT | Work:
     """Send `x` to rank `dst` of the group (any rank but this one) and return `x`."""
+    if type(x) is not _ndarray:
+        if (r := _fw("send", x, (dst,), group, stream, async_op)) is not NotImplemented:
+            return r
     if type(x) is _ndarray and not async_op:
         # The latency path (as _reduce's): the backend returns False where it has none.
         g = _groups._world if group is None else group
@@ -270,6 +330,9 @@ def recv_like(x: ArrayT, src: int, *, group: Group | None = ..., stream: object 
 def recv_like(x: ArrayT, src: int, *, group: Group | None = None, stream: object = None,
               async_op: bool = False) -> ArrayT | Work:
     """Return an array like `x` (shape, dtype, array type) that rank `src` sent with `send`."""
+    if type(x) is not _ndarray:
+        if (r := _fw("recv_like", x, (src,), group, stream, async_op)) is not NotImplemented:
+            return r
     if type(x) is _ndarray and not async_op:
         g = _groups._world if group is None else group
         if g is not None and g._calls.pending == 0:
@@ -300,6 +363,9 @@ def broadcast(x: ArrayT, root: int = ..., *, group: Group | None = ..., stream: 
 def broadcast(x: ArrayT, root: int = 0, *, group: Group | None = None,
               stream: object = None, async_op: bool = False) -> ArrayT | Work:
     """Return root's `x` on every rank."""
+    if type(x) is not _ndarray:
+        if (r := _fw("broadcast", x, (root,), group, stream, async_op)) is not NotImplemented:
+            return r
     ad = adapt(x)
     check_dtype(ad.array.dtype, "broadcast")
     g = _group(group)
@@ -345,6 +411,9 @@ def all_to_all(x: ArrayT, *, group: Group | None = None, stream: object = None,
 
     Returns an array of `x`'s shape whose block i is what rank i sent to this rank.
     """
+    if type(x) is not _ndarray:
+        if (r := _fw("all_to_all", x, (), group, stream, async_op)) is not NotImplemented:
+            return r
     ad = adapt(x)
     check_dtype(ad.array.dtype, "all_to_all")
     g = _group(group)
@@ -371,6 +440,9 @@ def gather(x: ArrayT, root: int = 0, *, group: Group | None = None, stream: obje
 
     The empty array has shape (0, *x.shape[1:]) and `x`'s dtype; a 0-d `x` counts as shape (1,).
     """
+    if type(x) is not _ndarray:
+        if (r := _fw("gather", x, (root,), group, stream, async_op)) is not NotImplemented:
+            return r
     ad = adapt(x)
     check_dtype(ad.array.dtype, "gather")
     g = _group(group)
@@ -399,6 +471,9 @@ def scatter(x: ArrayT, root: int = 0, *, group: Group | None = None, stream: obj
     Every rank passes an array of root's shape and dtype (only root's values are sent;
     the others' are checked like any call's).
     """
+    if type(x) is not _ndarray:
+        if (r := _fw("scatter", x, (root,), group, stream, async_op)) is not NotImplemented:
+            return r
     ad = adapt(x)
     check_dtype(ad.array.dtype, "scatter")
     g = _group(group)
@@ -412,3 +487,7 @@ def scatter(x: ArrayT, root: int = 0, *, group: Group | None = None, stream: obj
         b.scatter(src, out, root)
         return ad.wrap(out)
     return _call(g, "scatter", run, async_op, (src,))
+
+
+register(all_sum, all_max, all_min, all_reduce, all_gather, sum_scatter, reduce_scatter, send,
+         recv, recv_like, broadcast, barrier, all_to_all, gather, scatter)

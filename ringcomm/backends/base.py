@@ -141,6 +141,13 @@ class Backend(ABC):
         m = out.shape[0]
         out[...] = whole[self.rank * m:(self.rank + 1) * m]
 
+    def subgroup(self, ranks: list[int], tag: str) -> Backend:
+        """Return the group of `ranks` (ranks of this group; its rank i is ranks[i]), made by
+        those ranks alone: collective over them, not over this group. Members pass the same
+        `ranks` and `tag` (what tells apart two groups of the same ranks)."""
+        raise NotImplementedError(f"the {self.name} backend cannot make a group of some of "
+                                  "its ranks without the others; use split()")
+
     def _all_gather_as(self, buf: np.ndarray, out: np.ndarray, op: Op, root: int) -> None:
         """The all_gather under the defaults above; a backend that checks calls by name
         overrides it to check the call as `op` (with `root`)."""

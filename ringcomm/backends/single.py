@@ -48,6 +48,9 @@ class SingleBackend(Backend):
     def split(self, color: int, key: int) -> Backend:
         return SingleBackend()
 
+    def subgroup(self, ranks: list[int], tag: str) -> Backend:
+        return SingleBackend()
+
 
 def create(environ: Mapping[str, str], timeout: float) -> SingleBackend:
     """Return the group of this process alone (the registry's factory)."""

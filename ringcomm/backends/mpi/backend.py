@@ -24,7 +24,7 @@ import numpy as np
 
 from ...arrays import dtype_code, dtype_from_code
 from ...errors import InitError, MismatchError
-from ...signature import REDUCTIONS, Op, ReduceOp, Signature
+from ...signature import REDUCTIONS, SCATTER_OPS, Op, ReduceOp, Signature
 from ..base import Backend
 from . import detect as mpi_env
 from .watchdog import CallDeadline, Watchdog
@@ -178,9 +178,13 @@ class MPIBackend(Backend):
             np.dtype(np.complex128): b.C_DOUBLE_COMPLEX,
         }
         self._exported = set(self._types) | {np.dtype(np.bool_), np.dtype(np.float16)}
-        self._ops = {ReduceOp.SUM: b.SUM, ReduceOp.MAX: b.MAX, ReduceOp.MIN: b.MIN}
-        # MPI defines only logical ops on C_BOOL: or is sum and max, and is min.
-        self._bool_ops = {ReduceOp.SUM: b.LOR, ReduceOp.MAX: b.LOR, ReduceOp.MIN: b.LAND}
+        self._ops = {ReduceOp.SUM: b.SUM, ReduceOp.AVG: b.SUM, ReduceOp.PROD: b.PROD,
+                     ReduceOp.MAX: b.MAX, ReduceOp.MIN: b.MIN, ReduceOp.BAND: b.BAND,
+                     ReduceOp.BOR: b.BOR, ReduceOp.BXOR: b.BXOR}
+        # MPI defines only logical ops on C_BOOL: or is sum and max, and is min and product.
+        self._bool_ops = {ReduceOp.SUM: b.LOR, ReduceOp.MAX: b.LOR, ReduceOp.MIN: b.LAND,
+                          ReduceOp.PROD: b.LAND, ReduceOp.BAND: b.LAND, ReduceOp.BOR: b.LOR,
+                          ReduceOp.BXOR: b.LXOR}
 
     @property
     def rank(self) -> int:
@@ -227,6 +231,13 @@ class MPIBackend(Backend):
     def _reduction(self, dt: np.dtype, op: ReduceOp) -> tuple[Any, Any]:
         if dt == np.bool_:
             return self._MPI.C_BOOL, self._bool_ops[op]
+        if dt.kind in "iu" and dt.itemsize <= 2 and op in (ReduceOp.SUM, ReduceOp.PROD):
+            # OpenMPI's vectorised ops (its avx component) saturate 8- and 16-bit integer
+            # sums of 64 elements and more (127 + 3 gives 127); NumPy wraps, as the ring does.
+            return self._types[dt], _user_op(self._MPI, dt, op)
+        if dt.kind == "c" and op in (ReduceOp.MAX, ReduceOp.MIN):
+            # MPI orders no complex numbers: NumPy's order, by a user op of the same type.
+            return self._types[dt], _user_op(self._MPI, dt, op)
         if dt in self._types:
             return self._types[dt], self._ops[op]
         if dt.itemsize != 2:  # pragma: no cover - ops.py admits only the dtype table
@@ -259,9 +270,10 @@ class MPIBackend(Backend):
                 send = self._MPI.IN_PLACE if out is src else [raw[i:i + step], spec[1], mtype]
                 self._comm.Allreduce(send, spec, mop)
 
-    def all_gather(self, buf: np.ndarray, out: np.ndarray) -> None:
-        with self._call("all_gather", buf):
-            self._agree(Op.ALL_GATHER, buf.dtype, buf.shape)
+    def all_gather(self, buf: np.ndarray, out: np.ndarray, op: Op = Op.ALL_GATHER,
+                   arg: int = 0) -> None:
+        with self._call(op.label, buf):
+            self._agree(op, buf.dtype, buf.shape, arg)
             raw, dst, n = _raw(buf), _raw(out), buf.nbytes
             BYTE = self._MPI.BYTE
             if n <= _CHUNK_BYTES:
@@ -277,6 +289,9 @@ class MPIBackend(Backend):
                     self._comm.Allgather([raw[i:i + count], count, BYTE], [dst[i:], 1, spaced])
                 finally:
                     spaced.Free()
+
+    def _all_gather_as(self, buf: np.ndarray, out: np.ndarray, op: Op, root: int) -> None:
+        self.all_gather(buf, out, op, root)
 
     def all_to_all(self, buf: np.ndarray, out: np.ndarray) -> None:
         block = buf.nbytes // self._size
@@ -314,10 +329,8 @@ class MPIBackend(Backend):
             super().scatter(buf, out, root)
 
     def reduce_scatter(self, buf: np.ndarray, out: np.ndarray, op: ReduceOp) -> None:
-        if op is not ReduceOp.SUM:  # pragma: no cover - ops.py offers sum_scatter only
-            raise ValueError(f"mpi backend: reduce_scatter supports only SUM, got {op}")
-        with self._call("sum_scatter", buf):
-            self._agree(Op.SUM_SCATTER, buf.dtype, buf.shape)
+        with self._call("sum_scatter" if op is ReduceOp.SUM else "reduce_scatter", buf):
+            self._agree(Op.SUM_SCATTER, buf.dtype, buf.shape, SCATTER_OPS[op])
             if buf.size == 0:
                 return
             raw, dst, m, item = _raw(buf), _raw(out), out.nbytes, buf.itemsize
@@ -353,6 +366,18 @@ class MPIBackend(Backend):
         with self._call("split"):
             self._agree(Op.SPLIT)
             comm = self._comm.Split(color, key)
+        return MPIBackend(self._MPI, comm, self._timeout)
+
+    def subgroup(self, ranks: list[int], tag: str) -> MPIBackend:
+        # MPI_Comm_create_group is collective over the group's members only; its tag tells
+        # apart two groups made at once.
+        digest = hashlib.blake2b(f"{ranks}/{tag}".encode(), digest_size=2).digest()
+        with self._call("new_group"):
+            group = self._comm.Get_group().Incl(ranks)
+            try:
+                comm = self._comm.Create_group(group, int.from_bytes(digest, "little") & 0x7FFF)
+            finally:
+                group.Free()
         return MPIBackend(self._MPI, comm, self._timeout)
 
     def _header(self, buf: np.ndarray, seq: int) -> np.ndarray:

@@ -28,7 +28,7 @@ import numpy as np
 from ... import environment, native, trace
 from ...arrays import check_dtype
 from ...errors import RingcommError
-from ...signature import REDUCTIONS, Op, ReduceOp, Signature
+from ...signature import REDUCTIONS, SCATTER_OPS, Op, ReduceOp, Signature
 from ...transport import shm
 from ...transport.endpoint import Endpoint
 from ...transport.net import parse_address
@@ -57,7 +57,7 @@ _WORLD_ID = 1
 _MISSING = Plans.MISSING
 
 
-def _child_id(parent: int, nth: int, color: int) -> int:
+def _child_id(parent: int, nth: int, color: object) -> int:
     digest = hashlib.blake2b(f"{parent}/{nth}/{color}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") | 2  # never the world's id
 
@@ -87,6 +87,7 @@ class RingBackend(Backend):
         self.route = Route()
         self._seq = 0
         self._splits = 0
+        self._made: dict[tuple[tuple[int, ...], str], int] = {}  # subgroup() by kind
         self._links = RingLinks(ep, members, gid, label, self._peer)
         self._flat = FlatRing(ep, self._links, self._rank, self._size, gid, label, self.route,
                               SPIN_SECONDS if self._size <= _cores() else 0.0, self._took,
@@ -339,7 +340,7 @@ class RingBackend(Backend):
     def _plan(self, x: np.ndarray, op: ReduceOp) -> Plan | pair.PairPlan | None:
         """Return the plan of fast reductions like `x`, or None where they take another path."""
         kind = REDUCTIONS[op]
-        check_dtype(x.dtype, kind.label)
+        check_dtype(x.dtype, kind.label, op)
         local = self._local
         most = local.small if local is not None else choose.PAIR_SMALL_BYTES
         if x.size == 0 or x.nbytes > most:
@@ -366,7 +367,7 @@ class RingBackend(Backend):
 
     @tracked
     def reduce_scatter(self, buf: np.ndarray, out: np.ndarray, op: ReduceOp) -> None:
-        sig = self._sig(Op.SUM_SCATTER, buf)
+        sig = self._sig(Op.SUM_SCATTER, buf, SCATTER_OPS[op])
         p, m = self._size, out.size
         flat, dst = buf.reshape(-1), out.reshape(-1)
         if p == 1 or m == 0:
@@ -457,6 +458,13 @@ class RingBackend(Backend):
         label = f"{self.label}.split({color})"
         deadline = time.monotonic() + self._ep.timeout
         return RingBackend(self._ep, [self._world(i) for _, i in chosen], gid, label, deadline)
+
+    def subgroup(self, ranks: list[int], tag: str) -> Backend:
+        kind = (tuple(ranks), tag)  # counted, so that a group made again has an id of its own
+        nth = self._made[kind] = self._made.get(kind, 0) + 1
+        return RingBackend(self._ep, [self._world(i) for i in ranks], _child_id(
+            self.gid, -1 - nth, repr(kind)), f"{self.label}.group({tag or ','.join(map(str, ranks))})",
+            time.monotonic() + self._ep.timeout)
 
     def close(self) -> None:
         if self._across is not None:

@@ -98,9 +98,11 @@ class FlatRing:
         if how is choose.Algorithm.PAIR:
             plans = self.pair
             assert plans is not None
-            key = (sig.op, sig.group, sig.dtype, sig.shape, sig.rank)  # all the header holds
+            # All the header holds, and the size: the ring across hosts of a hierarchical call
+            # reduces a slice of the call's array (the call's shape, fewer bytes).
+            key = (sig.op, sig.group, sig.dtype, sig.shape, sig.rank, flat.size)
             plan = plans.get(key) or plans.add(key, pair.plan(sig._replace(seq=0), flat.dtype,
-                                                              ufunc))
+                                                              ufunc, flat.nbytes))
             self._took("tcp-latency", sig, native=True)
             return self.pair_reduce(flat, out, plan, sig.seq, False)
         if how is choose.Algorithm.DOUBLING:
