@@ -133,16 +133,20 @@ def check_case(c: Case, p: int, r: int) -> None:
         def mine(t: Array) -> Array:
             return loss_of(c.call(t), r)
     want = jax.grad(objective)(xs)[r]
-    for how, got in (("grad", jax.grad(mine)(x)),
-                     ("grad of jit", jax.grad(jax.jit(mine))(x)),
-                     ("jit of grad", jax.jit(jax.grad(mine))(x)),
-                     ("vjp", jax.vjp(mine, x)[1](jnp.ones(()))[0])):
-        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=f"{c.name} {how}")
+    ways = [("grad", jax.grad(mine)), ("grad of jit", jax.grad(jax.jit(mine))),
+            ("vjp", lambda t: jax.vjp(mine, t)[1](jnp.ones(()))[0])]
+    # every jit compiles: the other orders of composition for a few cases only
+    thorough = c.name in ("all_sum", "all_gather", "reduce_scatter_v", "ppermute")
+    if thorough:
+        ways.append(("jit of grad", jax.jit(jax.grad(mine))))
+    for how, fn in ways:
+        np.testing.assert_allclose(fn(x), want, rtol=1e-12, atol=1e-12, err_msg=f"{c.name} {how}")
     ts = [seeded(7 + q, *c.shape(q)) for q in range(p)]
     _, tangent = jax.jvp(c.call, (x,), (ts[r],))
     np.testing.assert_allclose(tangent, c.ref(ts)[r], err_msg=f"{c.name} jvp")
-    _, tangent = jax.jit(lambda a, b: jax.jvp(c.call, (a,), (b,)))(x, ts[r])
-    np.testing.assert_allclose(tangent, c.ref(ts)[r], err_msg=f"{c.name} jvp in jit")
+    if thorough:
+        _, tangent = jax.jit(lambda a, b: jax.jvp(c.call, (a,), (b,)))(x, ts[r])
+        np.testing.assert_allclose(tangent, c.ref(ts)[r], err_msg=f"{c.name} jvp in jit")
 
 
 def check_plain_and_order(p: int, r: int) -> None:
