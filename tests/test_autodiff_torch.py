@@ -5,6 +5,8 @@ result (tests/ranks/autodiff_torch.py)."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from tests.harness import run_case
@@ -27,3 +29,13 @@ def test_a_plain_tensor_takes_the_plain_path_without_torch_distributed():
         assert autograd.dispatch("all_sum", torch.ones(3, requires_grad=True), (), {}) \
             is NotImplemented
     assert not dist.is_initialized()
+
+
+def test_the_tensor_parallel_example_follows_the_unsharded_loss_curve():
+    from tests.harness import ROOT, env, launch_argv, run
+
+    job = run([*launch_argv("-n", "3"), sys.executable,
+               str(ROOT / "examples" / "tensor_parallel_torch.py"), "--steps", "6"],
+              timeout=120, environ=env())
+    assert job.returncode == 0, job.stdout + job.stderr[-3000:]
+    assert "largest difference between the curves" in job.stdout, job.stdout
