@@ -173,10 +173,15 @@ def check_plain_and_order(p: int, r: int) -> None:
 
 
 def check_refusals(p: int, r: int) -> None:
+    from jax.sharding import PartitionSpec as P
+
     x = seeded(9, 4, 2)
+    mesh = jax.make_mesh((1,), ("i",))
     for name, fn in (("jax.vmap", jax.vmap(ringcomm.all_sum)),
                      ("jax.vmap", jax.jit(jax.vmap(lambda t: ringcomm.all_gather(t)))),
-                     ("jax.pmap", jax.pmap(ringcomm.all_sum))):
+                     ("jax.pmap", jax.pmap(ringcomm.all_sum)),
+                     ("jax.shard_map", jax.shard_map(ringcomm.all_sum, mesh=mesh, in_specs=P(),
+                                                     out_specs=P()))):
         try:
             fn(x[:1] if name == "jax.pmap" else x)
         except ValueError as e:
