@@ -181,15 +181,7 @@ def group_suite(group: ringcomm.Group, ranks: list[int], tag: str, mode: str) ->
             x = xs[r]
             before = x.copy()
             name = f"{tag} {dt} {shape} {layout}"
-            for how, fn in reducers.items():
-                if how != "sum" and dt.kind == "c":
-                    try:
-                        fn(x, group=group)
-                    except TypeError:
-                        check(True, "")
-                    else:
-                        check(False, f"all_{how} {name}: complex input did not raise TypeError")
-                    continue
+            for how, fn in reducers.items():  # complex max and min: NumPy's order
                 same(fn(x, group=group), reduced(xs, how, dt), f"all_{how} {name}")
             same(x, before, f"input untouched {name}")
             rows = [a.reshape(1) if a.ndim == 0 else a for a in xs]
