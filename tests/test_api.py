@@ -81,14 +81,29 @@ def test_size_1_collectives_return_their_input() -> None:
         y = fn(x)
         assert np.array_equal(y, x) and y.dtype == x.dtype and y is not x
     assert ringcomm.all_gather(np.float64(2.5)).shape == (1,)
+    for op in ringcomm.ReduceOp:
+        y = ringcomm.all_reduce(np.arange(4, dtype=np.int64 if op.value[0] == "b" else float), op)
+        assert y.tolist() == [0, 1, 2, 3], op
+    x2 = np.arange(6.0).reshape(3, 2)
+    assert ringcomm.all_gather_v(x2).tolist() == x2.tolist()
+    assert ringcomm.reduce_scatter_v(x2, [3], "max").tolist() == x2.tolist()
+    assert ringcomm.all_to_all_v(x2, [3], [3]).tolist() == x2.tolist()
+    alone = ringcomm.new_group([0], tag="alone")
+    assert alone.size() == 1 and ringcomm.all_sum(np.ones(2), group=alone).tolist() == [1, 1]
     assert ringcomm.all_sum(np.float64(2.5)).shape == ()
     ringcomm.barrier()
     assert ringcomm.init().split(3).size() == 1
 
 
 def test_argument_errors_say_what_was_wrong() -> None:
-    with pytest.raises(TypeError, match="all_max: complex"):
-        ringcomm.all_max(np.ones(3, dtype=np.complex64))
+    with pytest.raises(TypeError, match=r"all_reduce\(avg\): no reduction of int32 arrays"):
+        ringcomm.all_reduce(np.ones(3, dtype=np.int32), "avg")
+    with pytest.raises(TypeError, match="bitwise"):
+        ringcomm.reduce_scatter(np.ones(2), ringcomm.ReduceOp.BXOR)
+    with pytest.raises(ValueError, match="unknown reduce op 'mean'"):
+        ringcomm.all_reduce(np.ones(3), "mean")
+    with pytest.raises(TypeError, match="counts is required"):
+        ringcomm.reduce_scatter_v(np.ones(3), None)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="unsupported dtype"):
         ringcomm.all_sum(np.array(["a"]))
     with pytest.raises(TypeError, match="expecting an array"):
