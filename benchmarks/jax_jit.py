@@ -7,7 +7,8 @@ autograd path against a plain tensor.
 Starts itself under ``ringcomm launch -n N`` for every N. On each rank, for every size (float32),
 it times ringcomm.all_sum on: a NumPy array (ringcomm's own path, for reference); a concrete JAX
 array (eager: the plain path, wrapped back into JAX); `jax.jit(ringcomm.all_sum)` (a compiled
-program whose host callback runs the collective, with JAX's ordered effect); a torch tensor; a
+program whose host callback runs the collective, with JAX's ordered effect); JAX's floor for
+that: a jitted program with one ordered `io_callback` that does nothing; a torch tensor; a
 torch tensor that requires grad (the autograd Function: forward only, building the graph); and
 forward plus backward of that (two all_sums). Every result is checked once. The methods run
 interleaved in short rounds, each preceded by a barrier, and each keeps its best round (rank 0's
@@ -40,12 +41,16 @@ def methods(n: int, p: int) -> dict[str, tuple[Callable[[], Any], Callable[[], A
     """Every method as (one call, its result's check)."""
     import jax
     import torch
+    from jax.experimental import io_callback
 
     import ringcomm
 
     a = np.ones(n, np.float32)
     jx = jax.numpy.ones(n, jax.numpy.float32)
     jitted = jax.jit(ringcomm.all_sum)
+    # JAX's own floor: a jitted program whose one ordered host callback does nothing
+    floor = jax.jit(lambda t: io_callback(lambda v: v, jax.ShapeDtypeStruct(t.shape, t.dtype), t,
+                                          ordered=True))
     plain = torch.ones(n)
     leaf = torch.ones(n, requires_grad=True)
     want = np.full(n, float(p), np.float32)
@@ -71,6 +76,7 @@ def methods(n: int, p: int) -> dict[str, tuple[Callable[[], Any], Callable[[], A
         "numpy": (lambda: ringcomm.all_sum(a), close(want)),
         "jax eager": (lambda: ringcomm.all_sum(jx).block_until_ready(), close(want)),
         "jax jit": (lambda: jitted(jx).block_until_ready(), close(want)),
+        "jit callback": (lambda: floor(jx).block_until_ready(), close(np.ones(n, np.float32))),
         "torch plain": (lambda: ringcomm.all_sum(plain), close(want)),
         "torch grad": (lambda: ringcomm.all_sum(leaf), close(want)),
         "torch fwd+bwd": (backward, check_backward),
