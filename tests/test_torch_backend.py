@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import sys
 
-from tests.harness import env, free_port_pair, run, run_case, run_direct, run_together, script
+from tests.harness import (
+    env,
+    free_port_pair,
+    run,
+    run_case,
+    run_direct,
+    run_ranks,
+    run_together,
+    script,
+)
 
 
 def _ok(jobs, case: str, n: int) -> None:
@@ -57,3 +66,11 @@ def test_a_killed_rank_is_a_dist_backend_error_on_the_others_within_the_timeout(
     _ok(jobs[:2], "killed", 2)
     for job in jobs[:2]:
         assert "rank 2" in job.stdout and "exited during the call" in job.stdout, job.stdout
+
+
+def test_ddp_on_2_and_4_ranks_and_fsdp2_on_2_train_as_on_gloo() -> None:
+    for n, more in ((2, ("fsdp",)), (4, ())):
+        job = run_ranks(n, "torch_backend_training.py", "train", *more, timeout=150)
+        assert job.returncode == 0, f"exit {job.returncode}\n{job.stdout}\n{job.stderr[-3000:]}"
+        for rank in range(n):
+            assert f"ok train rank {rank}" in job.stdout, job.stdout

@@ -154,9 +154,25 @@ class ProcessGroupRingcomm(_ProcessGroup):
         self._store = store
         self._timeout = timeout
         self._barriers = 0
+        self._name = ""
+        self._desc = ""
 
     def getBackendName(self) -> str:
         return "ringcomm"
+
+    # torch keeps a group's name and description in its C++ backends, which a Python group
+    # has none of: they live here (DeviceMesh, FSDP2 and functional collectives look them up).
+    def setGroupName(self, name: str) -> None:
+        self._name = name
+
+    def getGroupName(self) -> str:
+        return self._name
+
+    def setGroupDesc(self, desc: str) -> None:
+        self._desc = desc
+
+    def getGroupDesc(self) -> str:
+        return self._desc
 
     def __repr__(self) -> str:
         return f"ProcessGroupRingcomm(rank={self.rank()}, size={self.size()})"
