@@ -180,10 +180,11 @@ class ProcessGroupRingcomm(_ProcessGroup):
     # -- running a call ------------------------------------------------------------------
 
     def _run(self, op: str, fn: Callable[[], None], outputs: list[torch.Tensor],
-             nbytes: int) -> dist.Work:
-        """Run `fn` (backend calls that write `outputs`) in the group's call order."""
+             nbytes: int, opts: Any = None) -> dist.Work:
+        """Run `fn` (backend calls that write `outputs`) in the group's call order: at once
+        when nothing is in flight and the call is small or blocking (async_op=False)."""
         calls = self._calls
-        if nbytes <= INLINE_BYTES and calls.pending == 0:
+        if calls.pending == 0 and (nbytes <= INLINE_BYTES or _blocking(opts)):
             try:
                 fn()
             except RingcommError as e:
@@ -192,9 +193,9 @@ class ProcessGroupRingcomm(_ProcessGroup):
         return Pending(calls.run(fn, async_op=True), outputs, op)
 
     def _then(self, op: str, start: Callable[[bool], Any], finish: Callable[[Any], None],
-              outputs: list[torch.Tensor], nbytes: int) -> dist.Work:
+              outputs: list[torch.Tensor], nbytes: int, opts: Any = None) -> dist.Work:
         """Run a ringcomm API call `start(async_op)`; `finish(result)` copies its result out."""
-        if nbytes <= INLINE_BYTES and self._calls.pending == 0:
+        if self._calls.pending == 0 and (nbytes <= INLINE_BYTES or _blocking(opts)):
             try:
                 finish(start(False))
             except RingcommError as e:
@@ -232,7 +233,7 @@ class ProcessGroupRingcomm(_ProcessGroup):
             except RingcommError as e:
                 raise backend_error("all_reduce", e) from e
             return Done(tensors)
-        return self._run("all_reduce", self._reducer(t, red), tensors, nbytes)
+        return self._run("all_reduce", self._reducer(t, red), tensors, nbytes, opts=opts)
 
     def _reducer(self, t: torch.Tensor, red: _Reduction) -> Callable[[], None]:
         src = red.prepare(t)
@@ -270,7 +271,7 @@ class ProcessGroupRingcomm(_ProcessGroup):
         def run_all() -> None:
             for step in steps:
                 step()
-        return self._run("all_reduce_coalesced", run_all, tensors, nbytes)
+        return self._run("all_reduce_coalesced", run_all, tensors, nbytes, opts=opts)
 
     def reduce(self, tensors: list[torch.Tensor], opts: Any = None) -> dist.Work:
         t = _one("reduce", tensors)
@@ -279,13 +280,13 @@ class ProcessGroupRingcomm(_ProcessGroup):
         root = int(opts.rootRank)
         if root == self.rank():
             return self._run("reduce", self._reducer(t, red), tensors,
-                             t.numel() * t.element_size())
+                             t.numel() * t.element_size(), opts=opts)
         # Every rank reduces (ringcomm has no reduce to one rank); this one keeps its tensor.
         inp = readable(red.prepare(t))
         scratch = np.empty_like(inp)
         b = self._b
         return self._run("reduce", lambda: b.all_reduce_into(inp, scratch, red.op), tensors,
-                         t.numel() * t.element_size())
+                         t.numel() * t.element_size(), opts=opts)
 
     def reduce_scatter(self, outputs: list[torch.Tensor], inputs: list[list[torch.Tensor]],
                        opts: Any = None) -> dist.Work:
@@ -311,14 +312,14 @@ class ProcessGroupRingcomm(_ProcessGroup):
                 b.reduce_scatter(buf, s.array.reshape(-1), red.op)
                 red.finish(s.work, size)
                 s.finish()
-            return self._run("reduce_scatter", run, outputs, nbytes)
+            return self._run("reduce_scatter", run, outputs, nbytes, opts=opts)
 
         def finish(r: np.ndarray) -> None:
             np.copyto(s.array.reshape(-1), r)
             red.finish(s.work, size)
             s.finish()
         return self._then("reduce_scatter", lambda a: uneven.reduce_scatter_v(
-            buf, counts, red.op, group=g, async_op=a), finish, outputs, nbytes)
+            buf, counts, red.op, group=g, async_op=a), finish, outputs, nbytes, opts=opts)
 
     def reduce_scatter_single(self, output: torch.Tensor, input: torch.Tensor,
                               opts: Any = None) -> dist.Work:
@@ -340,7 +341,7 @@ class ProcessGroupRingcomm(_ProcessGroup):
             b.reduce_scatter(inp, s.array.reshape(-1), red.op)
             red.finish(s.work, size)
             s.finish()
-        return self._run("reduce_scatter_tensor", run, [output], inp.nbytes)
+        return self._run("reduce_scatter_tensor", run, [output], inp.nbytes, opts=opts)
 
     _reduce_scatter_base = reduce_scatter_single
 
@@ -375,13 +376,13 @@ class ProcessGroupRingcomm(_ProcessGroup):
             def run() -> None:
                 b.all_gather(inp, buf)
                 back()
-            return self._run("all_gather", run, outs, nbytes)
+            return self._run("all_gather", run, outs, nbytes, opts=opts)
 
         def finish(r: np.ndarray) -> None:
             np.copyto(buf, r)
             back()
         return self._then("all_gather", lambda a: uneven.all_gather_v(
-            inp, counts, group=g, async_op=a), finish, outs, nbytes)
+            inp, counts, group=g, async_op=a), finish, outs, nbytes, opts=opts)
 
     def all_gather_single(self, output: torch.Tensor, input: torch.Tensor,
                           opts: Any = None) -> dist.Work:
@@ -399,7 +400,7 @@ class ProcessGroupRingcomm(_ProcessGroup):
         def run() -> None:
             b.all_gather(inp, s.array.reshape(-1))
             s.finish()
-        return self._run("all_gather_into_tensor", run, [output], s.array.nbytes)
+        return self._run("all_gather_into_tensor", run, [output], s.array.nbytes, opts=opts)
 
     _allgather_base = all_gather_single
 
@@ -424,7 +425,7 @@ class ProcessGroupRingcomm(_ProcessGroup):
         def run() -> None:
             b.broadcast(s.array, root)
             s.finish()
-        return self._run("broadcast", run, tensors, s.array.nbytes)
+        return self._run("broadcast", run, tensors, s.array.nbytes, opts=opts)
 
     def gather(self, outputs: list[list[torch.Tensor]], inputs: list[torch.Tensor],
                opts: Any = None) -> dist.Work:
@@ -434,7 +435,7 @@ class ProcessGroupRingcomm(_ProcessGroup):
         b = self._b
         if self.rank() != root:
             return self._run("gather", lambda: b.gather(inp, None, root), [],
-                             inp.nbytes)
+                             inp.nbytes, opts=opts)
         if len(outputs) != 1 or len(outputs[0]) != self._size:
             raise ValueError(f"ringcomm gather: the root needs a list of {self._size} output "
                              "tensors")
@@ -447,7 +448,7 @@ class ProcessGroupRingcomm(_ProcessGroup):
         def run() -> None:
             b.gather(inp, buf, root)
             back()
-        return self._run("gather", run, outs, buf.nbytes)
+        return self._run("gather", run, outs, buf.nbytes, opts=opts)
 
     def scatter(self, outputs: list[torch.Tensor], inputs: list[list[torch.Tensor]],
                 opts: Any = None) -> dist.Work:
@@ -470,7 +471,7 @@ class ProcessGroupRingcomm(_ProcessGroup):
         def run() -> None:
             b.scatter(buf, s.array.reshape(-1), root)
             s.finish()
-        return self._run("scatter", run, outputs, buf.nbytes)
+        return self._run("scatter", run, outputs, buf.nbytes, opts=opts)
 
     def alltoall(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor],
                  opts: Any = None) -> dist.Work:
@@ -484,7 +485,7 @@ class ProcessGroupRingcomm(_ProcessGroup):
         send, _ = flat(ins, copy_in=True)
         recv, back = flat(outs, copy_in=False)
         return self._exchange("all_to_all", send, recv, back, [t.numel() for t in ins],
-                              [t.numel() for t in outs], outs)
+                              [t.numel() for t in outs], outs, opts=opts)
 
     def all_to_all_single(self, output: torch.Tensor, input: torch.Tensor,
                           output_split_sizes: list[int], input_split_sizes: list[int],
@@ -509,31 +510,33 @@ class ProcessGroupRingcomm(_ProcessGroup):
         s = Staged(output, copy_in=False)
         recv = s.array.reshape(-1)
         return self._exchange("all_to_all_single", send, recv, s.finish,
-                              [n * row_in for n in ins], [n * row_out for n in outs], [output])
+                              [n * row_in for n in ins], [n * row_out for n in outs], [output],
+                              opts=opts)
 
     alltoall_base = all_to_all_single
 
     def _exchange(self, op: str, send: np.ndarray, recv: np.ndarray, back: Callable[[], None],
                   counts_in: list[int], counts_out: list[int],
-                  outputs: list[torch.Tensor]) -> dist.Work:
+                  outputs: list[torch.Tensor], opts: Any = None) -> dist.Work:
         b, g = self._b, self.ringcomm_group
         nbytes = send.nbytes + recv.nbytes
         if len(set(counts_in)) == 1 and counts_in == counts_out:
             def run() -> None:
                 b.all_to_all(send, recv)
                 back()
-            return self._run(op, run, outputs, nbytes)
+            return self._run(op, run, outputs, nbytes, opts=opts)
 
         def finish(r: np.ndarray) -> None:
             np.copyto(recv, r)
             back()
         return self._then(op, lambda a: uneven.all_to_all_v(
-            send, counts_in, counts_out, group=g, async_op=a), finish, outputs, nbytes)
+            send, counts_in, counts_out, group=g, async_op=a), finish, outputs, nbytes,
+            opts=opts)
 
     # -- barriers, send/recv ----------------------------------------------------------------
 
     def barrier(self, opts: Any = None) -> dist.Work:
-        return self._run("barrier", self._b.barrier, [], 0)
+        return self._run("barrier", self._b.barrier, [], 0, opts=opts)
 
     def monitored_barrier(self, timeout: Any = None, wait_all_ranks: bool = False) -> None:
         """Return once every rank arrived, else raise naming the ranks that did not, within
@@ -561,6 +564,11 @@ def back_into(tensors: list[torch.Tensor], buf: np.ndarray, back: Callable[[], N
     back()
     for t in tensors:
         red.finish(t, size)
+
+
+def _blocking(opts: Any) -> bool:
+    """Return whether torch's caller waits for the call at once (async_op=False)."""
+    return opts is not None and not getattr(opts, "asyncOp", True)
 
 
 def _even(what: str, rows: int, p: int) -> list[int]:
