@@ -93,13 +93,26 @@ def _need_bfloat16(kind: str) -> np.dtype:
     return bfloat16
 
 
+def _torch_cpu(r: np.ndarray) -> Any:
+    """Wrap a result as a CPU tensor, sharing its memory (the common case: no closure)."""
+    import torch
+
+    return torch.from_numpy(_c_order(r))
+
+
 def _from_torch(x: Any) -> Adapted:
     import torch
 
-    device, dtype = x.device, x.dtype
-    # detach: a tensor with requires_grad (or a parent that has it) cannot become NumPy.
-    t = x.detach().resolve_conj().resolve_neg()
-    if device.type != "cpu":  # staged through host memory: one copy here, one back in wrap
+    # A tensor with requires_grad (or a parent that has it) cannot become NumPy: detached
+    # here (the frameworks hook has already taken the calls that need its graph). Conjugate
+    # and negative views (complex only) are resolved into memory of their own.
+    t = x.detach() if x.requires_grad else x
+    dtype = t.dtype
+    if dtype.is_complex and (t.is_conj() or t.is_neg()):
+        t = t.resolve_conj().resolve_neg()
+    cpu = t.is_cpu
+    if not cpu:  # staged through host memory: one copy here, one back in wrap
+        device = t.device
         t = t.cpu()
     if dtype == torch.bfloat16:
         a = t.view(torch.int16).numpy().view(_need_bfloat16("tensors"))
@@ -108,6 +121,8 @@ def _from_torch(x: Any) -> Adapted:
             a = t.numpy()
         except TypeError as e:
             raise TypeError(f"torch dtype {dtype} has no NumPy equivalent; cast it first") from e
+        if cpu:
+            return Adapted(a, _torch_cpu)
 
     def wrap(r: np.ndarray) -> Any:
         r = _c_order(r)
@@ -115,7 +130,7 @@ def _from_torch(x: Any) -> Adapted:
             out = torch.from_numpy(r.view(np.int16)).view(torch.bfloat16)
         else:
             out = torch.from_numpy(r)
-        return out.to(device) if device.type != "cpu" else out
+        return out if cpu else out.to(device)
 
     return Adapted(a, wrap)
 

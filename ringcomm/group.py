@@ -41,42 +41,52 @@ class Work(Future):
 
 
 class Calls:
-    """One group's calls, run one at a time in the order they were made.
+    """One group's calls, run one at a time in the order they were made, in lanes.
 
-    A call is a function of no arguments (the backend call with its arrays bound).
-    An asynchronous call queues and returns its Work; one worker thread per group runs
-    the queue. A blocking call is the same function: run at once in the caller's thread
-    when nothing is in flight, else queued behind the calls before it and waited for.
+    A call is a function of no arguments (the backend call with its arrays bound). The
+    collectives share one lane: the order every rank keeps. A backend whose send/recv may run
+    beside its collectives (`Backend.concurrent_p2p`) gives each direction to each peer a lane
+    of its own, so an asynchronous recv posted before the send that feeds the peer does not
+    hold that send back (MPI's Irecv before Isend): messages between two ranks keep their
+    order, and nothing else waits for them. An asynchronous call queues in its lane and returns
+    its Work; each lane has one worker thread. A blocking call is the same function: run at
+    once in the caller's thread when nothing of the group is in flight, else queued behind the
+    calls before it in its lane and waited for.
     """
 
     def __init__(self, label: str) -> None:
         self._label = label
         self._cond = threading.Condition()
-        self._queue: deque[tuple[Work, Callable[[], Any]]] = deque()
-        # Calls queued or running in the worker: read by the API's fast entries (0: none in
+        self._lanes: dict[object, deque[tuple[Work, Callable[[], Any]]]] = {}
+        # Calls queued or running in every lane: read by the API's fast entries (0: none in
         # flight, so a call may run at once), written under the condition only.
         self.pending = 0
-        self._thread: threading.Thread | None = None
+        self._exit_drain = False
 
     @property
     def in_flight(self) -> int:
         """Return how many asynchronous calls have not finished."""
         return self.pending
 
-    def run(self, fn: Callable[[], Any], async_op: bool = False) -> Any:
-        """Run `fn` in call order; return its result, or its Work when `async_op`."""
+    def run(self, fn: Callable[[], Any], async_op: bool = False, lane: object = None) -> Any:
+        """Run `fn` in call order in `lane` (None: the collectives'); return its result, or
+        its Work when `async_op`."""
         if not async_op and self.pending == 0:
             return fn()
         work = Work()
         with self._cond:
-            self._queue.append((work, fn))
+            queue = self._lanes.get(lane)
+            if queue is None:
+                queue = self._lanes[lane] = deque()
+                threading.Thread(target=self._loop, args=(queue,), daemon=True,
+                                 name=f"ringcomm-calls-{self._label}"
+                                 + ("" if lane is None else f"-{lane}")).start()
+                if not self._exit_drain:
+                    self._exit_drain = True
+                    atexit.register(self.drain)
+            queue.append((work, fn))
             self.pending += 1
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, daemon=True,
-                                                name=f"ringcomm-calls-{self._label}")
-                self._thread.start()
-                atexit.register(self.drain)
-            self._cond.notify()
+            self._cond.notify_all()
         return work if async_op else work.result()
 
     def drain(self, timeout: float | None = None) -> bool:
@@ -90,19 +100,20 @@ class Calls:
         with self._cond:
             return self._cond.wait_for(lambda: self.pending == 0, seconds)
 
-    def _loop(self) -> None:
+    def _loop(self, queue: deque[tuple[Work, Callable[[], Any]]]) -> None:
         # A daemon thread: after `drain`, a rank exits even with a call stuck in flight.
         while True:
             with self._cond:
-                while not self._queue:
+                while not queue:
                     self._cond.wait()
-                work, fn = self._queue.popleft()
+                work, fn = queue[0]
             try:
                 work.set_result(fn())
             except BaseException as e:  # handed to whoever waits on the Work
                 work.set_exception(e)
             finally:
                 with self._cond:
+                    queue.popleft()
                     self.pending -= 1
                     self._cond.notify_all()
 

@@ -65,7 +65,7 @@ def _check_rank(op: str, name: str, r: int, b: Backend, *, peer: bool) -> int:
 
 
 def _call(g: Group, op: str, fn: Callable[[], Any], async_op: bool,
-          inputs: tuple[np.ndarray, ...] = ()) -> Any:
+          inputs: tuple[np.ndarray, ...] = (), lane: object = None) -> Any:
     """Run the backend call `fn` in the group's call order, now or (async_op) as a Work.
 
     With RINGCOMM_DEBUG set, an asynchronous call also checks that the caller left its
@@ -76,7 +76,7 @@ def _call(g: Group, op: str, fn: Callable[[], Any], async_op: bool,
         return fn()  # Calls.run's own fast path, without the call: the latency path
     if async_op and inputs and environment.debug(os.environ):
         fn = _guarded(op, fn, inputs)
-    return calls.run(fn, async_op)
+    return calls.run(fn, async_op, lane)
 
 
 def _guarded(op: str, fn: Callable[[], Any], inputs: tuple[np.ndarray, ...]) -> Callable[[], Any]:
@@ -139,9 +139,16 @@ def _reduce(op: str, rop: ReduceOp, x: ArrayT, group: Group | None, async_op: bo
     a = ad.array
     check_dtype(a.dtype, op, rop)
     src = a if a.flags.c_contiguous else np.asarray(a, order="C")
-    out = _pool.empty(src.shape, src.dtype)
     g = _group(group)
     b = g._backend
+    if not async_op and g._calls.pending == 0 and type(x) is not _ndarray:
+        # Another library's array, as NumPy: the latency path too.
+        y = b.reduce_small(src, rop)
+        if y is not None:
+            if rop is _AVG:
+                np.divide(y, b.size, out=y)
+            return ad.wrap(y)
+    out = _pool.empty(src.shape, src.dtype)
 
     def run() -> ArrayT:
         b.all_reduce_into(src, out, rop)
@@ -289,7 +296,7 @@ def send(x: ArrayT, dst: int, *, group: Group | None = None, stream: object = No
     def run() -> ArrayT:
         b.send(src, dst)
         return x
-    return _call(g, "send", run, async_op, (src,))
+    return _call(g, "send", run, async_op, (src,), ("send", dst) if b.concurrent_p2p else None)
 
 
 @overload
@@ -318,7 +325,7 @@ def recv(shape: Any, dtype: Any, src: int, *, group: Group | None = None,
     def run() -> np.ndarray:
         b.recv(out, src)
         return out
-    return _call(g, "recv", run, async_op)
+    return _call(g, "recv", run, async_op, (), ("recv", src) if b.concurrent_p2p else None)
 
 
 @overload
@@ -351,7 +358,7 @@ def recv_like(x: ArrayT, src: int, *, group: Group | None = None, stream: object
     def run() -> ArrayT:
         b.recv(out, src)
         return ad.wrap(out)
-    return _call(g, "recv_like", run, async_op)
+    return _call(g, "recv_like", run, async_op, (), ("recv", src) if b.concurrent_p2p else None)
 
 
 @overload

@@ -264,7 +264,7 @@ def assert_async_passed(job: harness.Job, n: int, backend: str) -> None:
     from tests.ranks import async_calls
 
     assert job.returncode == 0, f"exit {job.returncode}\n{job.stdout}\n{job.stderr[-3000:]}"
-    want = [f"rank {r}/{n}: {async_calls.expected(n)} async cases passed (backend {backend})"
+    want = [f"rank {r}/{n}: {async_calls.expected(n, backend)} async cases passed (backend {backend})"
             for r in range(n)]
     assert sorted(job.lines("rank ")) == want, job.stdout
 

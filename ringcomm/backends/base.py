@@ -34,6 +34,10 @@ class Backend(ABC):
     """A process group's transport: one instance per group per process."""
 
     name: str = "base"
+    # Whether send and recv may run beside a collective of the group, and beside each other
+    # (other peers, other direction), each from its own thread: then an asynchronous recv
+    # does not hold back a send made after it (`group.Calls`' lanes).
+    concurrent_p2p: bool = False
 
     @property
     @abstractmethod

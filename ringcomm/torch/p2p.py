@@ -8,10 +8,10 @@ message or reordering. Tag 0 on both sides costs nothing extra. Messages travel 
 elements in order), so a tensor of another shape with as many elements receives them, as
 under gloo.
 
-send and recv are queued in the group's call order and run on its worker thread: a recv
-waits for its message before later calls of this rank go out. A rank that posts a recv
-before the send its peer waits for (both ranks irecv, then isend) waits until the group's
-deadline; post sends first.
+On the ring, each direction to each peer is a lane of its own (`ringcomm.group.Calls`):
+sends and recvs run beside the collectives and beside each other, in order within a lane, so
+both ranks may post their irecv before their isend, as under gloo. On the MPI backend they
+queue in the group's call order: post sends first there.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def send(pg: ProcessGroupRingcomm, t: torch.Tensor, dst: int, tag: int) -> dist.
         if tag:
             b.send(label, dst)
         b.send(data, dst)
-    return Pending(pg._calls.run(run, async_op=True), [t], "send")
+    lane = ("send", dst) if b.concurrent_p2p else None  # beside the collectives and the recvs
+    return Pending(pg._calls.run(run, async_op=True, lane=lane), [t], "send")
 
 
 def recv(pg: ProcessGroupRingcomm, t: torch.Tensor, src: int, tag: int) -> dist.Work:
@@ -82,7 +83,8 @@ def recv(pg: ProcessGroupRingcomm, t: torch.Tensor, src: int, tag: int) -> dist.
                                 "them 0: a tag other than 0 travels ahead of its message, "
                                 "so both sides must use the same tag)") from e
         s.finish()
-    return Pending(pg._calls.run(run, async_op=True), [t], "recv", source=src)
+    lane = ("recv", src) if b.concurrent_p2p else None
+    return Pending(pg._calls.run(run, async_op=True, lane=lane), [t], "recv", source=src)
 
 
 def monitored_barrier(pg: ProcessGroupRingcomm, store: Any, n: int, timeout: Any,

@@ -17,15 +17,18 @@ DTYPES = [np.float32, np.int64, np.float64]
 SIZES = [1, 100, 70000, 400_000]
 P2P_SIZES = [1, 3000]
 IN_FLIGHT = 8
+LARGE = 1 << 20  # beyond every buffer on the way: a send that waits for its recv
 
 
-def expected(p: int) -> int:
+def expected(p: int, backend: str = "ring") -> int:
     """Return the cases a rank checks at `p` ranks."""
     per = 6 if p > 1 else 5  # all_sum, all_max, all_min, all_gather, broadcast, sum_scatter
     collectives = len(DTYPES) * len(SIZES) * per
     p2p = 2 * len(P2P_SIZES) if p > 1 else 0  # recv and recv_like (sends return their input)
     more = len(DTYPES) * 3 + 2 + (1 if p > 1 else 0)  # all_to_all, gather, scatter; objects
-    return collectives + p2p + more + 3  # blocking between, barrier, average_gradients
+    # Every rank's recvs posted before its sends, a collective between (the ring's lanes).
+    lanes = len(P2P_SIZES + [LARGE]) if p > 1 and backend == "ring" else 0
+    return collectives + p2p + more + lanes + 3  # blocking between, barrier, average_gradients
 
 
 def data(k: int, r: int, n: int, dt: type) -> np.ndarray:
@@ -119,6 +122,17 @@ def main() -> None:
                     queue(ringcomm.recv_like(mine, frm, async_op=True), theirs, "recv_like")
             drain()
             assert sent.result() is mine
+    if P > 1 and world.backend == "ring":
+        # Every rank posts its recv before its send, with a collective between: on the ring
+        # each direction to each peer is a lane of its own, so none waits for the others.
+        to, frm = (R + 1) % P, (R - 1) % P
+        for n in P2P_SIZES + [LARGE]:
+            got = ringcomm.recv((n,), np.float64, frm, async_op=True)
+            total = ringcomm.all_sum(np.ones(3), async_op=True)
+            ringcomm.send(data(n, R, n, np.float64), to, async_op=True)
+            queue(got, data(n, frm, n, np.float64), "recv posted before the send")
+            assert total.result(timeout=120)[0] == P
+        drain()
     work = ringcomm.barrier(async_op=True)
     assert work.result() is None
     cases += 1
@@ -127,7 +141,7 @@ def main() -> None:
     out = avg.result()
     assert np.allclose(out["w"], (P - 1) / 2) and np.allclose(out["b"][0], (P - 1) / 2), out
     cases += 1
-    assert cases == expected(P), (cases, expected(P))
+    assert cases == expected(P, world.backend), (cases, expected(P, world.backend))
     print(f"rank {R}/{P}: {cases} async cases passed (backend {world.backend})", flush=True)
 
 

@@ -249,12 +249,20 @@ def check_p2p(r: int, p: int) -> None:
     right, left = (r + 1) % p, (r - 1) % p
     t = torch.full((5,), float(r))
     got = torch.empty(5)
-    # sends first, then receives (the order ringcomm needs for an exchange)
+    # sends first, then receives
     reqs = dist.batch_isend_irecv([dist.P2POp(dist.isend, t, right),
                                    dist.P2POp(dist.irecv, got, left)])
     for q in reqs:
         q.wait()
     close(got, torch.full((5,), float(left)))
+    # receives first on every rank, then sends, a large one too (its own lanes, as under gloo)
+    for n in (5, 1 << 20):
+        got = torch.empty(n)
+        w = dist.irecv(got, left)
+        s = dist.isend(torch.full((n,), float(r)), right)
+        w.wait()
+        s.wait()
+        close(got, torch.full((n,), float(left)))
     # tags, in order; a bfloat16 message into a tensor of another shape
     s1 = dist.isend(torch.full((2, 2), float(r), dtype=torch.bfloat16), right, tag=7)
     s2 = dist.isend(torch.tensor([r * 1.0]), right, tag=8)

@@ -73,6 +73,7 @@ class RingBackend(Backend):
     """One group of the ring backend."""
 
     name = "ring"
+    concurrent_p2p = True  # its own links, numbered and locked per direction (`p2p`)
 
     def __init__(self, ep: Endpoint, members: list[int], gid: int, label: str,
                  deadline: float) -> None:
