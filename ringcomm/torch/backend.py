@@ -33,10 +33,10 @@ import torch.distributed as dist
 from .. import uneven
 from ..errors import RingcommError
 from ..group import Group
-from ..signature import ReduceOp
 from . import p2p
+from .reductions import SUM, Reduction, back_into, reduction
 from .tensors import Staged, check, flat, plain, readable, view
-from .work import Done, Pending, backend_error
+from .work import Done, Pending, backend_error, last
 
 __all__ = ["INLINE_BYTES", "ProcessGroupRingcomm"]
 
@@ -44,85 +44,6 @@ __all__ = ["INLINE_BYTES", "ProcessGroupRingcomm"]
 # thread hand-off costs more than such a call (a 4-byte all_reduce takes ~2 us on one host).
 INLINE_BYTES = 64 << 10
 
-
-
-def _code(name: str) -> int:
-    """Return the number of torch's reduce op `name` (what opts.reduceOp.op.value gives)."""
-    return int(getattr(dist.ReduceOp, name).value)
-
-
-# torch's reduce op (its number) -> ringcomm's op, and what torch names it.
-_OPS: dict[int, tuple[ReduceOp | None, str]] = {
-    _code("SUM"): (ReduceOp.SUM, "SUM"),
-    _code("AVG"): (ReduceOp.AVG, "AVG"),
-    _code("PRODUCT"): (ReduceOp.PROD, "PRODUCT"),
-    _code("MIN"): (ReduceOp.MIN, "MIN"),
-    _code("MAX"): (ReduceOp.MAX, "MAX"),
-    _code("BAND"): (ReduceOp.BAND, "BAND"),
-    _code("BOR"): (ReduceOp.BOR, "BOR"),
-    _code("BXOR"): (ReduceOp.BXOR, "BXOR"),
-    _code("PREMUL_SUM"): (None, "PREMUL_SUM"),
-}
-_PREMUL = _code("PREMUL_SUM")
-_SUM = ReduceOp.SUM
-_AVG = ReduceOp.AVG
-
-
-# (op name, dtype) pairs checked once and accepted.
-_ACCEPTED: set[tuple[str, torch.dtype]] = set()
-
-
-class _Reduction:
-    """How one call reduces: ringcomm's op, the factor of PREMUL_SUM, the divisor of AVG."""
-
-    __slots__ = ("op", "factor", "average", "name")
-
-    def __init__(self, op: ReduceOp, name: str, factor: Any = None, average: bool = False):
-        self.op, self.name, self.factor, self.average = op, name, factor, average
-
-    def check(self, call: str, t: torch.Tensor) -> None:
-        """Raise (before anything is sent, so on every rank alike) if this op refuses t's dtype."""
-        if (self.name, t.dtype) in _ACCEPTED:
-            return
-        floating = t.is_floating_point() or t.is_complex()
-        if (self.average or self.factor is not None) and not floating:
-            raise TypeError(f"ringcomm {call}: ReduceOp.{self.name} needs floating or complex "
-                            f"tensors, got {t.dtype}; cast first, or sum and divide")
-        why = self.op.refuses(view(torch.empty(0, dtype=t.dtype)).dtype)
-        if why is not None and not self.average:
-            raise TypeError(f"ringcomm {call}: ReduceOp.{self.name} on {t.dtype} tensors: {why}")
-        _ACCEPTED.add((self.name, t.dtype))
-
-    def prepare(self, t: torch.Tensor) -> torch.Tensor:
-        """Return what this rank contributes: `t`, or t times PREMUL_SUM's factor (a copy)."""
-        return t if self.factor is None else t * self.factor
-
-    def finish(self, t: torch.Tensor, size: int) -> None:
-        """Turn the sum in `t` into the average (AVG), in place."""
-        if self.average:
-            t.div_(size)
-
-
-_PLAIN = {k: _Reduction(op, name) for k, (op, name) in _OPS.items() if op is not None
-          and op is not _AVG}
-_PLAIN[_code("AVG")] = _Reduction(_SUM, "AVG", average=True)
-
-
-def _reduction(opts: Any) -> _Reduction:
-    red = opts.reduceOp
-    key = red.op.value
-    found = _PLAIN.get(key)
-    if found is not None:
-        return found
-    if key == _PREMUL:
-        factor = red.factor
-        if isinstance(factor, torch.Tensor):
-            if factor.numel() != 1:
-                raise ValueError(f"ringcomm: PREMUL_SUM's factor must be one number, got a "
-                                 f"tensor of shape {tuple(factor.shape)}")
-            factor = factor.item()
-        return _Reduction(_SUM, "PREMUL_SUM", factor=factor)
-    raise ValueError(f"ringcomm: unsupported reduce op {red.op!r}")
 
 
 def _one(op: str, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -217,7 +138,7 @@ class ProcessGroupRingcomm(_ProcessGroup):
 
     def allreduce(self, tensors: list[torch.Tensor], opts: Any = None) -> dist.Work:
         t = _one("all_reduce", tensors)
-        red = _reduction(opts) if opts is not None else _PLAIN[0]
+        red = reduction(opts) if opts is not None else SUM
         nbytes = t.numel() * t.element_size()
         red.check("all_reduce", t)
         if red.factor is None and not red.average and nbytes <= INLINE_BYTES \
@@ -235,7 +156,7 @@ class ProcessGroupRingcomm(_ProcessGroup):
             return Done(tensors)
         return self._run("all_reduce", self._reducer(t, red), tensors, nbytes, opts=opts)
 
-    def _reducer(self, t: torch.Tensor, red: _Reduction) -> Callable[[], None]:
+    def _reducer(self, t: torch.Tensor, red: Reduction) -> Callable[[], None]:
         src = red.prepare(t)
         s = Staged(t, copy_in=src is t)
         inp = s.array if src is t else readable(src)
@@ -248,7 +169,7 @@ class ProcessGroupRingcomm(_ProcessGroup):
         return run
 
     def allreduce_coalesced(self, tensors: list[torch.Tensor], opts: Any = None) -> dist.Work:
-        red = _reduction(opts) if opts is not None else _PLAIN[0]
+        red = reduction(opts) if opts is not None else SUM
         for t in tensors:
             check("all_reduce_coalesced", t)
             red.check("all_reduce_coalesced", t)
@@ -275,7 +196,7 @@ class ProcessGroupRingcomm(_ProcessGroup):
 
     def reduce(self, tensors: list[torch.Tensor], opts: Any = None) -> dist.Work:
         t = _one("reduce", tensors)
-        red = _reduction(opts)
+        red = reduction(opts)
         red.check("reduce", t)
         root = int(opts.rootRank)
         if root == self.rank():
@@ -295,7 +216,7 @@ class ProcessGroupRingcomm(_ProcessGroup):
             raise ValueError(f"ringcomm reduce_scatter: expected a list of {self._size} input "
                              "tensors")
         ins = [check("reduce_scatter", t) for t in inputs[0]]
-        red = _reduction(opts)
+        red = reduction(opts)
         red.check("reduce_scatter", out)
         if any(t.dtype != out.dtype for t in ins):
             raise TypeError("ringcomm reduce_scatter: every input must have the output's dtype")
@@ -325,7 +246,7 @@ class ProcessGroupRingcomm(_ProcessGroup):
                               opts: Any = None) -> dist.Work:
         check("reduce_scatter_tensor", output)
         check("reduce_scatter_tensor", input)
-        red = _reduction(opts)
+        red = reduction(opts)
         red.check("reduce_scatter_tensor", output)
         if input.numel() != output.numel() * self._size or input.dtype != output.dtype:
             raise ValueError(
@@ -349,7 +270,7 @@ class ProcessGroupRingcomm(_ProcessGroup):
                                         inputs: list[torch.Tensor],
                                         opts: Any = None) -> dist.Work:
         works = [self.reduce_scatter_single(o, i, opts) for o, i in zip(outputs, inputs)]
-        return _last(works, outputs)
+        return last(works, outputs)
 
     reduce_scatter_tensor_coalesced = reduce_scatter_single_coalesced
 
@@ -407,12 +328,12 @@ class ProcessGroupRingcomm(_ProcessGroup):
     def allgather_coalesced(self, outputs: list[list[torch.Tensor]], inputs: list[torch.Tensor],
                             opts: Any = None) -> dist.Work:
         works = [self.allgather([o], [i], opts) for o, i in zip(outputs, inputs)]
-        return _last(works, [t for o in outputs for t in o])
+        return last(works, [t for o in outputs for t in o])
 
     def all_gather_single_coalesced(self, outputs: list[torch.Tensor],
                                     inputs: list[torch.Tensor], opts: Any = None) -> dist.Work:
         works = [self.all_gather_single(o, i, opts) for o, i in zip(outputs, inputs)]
-        return _last(works, outputs)
+        return last(works, outputs)
 
     allgather_into_tensor_coalesced = all_gather_single_coalesced
 
@@ -558,14 +479,6 @@ class ProcessGroupRingcomm(_ProcessGroup):
             "sender is not known in advance)")
 
 
-def back_into(tensors: list[torch.Tensor], buf: np.ndarray, back: Callable[[], None],
-              red: _Reduction, size: int) -> None:
-    """Copy a packed reduction back into `tensors`, averaged where the op is AVG."""
-    back()
-    for t in tensors:
-        red.finish(t, size)
-
-
 def _blocking(opts: Any) -> bool:
     """Return whether torch's caller waits for the call at once (async_op=False)."""
     return opts is not None and not getattr(opts, "asyncOp", True)
@@ -576,22 +489,3 @@ def _even(what: str, rows: int, p: int) -> list[int]:
         raise ValueError(f"ringcomm all_to_all_single: the {what}'s first dimension ({rows}) "
                          f"does not divide among {p} ranks; pass split sizes")
     return [rows // p] * p
-
-
-def _last(works: list[dist.Work], outputs: list[torch.Tensor]) -> dist.Work:
-    """One Work for calls made in order: done when the last is (calls complete in order),
-    failed with the first failure."""
-    pending = [w for w in works if isinstance(w, Pending)]
-    if not pending:
-        return Done(outputs)
-    done: concurrent.futures.Future = concurrent.futures.Future()
-
-    def settle(_: concurrent.futures.Future) -> None:
-        for w in pending:
-            e = w._work.exception()
-            if e is not None:
-                done.set_exception(e)
-                return
-        done.set_result(None)
-    pending[-1]._work.add_done_callback(settle)
-    return Pending(done, outputs, pending[-1]._op)

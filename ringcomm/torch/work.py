@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from ..errors import RingcommError
 
-__all__ = ["Done", "Pending", "backend_error"]
+__all__ = ["Done", "Pending", "backend_error", "last"]
 
 
 def backend_error(op: str, e: BaseException) -> BaseException:
@@ -141,3 +141,22 @@ class Pending(_Work):
         return self._source
 
     _source_rank = source_rank
+
+
+def last(works: list[dist.Work], outputs: list[torch.Tensor]) -> dist.Work:
+    """One Work for calls made in order: done when the last is (calls complete in order),
+    failed with the first failure."""
+    pending = [w for w in works if isinstance(w, Pending)]
+    if not pending:
+        return Done(outputs)
+    done: concurrent.futures.Future = concurrent.futures.Future()
+
+    def settle(_: concurrent.futures.Future) -> None:
+        for w in pending:
+            e = w._work.exception()
+            if e is not None:
+                done.set_exception(e)
+                return
+        done.set_result(None)
+    pending[-1]._work.add_done_callback(settle)
+    return Pending(done, outputs, pending[-1]._op)
