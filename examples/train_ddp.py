@@ -73,7 +73,7 @@ def main() -> None:
     seconds = time.perf_counter() - start
     total = torch.tensor([loss.item()])
     dist.all_reduce(total, op=dist.ReduceOp.AVG)
-    checksum = sum(float(p.double().sum()) for p in model.parameters())
+    checksum = sum(float(p.detach().double().sum()) for p in model.parameters())
     if rank == 0:
         print(f"{args.backend}: {size} ranks, {args.steps} steps in {seconds:.2f} s "
               f"({args.steps / seconds:.1f} steps/s); mean final loss {total.item():.5f}; "
