@@ -2,6 +2,7 @@
 
     python benchmarks/mlx_dropin.py [-n 2,4] [--sizes 4,4096,...] [--skip-lm]
                                     [--mlx-lm PATH] [--tokens 64]
+    sudo python benchmarks/mlx_dropin.py --hosts 2 [--rate 10gbit] [--skip-lm] [...]
 
 In one run, on ranks of this machine (each started by `ringcomm launch`, which also sets
 MLX_RANK/MLX_HOSTFILE for MLX's ring):
@@ -16,21 +17,31 @@ MLX_RANK/MLX_HOSTFILE for MLX's ring):
    built while the last one is evaluated, as generate_step does): tokens/s on each backend.
    mlx-lm's package __init__ pulls transformers; only its model code is needed, so `--mlx-lm`
    may name a directory where `pip install --no-deps --target DIR mlx-lm` put it.
+
+`--hosts 2` prints the same tables at p=2 with one rank on each of two test hosts: network
+namespaces with their own hostname and sshd whose egress is shaped by tc to `--rate`
+(benchmarks/testhosts.py, as benchmarks/multihost.py builds them). Every mode is started by
+`ringcomm launch --hosts` over the hosts' ssh, so MLX's ring reads the MLX_HOSTFILE the launcher
+writes (the hosts' addresses) and ringcomm crosses the link over TCP. Needs root; the hosts,
+their processes and any shared-memory segment are removed on exit, Ctrl-C and SIGTERM included.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "peers"))
+sys.path.insert(0, str(HERE))
 
 MODES = ("dropin", "direct", "numpy", "mlx")
 _LM = re.compile(r"^lm (\w+) p=(\d+) tokens_per_s=([\d.]+)")
@@ -148,9 +159,84 @@ def _launch(n: int, argv: list[str], env: dict[str, str], timeout: float) -> str
     return done.stdout
 
 
-def main() -> None:
+def _report(n: int, where: str, launch: Callable[[list[str]], str], sizes: list[str],
+            args: argparse.Namespace) -> None:
+    """Run every mode through `launch` (rank-side argv -> stdout) and print the tables."""
     import run as peers
 
+    rows: dict[str, dict[int, float]] = {}
+    for mode in MODES:
+        text = launch(["--rank", "allsum", mode, *sizes])
+        rows[mode] = {r.size_B: r.time_us for r in peers.parse(text)}
+    print(f"\n### all_sum, p={n}{where} (rank 0's median µs; ratios from this run)\n")
+    print("| size_B | drop-in | ringcomm direct (MLX array) | ringcomm (NumPy) | MLX ring "
+          "| drop-in / direct | MLX ring / drop-in |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for size in sorted(rows["dropin"]):
+        d, c, np_, m = (rows[k].get(size) for k in MODES)
+        cell = lambda v: f"{v:.1f}" if v else "n/a"  # noqa: E731
+        ratio = lambda a, b: f"{a / b:.2f}x" if a and b else "n/a"  # noqa: E731
+        print(f"| {size} | {cell(d)} | {cell(c)} | {cell(np_)} | {cell(m)} | {ratio(d, c)} "
+              f"| {ratio(m, d)} |")
+    decode: dict[str, float] = {}
+    for mode in ("dropin", "direct", "mlx"):
+        text = launch(["--rank", "decode", mode, args.decode_size])
+        got = peers.parse(text)
+        if got:
+            decode[mode] = 1e6 / (got[0].time_us * 101)
+    print(f"\n### decode step (100 all_sums of {args.decode_size} B + one of 4 B), p={n}{where}\n")
+    print("| | steps/s |\n|---|---:|")
+    for mode, rate in decode.items():
+        print(f"| {mode} | {rate:.0f} |")
+    if "dropin" in decode and "mlx" in decode:
+        print(f"\ndrop-in / MLX ring: {decode['dropin'] / decode['mlx']:.2f}x steps/s")
+    if args.skip_lm:
+        return
+    lm: dict[str, float] = {}
+    for mode in ("dropin", "mlx"):
+        text = launch(["--rank", "lm", mode, "--tokens", str(args.tokens)])
+        for line in text.splitlines():
+            m = _LM.match(line)
+            if m:
+                lm[m[1]] = float(m[3])
+                print(f"# {line}")
+    if lm:
+        print(f"\n### mlx-lm llama (8 layers, hidden 512) Model.shard decode, p={n}{where}\n")
+        print("| | tokens/s |\n|---|---:|")
+        for mode, rate in lm.items():
+            print(f"| {mode} | {rate:.1f} |")
+
+
+def _hosts(rate: str, sizes: list[str], args: argparse.Namespace) -> int:
+    """Every table at p=2 with one rank on each of two test hosts shaped to `rate`."""
+    import testhosts
+
+    envs = {"PYTHONPATH": os.pathsep.join(x for x in (args.mlx_lm, str(HERE.parent)) if x)}
+    try:
+        with testhosts.shaped("mlx_dropin", rate) as cluster:
+            def launch(argv: list[str]) -> str:
+                code, out, err = testhosts.launch(cluster, [sys.executable, __file__, *argv],
+                                                  timeout=900, envs=envs)
+                if code != 0 or "processes left on the hosts" in err:
+                    print(f"# {' '.join(argv)} on 2 hosts failed (exit {code}): "
+                          f"{err.strip()[-600:]}", flush=True)
+                return out
+
+            print(f"# 2 test hosts ({', '.join(cluster.ips[:2])}), one rank each, each host's "
+                  f"egress shaped to {rate} (tc tbf); every mode started by ringcomm launch "
+                  "--hosts over ssh (MLX's ring reads the MLX_HOSTFILE it writes: the hosts' "
+                  "addresses)", flush=True)
+            _report(2, f", 2 hosts at {rate}", launch, sizes, args)
+    except testhosts.HostsUnavailable as e:
+        print(e, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mlx_dropin: interrupted; the test hosts were removed", file=sys.stderr)
+        return 130
+    return 0
+
+
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", default="2,4", help="rank counts, comma-separated")
     ap.add_argument("--sizes", default="4,4096,65536,1048576,16777216,67108864")
@@ -158,6 +244,10 @@ def main() -> None:
     ap.add_argument("--skip-lm", action="store_true")
     ap.add_argument("--mlx-lm", default=None, help="a directory to put on PYTHONPATH for mlx_lm")
     ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--hosts", type=int, choices=(2,),
+                    help="run p=2 with one rank on each of 2 test hosts instead (root)")
+    ap.add_argument("--rate", default="10gbit",
+                    help="tc rate of each test host's link (with --hosts; default 10gbit)")
     ap.add_argument("--rank", nargs=2, metavar=("WHAT", "MODE"), help=argparse.SUPPRESS)
     args, rest = ap.parse_known_args()
     if args.rank:
@@ -166,55 +256,26 @@ def main() -> None:
             rank_lm(mode, args.tokens)
         else:
             rank_allsum(mode, what, rest)
-        return
+        return 0
 
+    sizes = args.sizes.split(",")
+    if args.hosts:
+        if os.geteuid() != 0:
+            ap.error("--hosts builds network namespaces: run it as root")
+        try:
+            import multihost
+
+            multihost.rate_bits(args.rate)
+        except argparse.ArgumentTypeError as e:
+            ap.error(str(e))
+        return _hosts(args.rate, sizes, args)
     env = dict(os.environ)
     if args.mlx_lm:
         env["PYTHONPATH"] = os.pathsep.join([args.mlx_lm, env.get("PYTHONPATH", "")])
-    sizes = args.sizes.split(",")
     for n in [int(v) for v in args.n.split(",")]:
-        rows: dict[str, dict[int, float]] = {}
-        for mode in MODES:
-            text = _launch(n, ["--rank", "allsum", mode, *sizes], env, 900)
-            rows[mode] = {r.size_B: r.time_us for r in peers.parse(text)}
-        print(f"\n### all_sum, p={n} (rank 0's median µs; ratios from this run)\n")
-        print("| size_B | drop-in | ringcomm direct (MLX array) | ringcomm (NumPy) | MLX ring "
-              "| drop-in / direct | MLX ring / drop-in |")
-        print("|---:|---:|---:|---:|---:|---:|---:|")
-        for size in sorted(rows["dropin"]):
-            d, c, np_, m = (rows[k].get(size) for k in MODES)
-            cell = lambda v: f"{v:.1f}" if v else "n/a"  # noqa: E731
-            ratio = lambda a, b: f"{a / b:.2f}x" if a and b else "n/a"  # noqa: E731
-            print(f"| {size} | {cell(d)} | {cell(c)} | {cell(np_)} | {cell(m)} | {ratio(d, c)} "
-                  f"| {ratio(m, d)} |")
-        decode: dict[str, float] = {}
-        for mode in ("dropin", "direct", "mlx"):
-            text = _launch(n, ["--rank", "decode", mode, args.decode_size], env, 900)
-            got = peers.parse(text)
-            if got:
-                decode[mode] = 1e6 / (got[0].time_us * 101)
-        print(f"\n### decode step (100 all_sums of {args.decode_size} B + one of 4 B), p={n}\n")
-        print("| | steps/s |\n|---|---:|")
-        for mode, rate in decode.items():
-            print(f"| {mode} | {rate:.0f} |")
-        if "dropin" in decode and "mlx" in decode:
-            print(f"\ndrop-in / MLX ring: {decode['dropin'] / decode['mlx']:.2f}x steps/s")
-        if args.skip_lm:
-            continue
-        lm: dict[str, float] = {}
-        for mode in ("dropin", "mlx"):
-            text = _launch(n, ["--rank", "lm", mode, "--tokens", str(args.tokens)], env, 900)
-            for line in text.splitlines():
-                m = _LM.match(line)
-                if m:
-                    lm[m[1]] = float(m[3])
-                    print(f"# {line}")
-        if lm:
-            print(f"\n### mlx-lm llama (8 layers, hidden 512) Model.shard decode, p={n}\n")
-            print("| | tokens/s |\n|---|---:|")
-            for mode, rate in lm.items():
-                print(f"| {mode} | {rate:.1f} |")
+        _report(n, "", functools.partial(_launch, n, env=env, timeout=900), sizes, args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

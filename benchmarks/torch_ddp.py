@@ -2,6 +2,7 @@
 
     python benchmarks/torch_ddp.py                 # p=2 and p=4 on this machine
     python benchmarks/torch_ddp.py -n 2 --quick    # a short run
+    sudo python benchmarks/torch_ddp.py --hosts 2 [--rate 10gbit] [--quick]
 
 One job per rank count (``ringcomm launch``); inside it ringcomm is torch's default group,
 gloo a group of every rank beside it, and `noop` a Python process group whose all_reduce does
@@ -16,6 +17,14 @@ nothing (what torch's own dispatch of a Python backend costs). Printed, in one r
 - DDP training steps/s on (a) 50 linear layers of 200x200 (2.0 M parameters) and (b) 4 linear
   layers of 3536x3536 (50 M parameters), SGD, a batch of 8 rows per rank, one intra-op thread
   per rank, and the share of a step spent communicating: 1 - (step under no_sync) / step.
+
+`--hosts 2` runs the same job (p=2) with one rank on each of two test hosts: network
+namespaces with their own hostname and sshd whose egress is shaped by tc to `--rate`
+(benchmarks/testhosts.py, as benchmarks/multihost.py builds them), started by
+`ringcomm launch --hosts` over ssh. torch's env:// store is then served by rank 0 on host 1's
+address (ringcomm.torch's env:// under ringcomm's launcher); gloo is held to the hosts' eth0
+(GLOO_SOCKET_IFNAME) and ringcomm crosses the link over TCP. Needs root; the hosts, their
+processes and any shared-memory segment are removed on exit, Ctrl-C and SIGTERM included.
 """
 
 from __future__ import annotations
@@ -129,6 +138,7 @@ def rank_main(quick: bool) -> None:
         if rank == 0:
             print("ALLREDUCE " + " ".join(f"{k}={v:.2f}" for k, v in row.items())
                   + f" p={p} bytes={nbytes}", flush=True)
+            print(f"PATH bytes={nbytes} path={world._backend.path}", flush=True)
     for label in ("a", "b"):
         for name, group in (("ringcomm", ours), ("gloo", gloo)):
             rate, share = _ddp(label, group, quick)
@@ -178,6 +188,23 @@ def _ddp(label: str, group: object, quick: bool) -> tuple[float, float]:
 
 
 # -- driver -----------------------------------------------------------------------------------
+
+
+def run_hosts(rate: str, quick: bool) -> tuple[list[str], list[str]]:
+    """Run the p=2 job with one rank on each of two test hosts shaped to `rate`; return its
+    result lines and ringcomm's paths (PATH lines)."""
+    import testhosts
+
+    program = [sys.executable, str(Path(__file__).resolve()), "--rank-side"] + \
+        (["--quick"] if quick else [])
+    with testhosts.shaped("torch_ddp", rate) as cluster:
+        code, out, err = testhosts.launch(cluster, program, timeout=1800,
+                                          envs={"GLOO_SOCKET_IFNAME": "eth0"})
+    if code != 0 or "processes left on the hosts" in err:
+        raise SystemExit(f"the 2-host job failed (exit {code}):\n{err[-3000:]}")
+    lines = out.splitlines()
+    return ([ln for ln in lines if ln.startswith(("ALLREDUCE", "DDP"))],
+            [ln for ln in lines if ln.startswith("PATH")])
 
 
 def run_job(p: int, quick: bool) -> list[str]:
@@ -235,10 +262,33 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-n", default="2,4", help="rank counts, comma-separated (default 2,4)")
     ap.add_argument("--quick", action="store_true", help="fewer sizes and steps (a check run)")
+    ap.add_argument("--hosts", type=int, choices=(2,),
+                    help="run p=2 with one rank on each of 2 test hosts instead (root)")
+    ap.add_argument("--rate", default="10gbit", help="tc rate of each test host's link "
+                    "(with --hosts; default 10gbit)")
     ap.add_argument("--rank-side", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rank_side:
         rank_main(args.quick)
+        return
+    if args.hosts:
+        import testhosts
+
+        if os.geteuid() != 0:
+            ap.error("--hosts builds network namespaces: run it as root")
+        try:
+            lines, paths = run_hosts(args.rate, args.quick)
+        except testhosts.HostsUnavailable as e:
+            raise SystemExit(str(e)) from None
+        except argparse.ArgumentTypeError as e:
+            ap.error(str(e))
+        except KeyboardInterrupt:
+            print("torch_ddp: interrupted; the test hosts were removed", file=sys.stderr)
+            raise SystemExit(130) from None
+        print(f"# 2 test hosts, one rank each (p=2), each host's egress shaped to {args.rate} "
+              "(tc tbf); gloo over eth0, ringcomm: "
+              + ", ".join(f"{f['bytes']} B {f['path']}" for f in map(_fields, paths)))
+        report(lines)
         return
     lines: list[str] = []
     for p in (int(x) for x in args.n.split(",")):
