@@ -164,9 +164,10 @@ def _from_jax(x: Any) -> Adapted:
 
     try:
         a = np.asarray(x)
-    except jax.errors.TracerArrayConversionError as e:
+    except jax.errors.TracerArrayConversionError as e:  # the hook takes tracers first
         raise TypeError(
-            "expecting a concrete JAX array, got a tracer; call collectives outside jax.jit"
+            "expecting a concrete JAX array, got a tracer outside ringcomm's JAX collectives "
+            "(ringcomm.jax.collectives)"
         ) from e
     devices = x.devices() if hasattr(x, "devices") else set()
     device = next(iter(devices)) if len(devices) == 1 else None

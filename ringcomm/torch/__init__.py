@@ -26,8 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
 
-from . import world as _world
-
 if TYPE_CHECKING:
     from .backend import ProcessGroupRingcomm
 
@@ -54,8 +52,10 @@ def _create(opts: Any, backend_options: Any = None) -> ProcessGroupRingcomm:
     rank, size = int(opts.group_rank), int(opts.group_size)
     timeout = _seconds(opts.timeout) or environment.timeout(os.environ)
     ranks = [int(r) for r in opts.global_ranks_in_group]
+    from . import world
+
     if not ranks:
-        g = _world.default_world(opts.store, rank, size, timeout)
+        g = world.default_world(opts.store, rank, size, timeout)
     else:
         if groups._world is None:
             raise InitError(
@@ -89,9 +89,16 @@ def monitored_barrier(group: Any = None, timeout: Any = None,
 
 
 def _register() -> None:
+    # A torch built without distributed support still gets ringcomm's differentiable
+    # collectives (ringcomm.torch.autograd, which imports this package); only the backend
+    # needs torch.distributed.
+    if not dist.is_available():
+        return
+    from . import world
+
     if BACKEND.upper() not in dist.Backend._plugins:
         dist.Backend.register_backend(BACKEND, _create, extended_api=True, devices=["cpu"])
-    _world.install_env_handler()
+    world.install_env_handler()
 
 
 _register()
