@@ -8,6 +8,8 @@ import hashlib
 import io
 import os
 import pwd
+import select
+import signal
 import socket
 import stat
 import sys
@@ -309,10 +311,25 @@ def _as_nobody(code: str) -> str:
         finally:
             os._exit(status)
     os.close(w)
-    with os.fdopen(r) as f:
-        text = f.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, text
+    # A deadline on the child: a fork of a process with threads (JAX's, once a test imported
+    # it) could deadlock in the child, and then this test fails instead of hanging.
+    deadline = time.monotonic() + 60
+    chunks: list[bytes] = []
+    with os.fdopen(r, "rb") as f:
+        while (left := deadline - time.monotonic()) > 0:
+            if select.select([f], [], [], left)[0]:
+                chunk = os.read(f.fileno(), 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    text = b"".join(chunks).decode()
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise AssertionError(f"the child acting as nobody did not finish within 60 s: {text}")
+    assert os.waitstatus_to_exitcode(done[1]) == 0, text
     return text
 
 
