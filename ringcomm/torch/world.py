@@ -18,11 +18,12 @@ RINGCOMM_UNAUTHENTICATED=1 as ringcomm allows it; else rank 0 draws a fresh secr
 it to the others through torch's store. torch's store is itself unauthenticated (whoever
 reaches it can already steer the torch job), so the ring is then as private as the store.
 
-Under ``ringcomm launch`` there are no torch variables, and torch's ``env://`` would fail for
-want of MASTER_ADDR. `env_handler` wraps torch's env:// handler: where torch's variables are
-missing and a ringcomm launcher numbered the ranks, it forms ringcomm's world and serves torch a
-TCPStore on rank 0 (its port handed out by a ringcomm broadcast). Where torch's variables are
-set, torch's handler runs unchanged.
+Under ``ringcomm launch`` or a bare Slurm step (``srun python train.py``) there are no torch
+variables, and torch's ``env://`` would fail for want of MASTER_ADDR. `env_handler` wraps
+torch's env:// handler: where torch's variables are missing and a ringcomm launcher numbered the
+ranks (or a Slurm step, whose ranks ringcomm meets at its first node), it forms ringcomm's world
+and serves torch a TCPStore on rank 0 (its port handed out by a ringcomm broadcast). Where
+torch's variables are set, torch's handler runs unchanged.
 """
 
 from __future__ import annotations
@@ -51,11 +52,21 @@ _KEY = "ringcomm/"
 
 
 def launched_by_ringcomm(environ: Any = None) -> bool:
-    """Return whether a launcher numbered ringcomm's ranks (ringcomm's, MLX's, an MPI one)."""
+    """Return whether ringcomm forms its world from the environment alone: a launcher numbered
+    its ranks (ringcomm's, MLX's, an MPI one), or a Slurm step (srun) it meets through."""
     environ = os.environ if environ is None else environ
     if environment.ring_launch(environ).launched or environ.get(environment.BACKEND):
         return True
-    return (mpi_detect.launched_size(environ, slurm=False) or 0) > 1
+    return (mpi_detect.launched_size(environ, slurm=False) or 0) > 1 or _slurm_step(environ)
+
+
+def _slurm_step(environ: Any) -> Any:
+    """Return the rendezvous of a Slurm step (srun) without torch's variables, or None."""
+    try:
+        found = environment.rendezvous(environ)
+    except ValueError:
+        return None
+    return found if found is not None and found.source == "slurm" else None
 
 
 def _seconds(timeout: datetime.timedelta | float | None) -> float | None:
@@ -221,6 +232,9 @@ def _rank0_host() -> str:
             return environment.parse_address(first)[0]
         except (environment.RankHostfileError, ValueError, IndexError):
             pass
+    step = _slurm_step(os.environ)
+    if step is not None:  # a Slurm step: its first node, by the name the ring met at
+        return str(step.host)
     try:  # another launcher (mpirun): this host's name, if it resolves
         return socket.gethostbyname(socket.gethostname())
     except OSError:

@@ -141,6 +141,20 @@ def test_srun_conformance(cluster: slurm.SlurmCluster) -> None:
     _clean(cluster)
 
 
+def test_torch_backend_in_a_bare_srun_step(cluster: slurm.SlurmCluster) -> None:
+    # srun alone, no torch variables: init_process_group("ringcomm") meets through ringcomm's
+    # Slurm rendezvous and serves torch's env:// store; ops against a reference, and DDP.
+    argv = ["-N", "2", "-n", "2", sys.executable, str(REPO / "tests" / "ranks" / "torch_hosts.py")]
+    r = cluster.srun(argv, timeout=STEP_TIMEOUT, env=_env(cluster))
+    assert r.returncode == 0, r.stderr[-4000:]
+    lines = sorted(ln for ln in r.stdout.splitlines() if ln.startswith("ok hosts rank "))
+    assert [ln.split()[3] for ln in lines] == ["0", "1"], r.stdout
+    # One rank per node, on hosts of their own names, over TCP.
+    assert {ln.split()[7] for ln in lines} == set(cluster.node_names[:2]), lines
+    assert all(ln.split()[9].startswith("tcp") for ln in lines), lines
+    _clean(cluster)
+
+
 def test_killed_task_ends_the_step(cluster: slurm.SlurmCluster, program: Path,
                                    tmp_path: Path) -> None:
     # Each task's stderr goes to its own file: when a task dies of a signal, srun aborts the
