@@ -19,9 +19,11 @@ import importlib
 import threading
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["hook", "plain", "register"]
+from .signature import ReduceOp
+
+__all__ = ["Fixed", "fix", "hook", "plain", "reduction", "register"]
 
 # The module of each framework, by the top-level package of its array types.
 _MODULES = {
@@ -78,3 +80,80 @@ def plain(op: str) -> Callable[..., Any]:
             _off.on = before
     call.__name__ = op
     return call
+
+
+class Fixed(NamedTuple):
+    """One call with every argument fixed, as ringcomm's ops would read them: what a
+    framework's module differentiates or traces (each wraps it in its own call type)."""
+
+    op: str  # the ops function
+    args: tuple[Any, ...]  # its positional arguments after x, normalised
+    group: Any  # the Group, or None for the world
+    rank: int
+    size: int
+    reduction: ReduceOp | None = None  # all_reduce, reduce_scatter(_v), all_max, all_min
+
+
+# counts(name, value, send): a call's counts ("counts", "send_counts", "recv_counts") as a
+# tuple; `value` None where the caller gave none; `send` this rank's send counts (recv_counts).
+Counts = Callable[[str, Any, tuple[int, ...]], tuple[int, ...]]
+
+
+def fix(op: str, args: tuple[Any, ...], kwargs: dict[str, Any], counts: Counts,
+        no_async: str) -> Fixed:
+    """Fix every argument of ringcomm.<op>(x, *args, **kwargs); `no_async` is the error of
+    async_op=True (a Work carries no graph)."""
+    from .group import world
+
+    kw = dict(kwargs)
+    kw.pop("stream", None)
+    if kw.pop("async_op", False):
+        raise ValueError(f"ringcomm.{op}: async_op=True {no_async}")
+    group = kw.pop("group", None)
+    g = group if group is not None else world()
+    rank, size = g.rank(), g.size()
+
+    def take(i: int, name: str, default: Any) -> Any:
+        return args[i] if i < len(args) else kw.pop(name, default)
+
+    def peer(name: str, default: Any) -> int:
+        r = int(take(0, name, default))
+        if not 0 <= r < size:
+            raise ValueError(f"ringcomm.{op}: {name} must be in [0, {size}), got {r}")
+        return r
+
+    fixed_args: tuple[Any, ...] = ()
+    red: ReduceOp | None = None
+    if op in ("all_sum", "all_max", "all_min"):
+        red = ReduceOp(op[4:])
+    elif op in ("all_reduce", "reduce_scatter"):
+        red = reduction(take(0, "op", "sum"))
+        fixed_args = (red.value,)
+    elif op in ("broadcast", "gather", "scatter"):
+        fixed_args = (peer("root", 0),)
+    elif op in ("send", "recv_like"):
+        fixed_args = (peer("dst" if op == "send" else "src", None),)
+    elif op == "all_gather_v":
+        fixed_args = (counts("counts", take(0, "counts", None), ()),)
+    elif op == "reduce_scatter_v":
+        c = counts("counts", take(0, "counts", None), ())
+        red = reduction(take(1, "op", "sum"))
+        fixed_args = (c, red.value)
+    elif op == "all_to_all_v":
+        send = counts("send_counts", take(0, "send_counts", None), ())
+        fixed_args = (send, counts("recv_counts", take(1, "recv_counts", None), send))
+    elif op not in ("all_gather", "sum_scatter", "all_to_all"):
+        raise ValueError(f"ringcomm.{op}: no rule to differentiate or trace it")
+    if kw:
+        raise TypeError(f"ringcomm.{op}: unexpected keyword arguments {sorted(kw)!r}")
+    return Fixed(op, fixed_args, group, rank, size, red)
+
+
+def reduction(op: Any) -> ReduceOp:
+    """Return the ReduceOp `op` names (a ReduceOp, an enum with its value, or the value)."""
+    try:
+        return op if isinstance(op, ReduceOp) else ReduceOp(getattr(op, "value", op))
+    except ValueError:
+        names = ", ".join(repr(r.value) for r in ReduceOp)
+        raise ValueError(f"unknown reduce op {op!r}; expected a ringcomm.ReduceOp or one of "
+                         f"{names}") from None

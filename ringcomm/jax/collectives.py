@@ -40,6 +40,7 @@ from jax._src.callback import _callback_op_sharding, _OrderedIOEffect, emit_pyth
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
+from ringcomm import frameworks
 from ringcomm.signature import ReduceOp
 
 __all__ = [
@@ -61,8 +62,6 @@ def _plain(op: str) -> Callable[..., Any]:
     """ringcomm.ops.<op> without the frameworks hook."""
     fn = _plains.get(op)
     if fn is None:
-        from ringcomm import frameworks
-
         fn = _plains[op] = frameworks.plain(op)
     return fn
 
@@ -264,66 +263,14 @@ def _counts(values: Any, op: str, name: str) -> tuple[int, ...]:
     return tuple(int(c) for c in values)
 
 
-def _reduction(op: Any) -> ReduceOp:
-    try:
-        return op if isinstance(op, ReduceOp) else ReduceOp(getattr(op, "value", op))
-    except ValueError:
-        names = ", ".join(repr(r.value) for r in ReduceOp)
-        raise ValueError(f"unknown reduce op {op!r}; expected a ringcomm.ReduceOp or one of "
-                         f"{names}") from None
-
-
-def _rank(value: Any, name: str, op: str, size: int) -> int:
-    r = int(value)
-    if not 0 <= r < size:
-        raise ValueError(f"ringcomm.{op}: {name} must be in [0, {size}), got {r}")
-    return r
-
-
 def make_call(op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
     """Fix every argument of ringcomm.ops.<op>(x, *args, **kwargs) as ops would read them."""
-    from ringcomm.group import world
+    def counts(name: str, value: Any, send: tuple[int, ...]) -> tuple[int, ...]:
+        return _counts(value, op, name)
 
-    kw = dict(kwargs)
-    kw.pop("stream", None)
-    if kw.pop("async_op", False):
-        raise ValueError(f"ringcomm.{op}: async_op=True is not available on JAX tracers (a Work "
-                         "is not an array); JAX orders the calls itself, call it blocking")
-    group = kw.pop("group", None)
-    g = group if group is not None else world()
-    rank, size = g.rank(), g.size()
-
-    def take(i: int, name: str, default: Any) -> Any:
-        return args[i] if i < len(args) else kw.pop(name, default)
-
-    def done(call: Call) -> Call:
-        if kw:
-            raise TypeError(f"ringcomm.{op}: unexpected keyword arguments {sorted(kw)!r}")
-        return call
-
-    if op in ("all_sum", "all_gather", "sum_scatter", "all_to_all"):
-        return done(Call(op, (), group, rank, size, ReduceOp.SUM if op == "all_sum" else None))
-    if op in ("all_max", "all_min"):
-        return done(Call(op, (), group, rank, size, ReduceOp(op[4:])))
-    if op in ("all_reduce", "reduce_scatter"):
-        red = _reduction(take(0, "op", "sum"))
-        return done(Call(op, (red.value,), group, rank, size, red))
-    if op in ("broadcast", "gather", "scatter"):
-        return done(Call(op, (_rank(take(0, "root", 0), "root", op, size),), group, rank, size))
-    if op in ("send", "recv_like"):
-        name = "dst" if op == "send" else "src"
-        return done(Call(op, (_rank(take(0, name, None), name, op, size),), group, rank, size))
-    if op == "all_gather_v":
-        return done(Call(op, (_counts(take(0, "counts", None), op, "counts"),), group, rank, size))
-    if op == "reduce_scatter_v":
-        counts = _counts(take(0, "counts", None), op, "counts")
-        red = _reduction(take(1, "op", "sum"))
-        return done(Call(op, (counts, red.value), group, rank, size, red))
-    if op == "all_to_all_v":
-        send = _counts(take(0, "send_counts", None), op, "send_counts")
-        recv = _counts(take(1, "recv_counts", None), op, "recv_counts")
-        return done(Call(op, (send, recv), group, rank, size))
-    raise ValueError(f"ringcomm.{op} has no JAX rule")
+    return Call(*frameworks.fix(
+        op, args, kwargs, counts, "is not available on JAX tracers (a Work is not an array); "
+        "JAX orders the calls itself, call it blocking"))
 
 
 # -- the hook and the public functions ------------------------------------------------------

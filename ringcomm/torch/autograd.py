@@ -42,6 +42,7 @@ import torch
 from torch.autograd import Function
 from torch.autograd import forward_ad as _forward_ad
 
+from ringcomm import frameworks
 from ringcomm.signature import ReduceOp
 
 __all__ = [
@@ -104,8 +105,6 @@ def _plain(op: str) -> Callable[..., Any]:
     """ringcomm.ops.<op> without the frameworks hook."""
     fn = _plains.get(op)
     if fn is None:
-        from ringcomm import frameworks
-
         fn = _plains[op] = frameworks.plain(op)
     return fn
 
@@ -243,15 +242,6 @@ def _exchange(op: str, mine: Sequence[int], group: Any) -> tuple[int, ...]:
     return _counts(_plain(op)(np.asarray(mine, dtype=np.int64), group=group))
 
 
-def _reduction(op: Any) -> ReduceOp:
-    try:
-        return op if isinstance(op, ReduceOp) else ReduceOp(getattr(op, "value", op))
-    except ValueError:
-        names = ", ".join(repr(r.value) for r in ReduceOp)
-        raise ValueError(f"unknown reduce op {op!r}; expected a ringcomm.ReduceOp or one of "
-                         f"{names}") from None
-
-
 # Calls without positional arguments, by (op, group, reduce op): most calls are these, and
 # building one costs about as much as a small collective's plain path.
 _made: dict[tuple[str, Any, Any], _Call] = {}
@@ -271,52 +261,18 @@ def _make_call(op: str, x: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str
 
 
 def _new_call(op: str, x: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call:
-    from ringcomm.group import world
+    def counts(name: str, value: Any, send: tuple[int, ...]) -> tuple[int, ...]:
+        if value is not None:
+            return _counts(value)
+        if name == "counts" and op == "all_gather_v":  # every rank's rows, for the backward
+            return _exchange("all_gather", [_rows(x)], kwargs.get("group"))
+        if name == "recv_counts":  # what every rank sends here, for the backward
+            return _exchange("all_to_all", send, kwargs.get("group"))
+        return ()  # required: ringcomm's own call says it is missing
 
-    kw = dict(kwargs)
-    kw.pop("stream", None)
-    if kw.pop("async_op", False):
-        raise ValueError(
-            f"ringcomm.{op}: async_op=True cannot carry torch's autograd graph (a Work is not a "
-            "tensor); call it blocking, or pass x.detach() where no gradient is wanted")
-    group = kw.pop("group", None)
-    g = group if group is not None else world()
-    rank, size = g.rank(), g.size()
-
-    def take(i: int, name: str, default: Any) -> Any:
-        if i < len(args):
-            return args[i]
-        return kw.pop(name, default)
-
-    def done(call: _Call) -> _Call:
-        if kw:
-            raise TypeError(f"ringcomm.{op}: unexpected keyword arguments {sorted(kw)!r}")
-        return call
-
-    if op in ("all_sum", "all_gather", "sum_scatter", "all_to_all"):
-        return done(_Call(op, (), group, rank, size, ReduceOp.SUM if op == "all_sum" else None))
-    if op in ("all_max", "all_min"):
-        return done(_Call(op, (), group, rank, size, ReduceOp(op[4:])))
-    if op in ("all_reduce", "reduce_scatter"):
-        red = _reduction(take(0, "op", "sum"))
-        return done(_Call(op, (red.value,), group, rank, size, red))
-    if op in ("broadcast", "gather", "scatter"):
-        root = int(take(0, "root", 0))
-        return done(_Call(op, (root,), group, rank, size))
-    if op == "all_gather_v":
-        counts = take(0, "counts", None)
-        counts = _exchange("all_gather", [_rows(x)], group) if counts is None else _counts(counts)
-        return done(_Call(op, (counts,), group, rank, size))
-    if op == "reduce_scatter_v":
-        counts = _counts(take(0, "counts", ()))
-        red = _reduction(take(1, "op", "sum"))
-        return done(_Call(op, (counts, red.value), group, rank, size, red))
-    if op == "all_to_all_v":
-        send = _counts(take(0, "send_counts", ()))
-        recv = take(1, "recv_counts", None)
-        recv = _exchange("all_to_all", send, group) if recv is None else _counts(recv)
-        return done(_Call(op, (send, recv), group, rank, size))
-    raise AssertionError(op)  # pragma: no cover
+    return _Call(*frameworks.fix(
+        op, args, kwargs, counts, "cannot carry torch's autograd graph (a Work is not a "
+        "tensor); call it blocking, or pass x.detach() where no gradient is wanted"))
 
 
 # -- the hook -------------------------------------------------------------------------------
