@@ -35,6 +35,7 @@ _MODULES = {
 _loaded: dict[str, ModuleType | None] = {}
 _off = threading.local()  # set while a framework's module makes a plain call
 _ops: dict[str, Callable[..., Any]] = {}  # ringcomm's ops by name (`register`)
+_plains: dict[str, Callable[..., Any]] = {}  # `plain`'s functions, made once
 
 
 def hook(x: object) -> ModuleType | None:
@@ -69,8 +70,13 @@ def register(*fns: Callable[..., Any]) -> None:
 
 def plain(op: str) -> Callable[..., Any]:
     """Return ringcomm's op named `op` without the hook: a framework's module's own calls."""
-    fn = _ops[op]
+    made = _plains.get(op)
+    if made is None:
+        made = _plains[op] = _without_hook(op, _ops[op])
+    return made
 
+
+def _without_hook(op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
         before = getattr(_off, "on", False)
         _off.on = True

@@ -28,7 +28,7 @@ arguments) as its parameter:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,15 +55,7 @@ _OPS = frozenset({
     "reduce_scatter", "reduce_scatter_v", "broadcast", "all_to_all", "all_to_all_v", "gather",
     "scatter", "send", "recv_like",
 })
-_plains: dict[str, Callable[..., Any]] = {}
-
-
-def _plain(op: str) -> Callable[..., Any]:
-    """ringcomm.ops.<op> without the frameworks hook."""
-    fn = _plains.get(op)
-    if fn is None:
-        fn = _plains[op] = frameworks.plain(op)
-    return fn
+_plain = frameworks.plain  # ringcomm.ops.<op> without the frameworks hook
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ Importing this module needs torch but not torch.distributed's process group.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,15 +98,7 @@ class _Call:
         return self.reduction is None or self.reduction in _LINEAR_REDUCTIONS
 
 
-_plains: dict[str, Callable[..., Any]] = {}
-
-
-def _plain(op: str) -> Callable[..., Any]:
-    """ringcomm.ops.<op> without the frameworks hook."""
-    fn = _plains.get(op)
-    if fn is None:
-        fn = _plains[op] = frameworks.plain(op)
-    return fn
+_plain = frameworks.plain  # ringcomm.ops.<op> without the frameworks hook
 
 
 def _transform() -> str:
