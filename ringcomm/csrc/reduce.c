@@ -18,41 +18,8 @@ UNALIGNED(uint16_t)
 UNALIGNED(uint32_t)
 UNALIGNED(uint64_t)
 
-#define SUM_LOOP(T, U)                                                                         \
-    static void sum_##T(char *out_, char *const *rows, int p, Py_ssize_t n)                   \
-    {                                                                                          \
-        T##_u *out = (T##_u *)out_;                                                            \
-        const T##_u *r0 = (const T##_u *)rows[0];                                              \
-        for (Py_ssize_t i = 0; i < n; i++) out[i] = r0[i];                                     \
-        for (int j = 1; j < p; j++) {                                                          \
-            const T##_u *r = (const T##_u *)rows[j];                                           \
-            for (Py_ssize_t i = 0; i < n; i++) out[i] = (T)((U)out[i] + (U)r[i]);              \
-        }                                                                                      \
-    }
-
-/* NumPy's maximum and minimum, as np.maximum(a, b) and np.minimum(a, b) give them: a when it
- * is NaN or strictly greater (less), else b. So NaN wins (the first NaN, its bits as they
- * are), and on a tie the second operand wins: maximum(+0.0, -0.0) is -0.0 and
- * maximum(-0.0, +0.0) is +0.0, and the same for minimum. In rank order the last rank of a
- * tie wins, as it does in NumPy's out = r0; maximum(out, r1, out=out); ... */
-#define CMP_LOOP(T, NAME, CMP)                                                                 \
-    static void NAME##_##T(char *out_, char *const *rows, int p, Py_ssize_t n)                \
-    {                                                                                          \
-        T##_u *out = (T##_u *)out_;                                                            \
-        const T##_u *r0 = (const T##_u *)rows[0];                                              \
-        for (Py_ssize_t i = 0; i < n; i++) out[i] = r0[i];                                     \
-        for (int j = 1; j < p; j++) {                                                          \
-            const T##_u *r = (const T##_u *)rows[j];                                           \
-            for (Py_ssize_t i = 0; i < n; i++) {                                               \
-                T a = out[i], b = r[i];                                                        \
-                out[i] = (a CMP b || a != a) ? a : b;                                          \
-            }                                                                                  \
-        }                                                                                      \
-    }
-
-/* A product, and the bitwise ops, in the same rank order. Integers multiply as uint64_t and
- * keep their low bits, as NumPy's wrap-around gives (a narrower unsigned type would be promoted
- * to int, where 65535 * 65535 overflows). */
+/* One rank-order loop: out = r0, then out[i] = EXPR of a = out[i] and b = the next row's
+ * element, row by row, as NumPy's out = r0; ufunc(out, r1, out=out); ... gives it. */
 #define OP_LOOP(T, NAME, EXPR)                                                                 \
     static void NAME##_##T(char *out_, char *const *rows, int p, Py_ssize_t n)                \
     {                                                                                          \
@@ -67,6 +34,20 @@ UNALIGNED(uint64_t)
             }                                                                                  \
         }                                                                                      \
     }
+
+/* Sums wrap: integers add as their unsigned type U. */
+#define SUM_LOOP(T, U) OP_LOOP(T, sum, (U)a + (U)b)
+
+/* NumPy's maximum and minimum, as np.maximum(a, b) and np.minimum(a, b) give them: a when it
+ * is NaN or strictly greater (less), else b. So NaN wins (the first NaN, its bits as they
+ * are), and on a tie the second operand wins: maximum(+0.0, -0.0) is -0.0 and
+ * maximum(-0.0, +0.0) is +0.0, and the same for minimum. In rank order the last rank of a
+ * tie wins, as it does in NumPy's out = r0; maximum(out, r1, out=out); ... */
+#define CMP_LOOP(T, NAME, CMP) OP_LOOP(T, NAME, (a CMP b || a != a) ? a : b)
+
+/* A product, and the bitwise ops. Integers multiply as uint64_t and keep their low bits, as
+ * NumPy's wrap-around gives (a narrower unsigned type would be promoted to int, where
+ * 65535 * 65535 overflows). */
 
 #define ALL_LOOPS(T, U) SUM_LOOP(T, U) CMP_LOOP(T, max, >) CMP_LOOP(T, min, <)
 #define FLOAT_LOOPS(T) ALL_LOOPS(T, T) OP_LOOP(T, prod, a * b)
